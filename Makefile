@@ -1,0 +1,31 @@
+# `make run` and `make test` each set up everything they need on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test tmux clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# tmux runs every job; install it when we can, otherwise say exactly what is missing.
+tmux:
+	@command -v tmux >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing tmux"; apt-get update -qq && apt-get install -y -qq tmux >/dev/null; \
+	  else \
+	    echo "gpuherd needs tmux (>= 3.0): install it, e.g. 'sudo apt-get install tmux'" >&2; exit 1; \
+	  fi; }
+
+run: $(STAMP) tmux
+	$(VENV)/bin/herd serve
+
+test: $(STAMP) tmux
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .herd .pytest_cache

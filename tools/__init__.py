@@ -1,0 +1,1 @@
+"""The deterministic core: clock, domain types, store, GPU inventory, job queue and executors."""

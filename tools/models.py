@@ -1,0 +1,191 @@
+"""Domain types shared by every part of gpuherd.
+
+Jobs, GPUs and events are immutable pydantic models: a change makes a new value (``model_copy``), so a
+snapshot handed to a policy can never change under it.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # waiting for GPUs; always carries a pending reason
+    SCHEDULED = "scheduled"  # GPUs reserved in the store; the executor is starting it
+    RUNNING = "running"  # the executor runs it on its allocation
+    COMPLETED = "completed"  # ended with exit code 0
+    FAILED = "failed"  # non-zero exit, time limit, lost or unstartable, with no retry left
+    CANCELLED = "cancelled"  # stopped or withdrawn by a person
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING})
+HOLDS_GPUS = frozenset({JobStatus.SCHEDULED, JobStatus.RUNNING})
+
+# The only legal moves. A failed attempt with retries left goes straight back to QUEUED (with a
+# backoff), so FAILED, like every terminal state, is final.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.SCHEDULED, JobStatus.CANCELLED}),
+    JobStatus.SCHEDULED: frozenset(
+        {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class PendingReason(StrEnum):
+    """Why a queued job is not running, in Slurm's vocabulary."""
+
+    PRIORITY = "Priority"  # jobs ahead of it in the policy's order go first
+    RESOURCES = "Resources"  # not enough free GPUs on any one node
+    BEGIN_TIME = "BeginTime"  # not before a given time (retry backoff, deferred start)
+    HELD = "Held"  # the scheduler is stopped, so nothing new starts
+    INFEASIBLE = "Infeasible"  # asks for more GPUs than any node has usable
+
+
+class StopReason(StrEnum):
+    """Why the orchestrator is stopping a running job; decides the state it ends in."""
+
+    CANCEL = "cancel"
+    TIME_LIMIT = "time_limit"
+
+
+class Allocation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    gpus: tuple[int, ...]
+
+    def cuda_visible_devices(self) -> str:
+        return ",".join(str(i) for i in self.gpus)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Set by the executor for each job; a submission may not override them.
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "HERD_JOB_ID"})
+
+UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+
+
+class JobSpec(BaseModel):
+    """What a person asks for. Every front door builds one of these and nothing else."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user: UserName = Field(description="Who owns the job.")
+    name: str | None = Field(None, max_length=200, description="A label (the seed's run_id).")
+    command: str = Field(min_length=1, max_length=20_000, description="Shell command, run with bash.")
+    cwd: str | None = Field(None, description="Working directory; the service's work directory if None.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+    gpu_count: int = Field(1, ge=1, description="Whole GPUs, all on one node.")
+    priority: int = Field(5, ge=1, le=10, description="1 (lowest) to 10 (highest).")
+    est_duration_s: float | None = Field(None, gt=0, description="The user's estimate of run time.")
+    time_limit_s: float | None = Field(None, gt=0, description="Run time after which the job is stopped.")
+    max_retries: int = Field(1, ge=0, le=10, description="Retries after a failed attempt.")
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("command is empty")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key in RESERVED_ENV:
+                raise ValueError(f"{key} is set by gpuherd for each job and cannot be overridden")
+        return v
+
+
+class Job(JobSpec):
+    """A job as the queue knows it: the request plus everything that happened to it."""
+
+    id: int
+    status: JobStatus = JobStatus.QUEUED
+    attempts: int = 0  # attempts started so far
+    pending_reason: PendingReason | None = None
+    pending_message: str | None = None
+    allocation: Allocation | None = None
+    exit_code: int | None = None
+    submit_time: float
+    start_time: float | None = None  # start of the current or last attempt
+    end_time: float | None = None
+    not_before: float | None = None  # earliest start (retry backoff)
+    stop_reason: StopReason | None = None  # set while the orchestrator is stopping it
+    log_path: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"job-{self.id}"
+
+
+class GpuProcess(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    pid: int
+    used_memory_mib: int | None = None
+    name: str | None = None  # None when the process ended between NVML's listing and our look-up
+
+
+class GpuMetrics(BaseModel):
+    """Live readings; a field is None where the driver does not support it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_used_mib: int | None = None
+    utilization_pct: int | None = None
+    temperature_c: int | None = None
+    power_w: float | None = None
+    processes: tuple[GpuProcess, ...] = ()
+
+
+class Gpu(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    index: int
+    uuid: str
+    model: str | None = None
+    memory_total_mib: int | None = None
+    healthy: bool = True
+    drained: bool = False
+    metrics: GpuMetrics | None = None
+
+
+class InventorySource(StrEnum):
+    NVML = "nvml"  # detected through the NVIDIA driver
+    DECLARED = "declared"  # told to us; nothing measured
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    source: InventorySource
+    gpus: tuple[Gpu, ...]
+
+
+class Event(BaseModel):
+    """One row of the audit log; every state change writes one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int | None = None
+    time: float
+    kind: str
+    job_id: int | None = None
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,255 @@
+"""The orchestrator: the one place where decisions become effects.
+
+``tick()`` runs in numbered phases, each timed on the injected clock:
+  1. collect   - record jobs that ended (exit codes from the executor), with retries
+  2. enforce   - stop jobs past their time limit (SIGTERM, grace, SIGKILL)
+  3. decide    - snapshot -> policy -> validator (pure)
+  4. apply     - reserve GPUs in the store, then start through the executor; on failure release
+  5. explain   - store every waiting job's pending reason
+Every front door (REST, CLI, the LLM agent, the eval harness) changes jobs through the methods here,
+under one lock, so the tick never races a cancel.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from policies.ordering import Policy
+from policies.snapshot import Decisions, Snapshot, Wait
+from policies.validator import Rejection, validate
+from tools.clock import Clock
+from tools.executor import Executor, StartError
+from tools.models import TERMINAL, Event, Job, JobSpec, JobStatus, Node, PendingReason, StopReason
+from tools.queue import IllegalTransition, JobQueue
+from tools.store import GpuConflict
+
+
+class Inventory(Protocol):
+    def nodes(self) -> tuple[Node, ...]: ...
+
+
+class InvalidJob(ValueError):
+    """A submission that can never run on this cluster (e.g. more GPUs than any node has)."""
+
+
+HELD_MESSAGE = "the scheduler is stopped; nothing new starts until it is started again"
+
+
+@dataclass(frozen=True)
+class TickReport:
+    time: float
+    duration_s: float
+    policy: str
+    finished: tuple[int, ...] = ()
+    started: tuple[int, ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+    waiting: int = 0
+    phases_s: dict[str, float] = field(default_factory=dict)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        queue: JobQueue,
+        inventory: Inventory,
+        executor: Executor,
+        clock: Clock,
+        policy: Policy,
+        grace_s: float = 10.0,
+        max_gpus_per_job: int | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.queue = queue
+        self.inventory = inventory
+        self.executor = executor
+        self.clock = clock
+        self.policy = policy
+        self.grace_s = grace_s
+        self.max_gpus_per_job = max_gpus_per_job
+        self.enabled = enabled
+        self.last_tick: TickReport | None = None
+        self.lock = threading.RLock()
+
+    # -- reading -------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        now = self.clock.now()
+        return Snapshot(
+            now=now,
+            nodes=self.inventory.nodes(),
+            jobs=tuple(self.queue.active()),
+            usage=self.queue.usage(now),
+            max_gpus_per_job=self.max_gpus_per_job,
+        )
+
+    # -- requests from people --------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> Job:
+        """Check the request against the cluster, then queue it (``QueueFull`` when at the limit)."""
+        largest = max((len(n.gpus) for n in self.inventory.nodes()), default=0)
+        if spec.gpu_count > largest:
+            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but the largest node has {largest}")
+        if self.max_gpus_per_job is not None and spec.gpu_count > self.max_gpus_per_job:
+            raise InvalidJob(f"asks for {spec.gpu_count} GPUs; a job may have at most {self.max_gpus_per_job}")
+        with self.lock:
+            return self.queue.submit(spec, now=self.clock.now())
+
+    def cancel(self, job_id: int) -> Job:
+        """A queued job is cancelled at once; a running one is stopped and ends as cancelled."""
+        with self.lock:
+            now = self.clock.now()
+            job = self.queue.get(job_id)
+            if job.status == JobStatus.QUEUED:
+                return self.queue.transition(job, JobStatus.CANCELLED, now=now, message=f"{job.display_name}: cancelled")
+            if job.status in TERMINAL:
+                raise IllegalTransition(f"job {job_id} is {job.status.value}; there is nothing to cancel")
+            if job.stop_reason != StopReason.CANCEL:
+                job = self.queue.update(job, now=now, kind="stopping", stop_reason=StopReason.CANCEL,
+                                        message=f"{job.display_name}: cancel requested; SIGTERM, then SIGKILL after {self.grace_s:g} s")
+                self.executor.stop(job.id, now, self.grace_s)
+            return job
+
+    def set_priority(self, job_id: int, priority: int) -> Job:
+        with self.lock:
+            return self.queue.set_priority(job_id, priority, now=self.clock.now())
+
+    def complete(self, job_id: int, exit_code: int = 0) -> Job:
+        """Mark a scheduled or running job finished by hand: its process is stopped, its GPUs freed."""
+        with self.lock:
+            now = self.clock.now()
+            job = self.queue.get(job_id)
+            if job.status not in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+                raise IllegalTransition(f"job {job_id} is {job.status.value}; only a running job can be completed")
+            self.executor.stop(job.id, now, self.grace_s)
+            status = JobStatus.COMPLETED if exit_code == 0 else JobStatus.FAILED
+            return self.queue.transition(job, status, now=now, exit_code=exit_code, stop_reason=None,
+                                         message=f"{job.display_name}: marked {status.value} by hand (exit code {exit_code})")
+
+    # -- start-up --------------------------------------------------------------------------------
+    def reconcile(self) -> None:
+        """After a restart: adopt what still runs, record what ended, then let ticks schedule."""
+        with self.lock:
+            now = self.clock.now()
+            holding = [j for j in self.queue.active() if j.status != JobStatus.QUEUED]
+            ended = {e.job_id: e for e in self.executor.recover([j.id for j in holding], now)}
+            for job in holding:
+                if job.status == JobStatus.SCHEDULED:
+                    if job.id in ended and ended[job.id].exit_code is None:
+                        # Reserved but never started: not the job's fault, so the attempt is not counted.
+                        self.queue.transition(job, JobStatus.QUEUED, now=now, attempts=job.attempts - 1,
+                                              message=f"{job.display_name}: start interrupted by a restart; requeued")
+                        continue
+                    job = self.queue.transition(job, JobStatus.RUNNING, now=now, message=f"{job.display_name}: adopted after a restart")
+                if job.id in ended:
+                    self.queue.finish(job, ended[job.id].exit_code, now=ended[job.id].end_time, note="ended while the service was down")
+                elif job.stop_reason is not None:
+                    self.executor.stop(job.id, now, self.grace_s)  # the stop may have been cut short by the restart
+
+    # -- the tick --------------------------------------------------------------------------------
+    def tick(self) -> TickReport:
+        with self.lock:
+            clock = self.clock
+            t0 = clock.now()
+            phases: dict[str, float] = {}
+
+            def lap(name: str, since: float) -> float:
+                t = clock.now()
+                phases[name] = t - since
+                return t
+
+            finished = self._collect(t0)
+            t = lap("collect", t0)
+            self._enforce_time_limits(t)
+            t = lap("enforce", t)
+            if not self.enabled:
+                waiting = self._hold_all(t)
+                t = lap("explain", t)
+                report = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
+                                    waiting=waiting, phases_s=phases)
+                self.last_tick = report
+                return report
+            snapshot = self.snapshot()
+            decisions = self.policy.decide(snapshot)
+            verdict = validate(snapshot, decisions.starts)
+            t = lap("decide", t)
+            started = self._apply(snapshot, verdict.accepted, t)
+            t = lap("apply", t)
+            # Accepted jobs that failed to start already carry their reason from the retry path.
+            handled = {acc.proposal.job_id for acc in verdict.accepted}
+            waiting = self._explain(snapshot, decisions, verdict.rejected, handled) + len(handled) - len(started)
+            t = lap("explain", t)
+            report = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
+                                started=tuple(started), rejected=verdict.rejected, waiting=waiting, phases_s=phases)
+            self.last_tick = report
+            return report
+
+    def _collect(self, now: float) -> tuple[int, ...]:
+        finished = []
+        for end in self.executor.poll(now):
+            job = self.queue.store.get_job(end.job_id)
+            if job is None or job.status != JobStatus.RUNNING:
+                continue  # e.g. completed by hand before its process ended
+            self.queue.finish(job, end.exit_code, now=end.end_time)
+            finished.append(job.id)
+        return tuple(finished)
+
+    def _enforce_time_limits(self, now: float) -> None:
+        for job in self.queue.active():
+            if (
+                job.status == JobStatus.RUNNING
+                and job.time_limit_s is not None
+                and job.start_time is not None
+                and job.stop_reason is None
+                and now - job.start_time >= job.time_limit_s
+            ):
+                self.queue.update(job, now=now, kind="stopping", stop_reason=StopReason.TIME_LIMIT,
+                                  message=f"{job.display_name}: reached its time limit of {job.time_limit_s:g} s; "
+                                  f"SIGTERM, then SIGKILL after {self.grace_s:g} s")
+                self.executor.stop(job.id, now, self.grace_s)
+
+    def _apply(self, snapshot: Snapshot, accepted, now: float) -> list[int]:
+        started = []
+        for acc in accepted:
+            job = snapshot.jobs_by_id[acc.proposal.job_id]
+            where = f"{acc.allocation.node} GPU(s) {acc.allocation.cuda_visible_devices()}"
+            try:
+                job = self.queue.transition(job, JobStatus.SCHEDULED, now=now, allocation=acc.allocation,
+                                            message=f"{job.display_name}: reserved {where} ({acc.proposal.by})")
+            except GpuConflict as exc:  # the store's own guard; the validator should have caught it
+                self.queue.store.add_event(Event(time=now, kind="conflict", job_id=job.id, message=str(exc)))
+                continue
+            try:
+                log_path = self.executor.start(job, acc.allocation, now)
+            except StartError as exc:
+                self.queue.fail_attempt(job, now=now, exit_code=None, why=f"could not start: {exc}")
+                continue
+            self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=log_path,
+                                  message=f"{job.display_name}: running on {where}")
+            started.append(job.id)
+        return started
+
+    def _explain(self, snapshot: Snapshot, decisions: Decisions, rejected: tuple[Rejection, ...], handled: set[int]) -> int:
+        refused = {r.proposal.job_id: r for r in rejected}
+        now = snapshot.now
+        for r in rejected:
+            self.queue.store.add_event(Event(time=now, kind="rejected", job_id=r.proposal.job_id,
+                                             message=f"{r.proposal.by}'s proposal refused: {r.explain()}",
+                                             data={"codes": [c.value for c in r.codes]}))
+        waiting = 0
+        for job in snapshot.queued:
+            if job.id in handled:
+                continue
+            waiting += 1
+            if job.id in refused:
+                wait = Wait(PendingReason.PRIORITY, f"the validator refused its placement: {refused[job.id].explain()}")
+            else:
+                wait = decisions.waiting.get(job.id, Wait(PendingReason.PRIORITY, "not considered in this pass"))
+            self.queue.set_pending(job, wait.reason, wait.message)
+        return waiting
+
+    def _hold_all(self, now: float) -> int:
+        queued = [j for j in self.queue.active() if j.status == JobStatus.QUEUED]
+        for job in queued:
+            self.queue.set_pending(job, PendingReason.HELD, HELD_MESSAGE)
+        return len(queued)

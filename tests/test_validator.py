@@ -1,0 +1,76 @@
+"""Table tests for the validator: one case per hard constraint, plus batches."""
+
+import pytest
+
+from policies.snapshot import Proposal
+from policies.validator import Violation as V
+from policies.validator import validate
+from tools.models import JobStatus
+
+from tests.builders import job, node, running, snap
+
+NODES = (node("a", 4, drained=(3,), unhealthy=(2,)), node("b", 4))
+
+
+def on(job_id, *gpus, by="agent"):
+    return Proposal(job_id, tuple(gpus), by=by)
+
+
+CASES = [
+    pytest.param(on(1, ("b", 0), ("b", 1)), (), id="valid"),
+    pytest.param(on(42, ("b", 0), ("b", 1)), (V.UNKNOWN_JOB,), id="unknown-job"),
+    pytest.param(on(5, ("b", 0), ("b", 1)), (V.JOB_NOT_QUEUED,), id="running-job-not-queued"),
+    pytest.param(on(1, ("b", 0)), (V.WRONG_GPU_COUNT,), id="too-few-gpus"),
+    pytest.param(on(1, ("b", 0), ("b", 1), ("a", 0)), (V.WRONG_GPU_COUNT, V.SPLIT_ACROSS_NODES), id="too-many-gpus"),
+    pytest.param(on(1, ("a", 0), ("b", 0)), (V.SPLIT_ACROSS_NODES,), id="across-nodes"),
+    pytest.param(on(1, ("b", 0), ("b", 0)), (V.DUPLICATE_GPU,), id="same-gpu-twice"),
+    pytest.param(on(1, ("b", 0), ("b", 9)), (V.UNKNOWN_GPU,), id="unknown-gpu"),
+    pytest.param(on(1, ("c", 0), ("c", 1)), (V.UNKNOWN_GPU, V.UNKNOWN_GPU), id="unknown-node"),
+    pytest.param(on(1, ("a", 0), ("a", 2)), (V.GPU_UNHEALTHY,), id="unhealthy-gpu"),
+    pytest.param(on(1, ("a", 0), ("a", 3)), (V.GPU_DRAINED,), id="drained-gpu"),
+    pytest.param(on(1, ("b", 0), ("b", 2)), (V.GPU_BUSY,), id="busy-gpu"),
+    pytest.param(on(3, ("b", 0)), (V.NOT_YET,), id="before-begin-time"),
+    pytest.param(on(4, ("b", 0), ("b", 1), ("a", 0)), (V.TOO_MANY_GPUS, V.SPLIT_ACROSS_NODES), id="over-per-job-limit"),
+    pytest.param(on(6, ("b", 0)), (V.JOB_NOT_QUEUED,), id="completed-job"),
+]
+
+
+def snapshot():
+    return snap(
+        job(1, gpus=2),
+        job(3, gpus=1, not_before=500.0),
+        job(4, gpus=3),
+        running(5, "b", (2, 3)),
+        job(6, gpus=1, status=JobStatus.COMPLETED),
+        nodes=NODES,
+        max_gpus_per_job=2,
+    )
+
+
+@pytest.mark.parametrize("proposal, want_codes", CASES)
+def test_each_rule(proposal, want_codes):
+    verdict = validate(snapshot(), [proposal])
+    if want_codes:
+        assert verdict.accepted == ()
+        (rejection,) = verdict.rejected
+        assert rejection.codes == want_codes
+        assert rejection.explain()
+    else:
+        assert verdict.rejected == ()
+        (accepted,) = verdict.accepted
+        assert (accepted.allocation.node, accepted.allocation.gpus) == ("b", (0, 1))
+
+
+def test_a_batch_cannot_double_book():
+    s = snap(job(1, gpus=2), job(2, gpus=2), nodes=(node("n", 4),))
+    verdict = validate(s, [on(1, ("n", 0), ("n", 1)), on(2, ("n", 1), ("n", 2))])
+    assert [a.proposal.job_id for a in verdict.accepted] == [1]
+    assert verdict.rejected[0].codes == (V.GPU_BUSY,)
+    assert "held by job 1" in verdict.rejected[0].explain()
+
+
+def test_a_batch_cannot_place_a_job_twice():
+    s = snap(job(1, gpus=1), nodes=(node("n", 4),))
+    verdict = validate(s, [on(1, ("n", 0)), on(1, ("n", 1))])
+    assert len(verdict.accepted) == 1
+    assert verdict.rejected[0].codes == (V.DUPLICATE_JOB,)

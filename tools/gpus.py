@@ -1,0 +1,464 @@
+"""The GPU resource manager: which GPUs exist, which may take new jobs, and what they are doing.
+
+The inventory comes from one of two places, behind the narrow ``GpuProbe`` interface:
+- *detected*: ``NvmlProbe`` asks the NVIDIA driver (NVML) about the GPUs of this node, or
+- *declared*: a person says "node ``a`` has 8 GPUs" (a laptop, CI, a node we cannot probe).
+The core never asks which one it has, except to skip live readings where nothing can be measured.
+
+What is persisted: the inventory with each GPU's ``drained`` and ``healthy`` flags, so a restart keeps a
+declared inventory and a person's drains. What is not: live metrics, which are stale the moment they
+are written. Nothing here reads the wall clock; every change takes ``now`` and leaves an event row.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, Protocol, TypeVar
+
+import pynvml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.models import Event, Gpu, GpuMetrics, GpuProcess, InventorySource, Node
+from tools.store import Store
+
+DEFAULT_NODE = "local"
+DEFAULT_GPUS = 8  # what the seed assumed; an honest guess for one 8-GPU server, and said to be a guess
+MAX_GPUS_PER_NODE = 64
+_MIB = 1024 * 1024
+
+T = TypeVar("T")
+
+
+class ProbeUnavailable(RuntimeError):
+    """The GPUs cannot be read at all here (no driver, no library, driver gone); the message says why."""
+
+
+class UnknownGpu(KeyError):
+    """No GPU with that node and index in the current inventory."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else "unknown GPU"
+
+
+class InventoryConflict(RuntimeError):
+    """A new inventory would drop GPUs that running jobs hold; nothing was changed."""
+
+
+class GpuProbe(Protocol):
+    """The GPUs of one node, as some outside system reports them."""
+
+    def discover(self) -> list[Gpu]:
+        """The node's GPUs (no metrics). Raise ``ProbeUnavailable`` when they cannot be read at all."""
+        ...
+
+    def metrics(self) -> dict[int, GpuMetrics]:
+        """Live readings by GPU index. A GPU that answered nothing is left out; that is how a lost GPU
+        shows. Raise ``ProbeUnavailable`` when nothing can be read."""
+        ...
+
+
+# -- NVML ------------------------------------------------------------------------------------------
+
+# Why nvmlInit failed, in words a person can act on.
+_INIT_HINTS = {
+    pynvml.NVML_ERROR_LIBRARY_NOT_FOUND: "libnvidia-ml.so.1 was not found: is the NVIDIA driver installed?",
+    pynvml.NVML_ERROR_DRIVER_NOT_LOADED: "the NVIDIA kernel driver is not loaded (try nvidia-smi)",
+    pynvml.NVML_ERROR_NO_PERMISSION: "no permission to open the NVIDIA devices",
+    pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH: "the driver library and kernel module versions differ; "
+    "reload the driver or reboot",
+}
+
+
+def _text(value: str | bytes) -> str:
+    # nvidia-ml-py before 11.5 returns C strings as bytes.
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _proc_name(proc_root: Path, pid: int) -> str | None:
+    """The command name of ``pid``, or None when it cannot be known.
+
+    NVML lists processes it saw a moment ago: the process may have ended since, and inside a container
+    NVML reports host pids that do not exist in our ``/proc`` at all. Neither is an error.
+    """
+    try:
+        return (proc_root / str(pid) / "comm").read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class NvmlProbe:
+    """``GpuProbe`` over NVML. The nvml module is injected so that tests can pass ``FakeNvml``.
+
+    NVML is initialised once, here; a node without a usable driver fails at construction with
+    ``ProbeUnavailable``, so a caller learns at start-up, not on the first tick.
+    """
+
+    def __init__(
+        self, node: str, nvml: ModuleType | Any = pynvml, *, proc_root: Path = Path("/proc")
+    ) -> None:
+        self.node = node
+        self._nvml = nvml
+        self._proc_root = proc_root
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError as exc:
+            hint = _INIT_HINTS.get(getattr(exc, "value", None), "")
+            raise ProbeUnavailable(
+                f"cannot read GPUs through NVML on {node}: {exc}" + (f" ({hint})" if hint else "")
+            ) from exc
+        self._open = True
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._nvml.nvmlShutdown()
+            except self._nvml.NVMLError:
+                pass  # the driver went away under us; there is nothing left to shut down
+
+    def _handles(self) -> list[tuple[int, Any]]:
+        """(index, handle or None) for every GPU the driver counts; None where the GPU is lost."""
+        if not self._open:
+            raise ProbeUnavailable(f"the NVML probe of {self.node} is closed")
+        try:
+            count = self._nvml.nvmlDeviceGetCount()
+        except self._nvml.NVMLError as exc:
+            raise ProbeUnavailable(f"NVML cannot count the GPUs of {self.node}: {exc}") from exc
+        return [(i, self._read(self._nvml.nvmlDeviceGetHandleByIndex, i)) for i in range(count)]
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """One NVML call; any NVML error (NotSupported on this board, GPU lost, ...) becomes None."""
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError:
+            return None
+
+    def discover(self) -> list[Gpu]:
+        nvml = self._nvml
+        gpus = []
+        for index, handle in self._handles():
+            uuid = self._read(nvml.nvmlDeviceGetUUID, handle) if handle is not None else None
+            if uuid is None:
+                # Keep the card in the inventory, so people see it and the indices do not shift, but
+                # never schedule on it.
+                unreadable = f"GPU-unreadable-{self.node}-{index}"
+                gpus.append(Gpu(node=self.node, index=index, uuid=unreadable, healthy=False))
+                continue
+            name = self._read(nvml.nvmlDeviceGetName, handle)
+            memory = self._read(nvml.nvmlDeviceGetMemoryInfo, handle)
+            gpus.append(
+                Gpu(
+                    node=self.node,
+                    index=index,
+                    uuid=_text(uuid),
+                    model=_text(name) if name is not None else None,
+                    memory_total_mib=memory.total // _MIB if memory is not None else None,
+                )
+            )
+        return gpus
+
+    def metrics(self) -> dict[int, GpuMetrics]:
+        readings = {}
+        for index, handle in self._handles():
+            if handle is not None:
+                reading = self._reading(handle)
+                if reading is not None:
+                    readings[index] = reading
+        return readings
+
+    def _reading(self, handle: Any) -> GpuMetrics | None:
+        """Each field is read on its own, so that one unsupported sensor hides nothing else.
+
+        None when every read failed: the GPU is not answering (memory is readable on every board).
+        """
+        nvml = self._nvml
+        memory = self._read(nvml.nvmlDeviceGetMemoryInfo, handle)
+        util = self._read(nvml.nvmlDeviceGetUtilizationRates, handle)
+        temperature = self._read(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+        power_mw = self._read(nvml.nvmlDeviceGetPowerUsage, handle)
+        procs = self._read(nvml.nvmlDeviceGetComputeRunningProcesses, handle)
+        if memory is None and util is None and temperature is None and power_mw is None and procs is None:
+            return None
+        return GpuMetrics(
+            memory_used_mib=memory.used // _MIB if memory is not None else None,
+            utilization_pct=util.gpu if util is not None else None,
+            temperature_c=temperature,
+            power_w=power_mw / 1000 if power_mw is not None else None,
+            processes=tuple(
+                GpuProcess(
+                    pid=p.pid,
+                    # None where NVML cannot attribute memory (it reports "not available")
+                    used_memory_mib=p.usedGpuMemory // _MIB if p.usedGpuMemory is not None else None,
+                    name=_proc_name(self._proc_root, p.pid),
+                )
+                for p in procs or ()
+            ),
+        )
+
+
+# -- declared inventories --------------------------------------------------------------------------
+
+
+class NodeDeclaration(BaseModel):
+    """A node and its GPUs, as a person declares them where they cannot be detected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="The node's name."
+    )
+    gpus: int = Field(ge=1, le=MAX_GPUS_PER_NODE, description="How many GPUs it has, indexed from 0.")
+    model: str | None = Field(None, max_length=100, description="The GPU model, if known; None: unknown.")
+
+
+def declared_nodes(declarations: Iterable[NodeDeclaration]) -> list[Node]:
+    """Nodes with stable made-up UUIDs, so drains carry over when the same declaration is made again."""
+    declarations = list(declarations)
+    if not declarations:
+        raise ValueError("declare at least one node")
+    names = [d.name for d in declarations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a node is declared twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    return [
+        Node(
+            name=d.name,
+            source=InventorySource.DECLARED,
+            gpus=tuple(
+                Gpu(node=d.name, index=i, uuid=f"GPU-declared-{d.name}-{i}", model=d.model)
+                for i in range(d.gpus)
+            ),
+        )
+        for d in declarations
+    ]
+
+
+def _detected_nodes(gpus: list[Gpu]) -> list[Node]:
+    by_node: dict[str, list[Gpu]] = {}
+    for gpu in gpus:
+        by_node.setdefault(gpu.node, []).append(gpu)
+    return [
+        Node(name=name, source=InventorySource.NVML, gpus=tuple(sorted(g, key=lambda x: x.index)))
+        for name, g in sorted(by_node.items())
+    ]
+
+
+def _map_gpus(nodes: Iterable[Node], update: Callable[[Gpu], dict[str, Any]]) -> tuple[Node, ...]:
+    """The nodes with ``update(gpu)``'s fields changed on each GPU (models are immutable)."""
+    return tuple(
+        n.model_copy(update={"gpus": tuple(g.model_copy(update=update(g)) for g in n.gpus)}) for n in nodes
+    )
+
+
+def _describe(nodes: Iterable[Node]) -> str:
+    nodes = list(nodes)
+    total = sum(len(n.gpus) for n in nodes)
+    parts = ", ".join(f"{n.name}: {len(n.gpus)}" for n in nodes)
+    return f"{total} GPU(s) on {len(nodes)} node(s) ({parts})"
+
+
+# -- the manager -----------------------------------------------------------------------------------
+
+
+class ResourceManager:
+    """The current inventory, its drains and health, and the latest readings.
+
+    The inventory is all detected (one node, this one) or all declared: a probe reads only its own
+    node, so mixing would leave the declared part looking measured. Methods that change it take a
+    lock because the service's REST threads and its tick loop share one manager.
+    """
+
+    def __init__(self, store: Store, probe: GpuProbe | None) -> None:
+        self._store = store
+        self._probe = probe
+        self._lock = threading.RLock()
+        self._nodes: tuple[Node, ...] = ()
+        self._metrics_error: str | None = None
+
+    # -- reading ---------------------------------------------------------------------------------
+    def nodes(self) -> tuple[Node, ...]:
+        return self._nodes
+
+    @property
+    def source(self) -> InventorySource | None:
+        """Detected (NVML) or declared; None before ``initialize``."""
+        return self._nodes[0].source if self._nodes else None
+
+    @property
+    def metrics_error(self) -> str | None:
+        """Why the last metrics refresh read nothing, for status pages; None when it worked."""
+        return self._metrics_error
+
+    def gpu(self, node: str, index: int) -> Gpu:
+        for n in self._nodes:
+            if n.name == node:
+                for g in n.gpus:
+                    if g.index == index:
+                        return g
+                raise UnknownGpu(f"node {node} has no GPU {index} (it has {len(n.gpus)}, from 0)")
+        known = ", ".join(n.name for n in self._nodes) or "none"
+        raise UnknownGpu(f"no node named {node!r} (known: {known})")
+
+    def largest_node_gpus(self) -> int:
+        """Usable GPUs on the best node: a job asking for more can never start."""
+        return max((sum(g.healthy and not g.drained for g in n.gpus) for n in self._nodes), default=0)
+
+    # -- deciding the inventory ------------------------------------------------------------------
+    def initialize(self, now: float, declared: list[NodeDeclaration] | None = None) -> str:
+        """Choose the start-up inventory: detected > declared now > saved before > 8 assumed GPUs.
+
+        Returns a one-line notice for people, saying where the GPUs came from and, when they were
+        not detected, why not.
+        """
+        with self._lock:
+            stored = self._store.load_inventory()
+            why_not, nodes = self._try_detect()
+            if nodes:
+                notice = f"Detected {_describe(nodes)} through NVML."
+            elif declared:
+                nodes = declared_nodes(declared)
+                notice = f"Using the declared inventory: {_describe(nodes)}; not detected ({why_not})."
+            elif stored:
+                nodes = stored
+                notice = (
+                    f"Using the inventory saved before ({nodes[0].source.value}): {_describe(nodes)}; "
+                    f"not re-detected ({why_not})."
+                )
+            else:
+                nodes = declared_nodes([NodeDeclaration(name=DEFAULT_NODE, gpus=DEFAULT_GPUS)])
+                notice = (
+                    f"No GPUs detected ({why_not}) and none declared: assuming {DEFAULT_GPUS} GPUs on node "
+                    f"{DEFAULT_NODE!r}. They are declared, not detected; declare the real inventory."
+                )
+            self._replace(nodes, stored, now=now, message=notice)
+            return notice
+
+    def _try_detect(self) -> tuple[str, list[Node]]:
+        """(why detection failed, detected nodes); nodes empty when it failed."""
+        if self._probe is None:
+            return "no GPU probe configured", []
+        try:
+            gpus = self._probe.discover()
+        except ProbeUnavailable as exc:
+            return str(exc), []
+        if not gpus:
+            return "NVML works but reports no GPUs", []
+        return "", _detected_nodes(gpus)
+
+    def declare(self, declarations: list[NodeDeclaration], *, now: float, held: set[tuple[str, int]]) -> None:
+        """Replace the inventory with a declared one. ``held``: (node, index) of GPUs running jobs hold."""
+        nodes = declared_nodes(declarations)
+        with self._lock:
+            self._check_held(nodes, held)
+            self._replace(nodes, self._nodes, now=now, message=f"Inventory declared: {_describe(nodes)}.")
+
+    def detect(self, *, now: float, held: set[tuple[str, int]]) -> None:
+        """Re-detect through the probe; ``ProbeUnavailable`` says why it cannot."""
+        if self._probe is None:
+            raise ProbeUnavailable("no GPU probe is configured on this server")
+        gpus = self._probe.discover()
+        if not gpus:
+            raise ProbeUnavailable("NVML works but reports no GPUs")
+        nodes = _detected_nodes(gpus)
+        with self._lock:
+            self._check_held(nodes, held)
+            self._replace(nodes, self._nodes, now=now, message=f"Detected {_describe(nodes)} through NVML.")
+
+    @staticmethod
+    def _check_held(nodes: Iterable[Node], held: set[tuple[str, int]]) -> None:
+        kept = {(n.name, g.index) for n in nodes for g in n.gpus}
+        lost = sorted(held - kept)
+        if lost:
+            names = ", ".join(f"{node}:{index}" for node, index in lost)
+            raise InventoryConflict(
+                f"the new inventory drops GPU(s) {names}, which running jobs hold; "
+                "stop those jobs first (nothing was changed)"
+            )
+
+    def _replace(self, nodes: Iterable[Node], before: Iterable[Node], *, now: float, message: str) -> None:
+        """Install ``nodes``, keeping drains of GPUs that were drained before.
+
+        A GPU is "the same" when its UUID is: a card moved to another slot stays drained, a new card in
+        a drained card's slot does not. Declared UUIDs are made from node and index, so re-declaring
+        the same shape keeps drains too.
+        """
+        drained = {g.uuid for n in before for g in n.gpus if g.drained}
+        nodes = _map_gpus(nodes, lambda g: {"drained": g.uuid in drained})
+        self._store.save_inventory(nodes)
+        self._nodes = nodes
+        self._store.add_event(
+            Event(
+                time=now,
+                kind="inventory",
+                message=message,
+                data={"source": nodes[0].source.value, "gpus": {n.name: len(n.gpus) for n in nodes}},
+            )
+        )
+
+    # -- drains and health -----------------------------------------------------------------------
+    def drain(self, node: str, index: int, *, now: float, reason: str = "") -> None:
+        """Start no new job on this GPU; a job already on it keeps running. Idempotent."""
+        self._set_drained(node, index, True, now=now, reason=reason)
+
+    def undrain(self, node: str, index: int, *, now: float, reason: str = "") -> None:
+        """Let new jobs on this GPU again. Idempotent."""
+        self._set_drained(node, index, False, now=now, reason=reason)
+
+    def _set_drained(self, node: str, index: int, drained: bool, *, now: float, reason: str) -> None:
+        # No event when nothing changes: a repeated click is not news for the audit log.
+        with self._lock:
+            if self.gpu(node, index).drained == drained:
+                return
+            self._update({(node, index): {"drained": drained}})
+            kind = "gpu_drained" if drained else "gpu_undrained"
+            message = f"GPU {node}:{index} {kind.removeprefix('gpu_')}" + (f": {reason}" if reason else "")
+            data = {"node": node, "gpu": index, "reason": reason}
+            self._store.add_event(Event(time=now, kind=kind, message=message, data=data))
+
+    def _update(self, changes: dict[tuple[str, int], dict[str, Any]], *, persist: bool = True) -> None:
+        self._nodes = _map_gpus(self._nodes, lambda g: changes.get((g.node, g.index), {}))
+        if persist:
+            self._store.save_inventory(self._nodes)
+
+    # -- live readings ---------------------------------------------------------------------------
+    def refresh_metrics(self, now: float) -> None:
+        """Read the probe and keep the readings in memory (never in the store: they are stale at once).
+
+        Health follows the readings: a GPU the probe could not read at all (lost, fallen off the bus)
+        is unhealthy until it answers again, and each change of health is persisted with an event. A
+        probe that reads nothing (``ProbeUnavailable``) clears the readings but changes no health: one
+        failed read says nothing about the GPUs, and marking a whole node unhealthy on it would stall
+        the queue. Declared inventories have nothing to read.
+        """
+        if self._probe is None or self.source != InventorySource.NVML:
+            return
+        try:
+            readings: dict[int, GpuMetrics] | None = self._probe.metrics()
+            error = None
+        except ProbeUnavailable as exc:
+            readings, error = None, str(exc)
+        with self._lock:
+            self._metrics_error = error
+            if readings is None:
+                self._nodes = _map_gpus(self._nodes, lambda g: {"metrics": None})
+                return
+            changes, events = {}, []
+            for n in self._nodes:
+                for g in n.gpus:
+                    reading = readings.get(g.index)
+                    changes[(n.name, g.index)] = {"metrics": reading, "healthy": reading is not None}
+                    if g.healthy != (reading is not None):
+                        kind = "gpu_healthy" if reading is not None else "gpu_unhealthy"
+                        why = "answers NVML again" if reading is not None else "gave no NVML reading"
+                        events.append(
+                            Event(
+                                time=now,
+                                kind=kind,
+                                message=f"GPU {n.name}:{g.index} {why}",
+                                data={"node": n.name, "gpu": g.index},
+                            )
+                        )
+            self._update(changes, persist=bool(events))
+            for event in events:
+                self._store.add_event(event)

@@ -1,0 +1,221 @@
+"""The job queue: the lifecycle of a job and the one function that changes it.
+
+``transition`` is the only place a job's status changes. It checks the move against
+``models.TRANSITIONS``, stamps the time, keeps the fields that belong to each state consistent and
+saves the job with an event row in one store transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tools.models import (
+    HOLDS_GPUS,
+    TERMINAL,
+    TRANSITIONS,
+    Event,
+    Job,
+    JobSpec,
+    JobStatus,
+    PendingReason,
+    StopReason,
+)
+from tools.store import Store
+
+WAITING_FOR_PASS = "waiting for the scheduler's next pass"
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class IllegalTransition(RuntimeError):
+    """The request does not fit the job's state (e.g. cancelling a completed job)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before retry ``attempt`` (1-based): base, doubled each time, capped."""
+
+    base_s: float = 10.0
+    factor: float = 2.0
+    max_s: float = 600.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_s, self.base_s * self.factor ** max(0, attempt - 1))
+
+
+def decayed(value: float, elapsed_s: float, half_life_s: float) -> float:
+    """``value`` after ``elapsed_s`` of exponential decay: half of it is gone after one half-life."""
+    return value * 0.5 ** (max(0.0, elapsed_s) / half_life_s)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    counts: dict[str, int]
+    queued_gpus: int  # GPUs the waiting jobs ask for
+    running_gpus: int  # GPUs held by scheduled and running jobs
+    oldest_wait_s: float | None
+    max_queued: int
+
+
+class JobQueue:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_queued: int = 100,
+        backoff: Backoff = Backoff(),
+        usage_half_life_s: float = 7 * 86_400.0,
+    ) -> None:
+        if max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
+        self.store = store
+        self.max_queued = max_queued
+        self.backoff = backoff
+        self.usage_half_life_s = usage_half_life_s
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def active(self) -> list[Job]:
+        return self.store.active_jobs()
+
+    def usage(self, now: float) -> dict[str, float]:
+        """Each user's GPU-seconds of finished attempts, decayed to ``now``."""
+        return {
+            user: decayed(value, now - as_of, self.usage_half_life_s)
+            for user, (value, as_of) in self.store.get_usage().items()
+        }
+
+    def stats(self, now: float) -> QueueStats:
+        active = self.active()
+        queued = [j for j in active if j.status == JobStatus.QUEUED]
+        return QueueStats(
+            counts={s.value: n for s, n in self.store.count_by_status().items()},
+            queued_gpus=sum(j.gpu_count for j in queued),
+            running_gpus=sum(j.gpu_count for j in active if j.status in HOLDS_GPUS),
+            oldest_wait_s=max((now - j.submit_time for j in queued), default=None),
+            max_queued=self.max_queued,
+        )
+
+    # -- changing ------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec, *, now: float) -> Job:
+        """Persist a new queued job; raises ``store.QueueFull`` when the queue is at its limit."""
+        job = Job(
+            **spec.model_dump(),
+            id=0,
+            submit_time=now,
+            pending_reason=PendingReason.PRIORITY,
+            pending_message=WAITING_FOR_PASS,
+        )
+        return self.store.add_job(job, max_queued=self.max_queued)
+
+    def transition(self, job: Job, to: JobStatus, *, now: float, message: str = "", **changes: Any) -> Job:
+        """Move ``job`` to ``to``; the one function that changes a job's status."""
+        if to not in TRANSITIONS[job.status]:
+            raise IllegalTransition(f"job {job.id} is {job.status.value}; it cannot become {to.value}")
+        fields: dict[str, Any] = {"status": to}
+        if to == JobStatus.QUEUED:
+            fields |= {
+                "allocation": None,
+                "stop_reason": None,
+                "pending_reason": PendingReason.PRIORITY,
+                "pending_message": WAITING_FOR_PASS,
+            }
+        else:
+            fields |= {"pending_reason": None, "pending_message": None}
+        if to == JobStatus.SCHEDULED:
+            if changes.get("allocation") is None:
+                raise ValueError("a job is scheduled onto an allocation")
+            fields["attempts"] = job.attempts + 1
+        if to == JobStatus.RUNNING:
+            fields["start_time"] = now
+        if to in TERMINAL:
+            fields["end_time"] = now
+        fields |= changes
+        new = job.model_copy(update=fields)
+        event = Event(
+            time=now,
+            kind=to.value,
+            job_id=job.id,
+            message=message or f"{job.display_name}: {job.status.value} -> {to.value}",
+            data={"from": job.status.value, "to": to.value}
+            | ({"allocation": new.allocation.model_dump()} if new.allocation and to in HOLDS_GPUS else {}),
+        )
+        self.store.save_job(new, event)
+        return new
+
+    def update(self, job: Job, *, now: float, kind: str, message: str, **changes: Any) -> Job:
+        """Change fields other than the status, with an event row."""
+        if "status" in changes:
+            raise ValueError("use transition() to change a job's status")
+        new = job.model_copy(update=changes)
+        self.store.save_job(new, Event(time=now, kind=kind, job_id=job.id, message=message))
+        return new
+
+    def set_pending(self, job: Job, reason: PendingReason, message: str) -> Job:
+        """Record why a queued job waits. Not an event: it is re-derived on every pass."""
+        if job.status != JobStatus.QUEUED:
+            raise IllegalTransition(f"job {job.id} is {job.status.value}; only queued jobs wait")
+        if (job.pending_reason, job.pending_message) == (reason, message):
+            return job
+        new = job.model_copy(update={"pending_reason": reason, "pending_message": message})
+        self.store.save_job(new, None)
+        return new
+
+    def set_priority(self, job_id: int, priority: int, *, now: float) -> Job:
+        if not 1 <= priority <= 10:
+            raise ValueError(f"priority must be between 1 and 10, not {priority}")
+        job = self.get(job_id)
+        if job.status != JobStatus.QUEUED:
+            raise IllegalTransition(
+                f"job {job_id} is {job.status.value}; only a queued job's priority can change"
+            )
+        return self.update(
+            job,
+            now=now,
+            kind="priority",
+            message=f"{job.display_name}: priority {job.priority} -> {priority}",
+            priority=priority,
+        )
+
+    def finish(self, job: Job, exit_code: int | None, *, now: float, note: str = "") -> Job:
+        """Record the end of a running attempt; requeue it with a backoff while retries remain."""
+        self._charge_usage(job, now)
+        code = "no exit code (the job vanished)" if exit_code is None else f"exit code {exit_code}"
+        detail = f"{job.display_name}: {code}" + (f"; {note}" if note else "")
+        if job.stop_reason == StopReason.CANCEL:
+            return self.transition(job, JobStatus.CANCELLED, now=now, message=f"{detail}; cancelled",
+                                   exit_code=exit_code, stop_reason=None)
+        if job.stop_reason == StopReason.TIME_LIMIT:
+            return self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, stop_reason=None,
+                                   message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s")
+        if exit_code == 0:
+            return self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
+        return self.fail_attempt(job, now=now, exit_code=exit_code, why=detail)
+
+    def fail_attempt(self, job: Job, *, now: float, exit_code: int | None, why: str) -> Job:
+        """A failed attempt (or a failed start): retry after a backoff, or fail for good."""
+        if job.attempts <= job.max_retries:
+            delay = self.backoff.delay(job.attempts)
+            retry = f"retry {job.attempts}/{job.max_retries} after {delay:g} s backoff ({why})"
+            return self.transition(job, JobStatus.QUEUED, now=now, message=retry, exit_code=exit_code,
+                                   not_before=now + delay, pending_reason=PendingReason.BEGIN_TIME,
+                                   pending_message=retry)
+        return self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code,
+                               message=f"{why}; no retries left")
+
+    def _charge_usage(self, job: Job, now: float) -> None:
+        if job.start_time is None:
+            return
+        value, as_of = self.store.get_usage().get(job.user, (0.0, now))
+        charged = decayed(value, now - as_of, self.usage_half_life_s) + job.gpu_count * (now - job.start_time)
+        self.store.set_usage(job.user, charged, now)

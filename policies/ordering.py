@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from tools.models import Job
 
@@ -26,6 +26,10 @@ class Policy(Protocol):
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         """Which queued jobs start now and where, and why each other queued job waits."""
+        ...
+
+    def order(self, snapshot: Snapshot) -> list[Job]:
+        """The queued jobs in the order this policy considers them (positions for people)."""
         ...
 
 
@@ -50,9 +54,12 @@ class OrderedPolicy:
     key: Callable[[Job], tuple]
     head_of_line: bool = False
 
+    def order(self, snapshot: Snapshot) -> list[Job]:
+        return sorted(snapshot.queued, key=self.key)
+
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, head_of_line=self.head_of_line)
-        for job in sorted(snapshot.queued, key=self.key):
+        for job in self.order(snapshot):
             placer.offer(job)
         return placer.decisions()
 
@@ -61,8 +68,17 @@ class OrderedPolicy:
 class FairSharePolicy:
     name: str = "fair_share"
 
+    def order(self, snapshot: Snapshot) -> list[Job]:
+        """As ``decide`` would offer them if every job started."""
+        return list(self._turns(snapshot, started=lambda job: True))
+
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot)
+        for _ in self._turns(snapshot, started=placer.offer):
+            pass
+        return placer.decisions()
+
+    def _turns(self, snapshot: Snapshot, started: Callable[[Job], bool]) -> Iterator[Job]:
         per_user: dict[str, list[Job]] = {}
         for job in sorted(snapshot.queued, key=priority_key, reverse=True):
             per_user.setdefault(job.user, []).append(job)  # each list's best job is at its end
@@ -75,11 +91,11 @@ class FairSharePolicy:
         while heap:
             usage, holding, user = heapq.heappop(heap)
             job = per_user[user].pop()
-            if placer.offer(job):
+            yield job
+            if started(job):
                 holding += job.gpu_count
             if per_user[user]:
                 heapq.heappush(heap, (usage, holding, user))
-        return placer.decisions()
 
 
 POLICIES: dict[str, Policy] = {

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from agent.orchestrator import InvalidJob, Orchestrator
+from tools.orchestrator import InvalidJob, Orchestrator
 from policies.ordering import POLICIES, get_policy
 from tools.clock import SimClock
 from tools.gpus import NodeDeclaration, ResourceManager

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.orchestrator import InvalidJob, Orchestrator
+from tools.orchestrator import InvalidJob, Orchestrator
 from policies.ordering import get_policy
 from tools.clock import SimClock
 from tools.models import JobSpec, JobStatus, PendingReason

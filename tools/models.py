@@ -71,7 +71,7 @@ class Allocation(BaseModel):
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by the executor for each job; a submission may not override them.
-RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "HERD_JOB_ID"})
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID"})
 
 UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 

@@ -1,0 +1,225 @@
+"""TmuxExecutor against a real tmux: each test on its own private server, killed afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from tools.executor import JobExit, StartError
+from tools.models import Allocation, Job
+from tools.tmux_executor import TmuxExecutor
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+ALLOC = Allocation(node="local", gpus=(1, 3))
+BASH_ADDS = {"PWD", "SHLVL", "_", "OLDPWD"}  # variables bash itself sets in every shell
+
+
+def job(id: int = 1, command: str = "true", **kw) -> Job:
+    return Job(id=id, user="u", command=command, gpu_count=2, submit_time=0.0, **kw)
+
+
+@pytest.fixture
+def socket_name() -> str:
+    return f"herd-test-{uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_executor(tmp_path: Path, socket_name: str):
+    """Build executors on this test's socket and workdir; the server is killed at the end."""
+    made: list[TmuxExecutor] = []
+
+    def make(**kw) -> TmuxExecutor:
+        ex = TmuxExecutor(tmp_path / "work", socket_name=socket_name, **kw)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.close()
+    if made:
+        made[-1].shutdown_server()
+
+
+@pytest.fixture
+def ex(make_executor) -> TmuxExecutor:
+    return make_executor()
+
+
+def wait_exit(ex: TmuxExecutor, job_id: int, timeout_s: float = 10.0) -> JobExit:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for e in ex.poll(time.time()):
+            if e.job_id == job_id:
+                return e
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end within {timeout_s} s")
+
+
+def wait_file(path: Path, timeout_s: float = 10.0) -> str:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if path.exists() and path.read_text().endswith("\n"):
+            return path.read_text()
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not appear within {timeout_s} s")
+
+
+def pid_alive(pid: int) -> bool:
+    """A zombie counts as dead: where PID 1 does not reap orphans, killed ones stay zombies."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_job_sees_only_its_own_environment(make_executor, monkeypatch):
+    monkeypatch.setenv("HERD_LEAK_SENTINEL", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    ex = make_executor()
+    log = ex.start(job(command="env", env={"FOO": "bar baz"}), ALLOC, time.time())
+
+    assert wait_exit(ex, 1).exit_code == 0
+    env = dict(line.split("=", 1) for line in Path(log).read_text().splitlines())
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert env["HERD_JOB_ID"] == "1"
+    assert env["FOO"] == "bar baz"
+    assert "HERD_LEAK_SENTINEL" not in env
+    want_keys = {k for k in ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG") if k in os.environ}
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # so CUDA numbers GPUs as NVML does
+    assert set(env) - BASH_ADDS == want_keys | {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID", "FOO"}
+
+
+def test_stdout_and_stderr_land_in_the_log(ex):
+    log = ex.start(job(command="echo to-out; echo to-err >&2"), ALLOC, time.time())
+    wait_exit(ex, 1)
+    assert Path(log).read_text() == "to-out\nto-err\n"
+    assert log == str(ex.log_path(1))
+
+
+@pytest.mark.parametrize("code", [0, 3], ids=["success", "failure"])
+def test_exit_code_is_reported(ex, code):
+    ex.start(job(command=f"exit {code}"), ALLOC, time.time())
+    e = wait_exit(ex, 1)
+    assert e.exit_code == code
+    assert ex.poll(time.time()) == []  # reported once
+
+
+def test_log_is_appended_across_attempts(ex):
+    ex.start(job(command="echo attempt"), ALLOC, time.time())
+    assert wait_exit(ex, 1).exit_code == 0
+    time.sleep(0.2)  # let the first window close
+    ex.start(job(command="echo attempt; exit 2"), ALLOC, time.time())
+    assert wait_exit(ex, 1).exit_code == 2
+    assert ex.log_path(1).read_text() == "attempt\nattempt\n"
+
+
+def test_a_running_job_is_not_started_twice(ex):
+    ex.start(job(command="sleep 30"), ALLOC, time.time())
+    with pytest.raises(StartError, match="already"):
+        ex.start(job(command="sleep 30"), ALLOC, time.time())
+    ex.stop(1, time.time(), grace_s=1.0)
+    assert wait_exit(ex, 1).exit_code == 143
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(ex, tmp_path):
+    child_pid = tmp_path / "child.pid"
+    command = f"(trap '' TERM; echo $BASHPID > {child_pid}; exec sleep 60) & sleep 60"
+    ex.start(job(command=command), ALLOC, time.time())
+    pid = int(wait_file(child_pid))
+
+    t0 = time.time()
+    ex.stop(1, t0, grace_s=0.5)
+    e = wait_exit(ex, 1)
+    took = time.time() - t0
+
+    assert e.exit_code in (137, 143)
+    assert took < 3.0
+    assert not pid_alive(pid)
+    ex.stop(1, time.time(), grace_s=0.5)  # stopping an ended job is a no-op
+
+
+def test_stop_sends_sigterm_first(ex):
+    ex.start(job(command="sleep 30"), ALLOC, time.time())
+    time.sleep(0.2)
+    ex.stop(1, time.time(), grace_s=5.0)
+    assert wait_exit(ex, 1, timeout_s=3.0).exit_code == 143
+
+
+def test_a_running_job_survives_a_restart_of_the_executor(make_executor, tmp_path):
+    a = make_executor()
+    a.start(job(1, command="sleep 1.5; exit 4"), ALLOC, time.time())
+    a.start(job(2, command=f"echo done > {tmp_path / 'ended'}; exit 5"), ALLOC, time.time())
+    a.close()
+    wait_file(tmp_path / "ended")  # job 2 ends while no executor watches
+    time.sleep(0.3)  # let its wrapper record the exit code
+
+    b = make_executor()
+    recovered = b.recover([1, 2, 99], time.time())
+    assert {(e.job_id, e.exit_code) for e in recovered} == {(2, 5), (99, None)}
+    assert wait_exit(b, 1).exit_code == 4
+
+
+def test_an_adopted_job_can_be_stopped(make_executor):
+    a = make_executor()
+    a.start(job(command="sleep 30"), ALLOC, time.time())
+    time.sleep(0.2)
+    a.close()
+    b = make_executor()
+    assert b.recover([1], time.time()) == []
+    b.stop(1, time.time(), grace_s=1.0)
+    assert wait_exit(b, 1).exit_code == 143
+
+
+def test_command_runs_exactly_as_written(ex):
+    command = """echo "héllo 'wörld'"; echo $(echo sub) ; printf '%s\\n' "a;b" 日本"""
+    log = ex.start(job(command=command), ALLOC, time.time())
+    assert wait_exit(ex, 1).exit_code == 0
+    assert Path(log).read_text(encoding="utf-8") == "héllo 'wörld'\nsub\na;b\n日本\n"
+
+
+def test_missing_cwd_fails_with_a_clear_message(ex, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    log = ex.start(job(command="echo never", cwd=str(missing)), ALLOC, time.time())
+    e = wait_exit(ex, 1)
+    assert e.exit_code not in (None, 0)
+    text = Path(log).read_text()
+    assert str(missing) in text and "working directory" in text
+    assert "never" not in text
+
+
+def test_a_killed_window_is_reported_as_vanished_or_ended(ex):
+    ex.start(job(command="sleep 30"), ALLOC, time.time())
+    time.sleep(0.2)
+    ex._tmux("kill-window", "-t", f"={ex.session_name}:={ex.window_name(1)}")
+    e = wait_exit(ex, 1, timeout_s=5.0)
+    # The job dies of the hangup (129) or of the SIGTERM the wrapper passes on (143), or poll looks
+    # before the wrapper has recorded it (None).
+    assert e.exit_code in (None, 129, 143)
+
+
+def test_end_is_noticed_within_a_second(ex, tmp_path):
+    latencies = []
+    for i in range(3):
+        stamp = tmp_path / f"end-{i}"
+        ex.start(job(i, command=f"sleep 0.3; date +%s.%N > {stamp}"), ALLOC, time.time())
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            ex.wait(1.0)
+            exits = ex.poll(time.time())
+            if exits:
+                seen = time.time()
+                break
+        else:
+            raise AssertionError(f"job {i} did not end")
+        assert [e.job_id for e in exits] == [i]
+        latencies.append(seen - float(stamp.read_text()))
+    print(f"\nend-detection latency (job end -> poll reports it): "
+          + ", ".join(f"{x * 1000:.1f} ms" for x in latencies))
+    assert max(latencies) < 1.0

@@ -97,3 +97,4 @@ class Wait:
 class Decisions:
     starts: tuple[Proposal, ...]
     waiting: Mapping[int, Wait]  # a reason for every queued job that does not start
+    notes: tuple[tuple[str, str], ...] = ()  # (event kind, message) for the audit log, e.g. a fallback

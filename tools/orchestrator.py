@@ -3,9 +3,10 @@
 ``tick()`` runs in numbered phases, each timed on the injected clock:
   1. collect   - record jobs that ended (exit codes from the executor), with retries
   2. enforce   - stop jobs past their time limit (SIGTERM, grace, SIGKILL)
-  3. decide    - snapshot -> policy -> validator (pure)
-  4. apply     - reserve GPUs in the store, then start through the executor; on failure release
-  5. explain   - store every waiting job's pending reason
+  3. decide    - snapshot -> policy (pure; the only phase without the lock)
+  4. validate  - the policy's proposals against a fresh snapshot
+  5. apply     - reserve GPUs in the store, then start through the executor; on failure release
+  6. explain   - store every waiting job's pending reason
 Every front door (REST, CLI, the LLM agent, the eval harness) changes jobs through the methods here,
 under one lock, so the tick never races a cancel.
 """
@@ -71,7 +72,8 @@ class Orchestrator:
         self.max_gpus_per_job = max_gpus_per_job
         self.enabled = enabled
         self.last_tick: TickReport | None = None
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # every change of jobs, from any door
+        self._tick_lock = threading.Lock()  # one tick at a time
 
     # -- reading -------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -148,7 +150,10 @@ class Orchestrator:
 
     # -- the tick --------------------------------------------------------------------------------
     def tick(self) -> TickReport:
-        with self.lock:
+        """One pass. The policy decides without the lock (an LLM may take seconds), so requests are
+        never blocked by it; its proposals are then validated against a fresh snapshot, which
+        refuses any that a cancel or another change made stale."""
+        with self._tick_lock:
             clock = self.clock
             t0 = clock.now()
             phases: dict[str, float] = {}
@@ -158,31 +163,39 @@ class Orchestrator:
                 phases[name] = t - since
                 return t
 
-            finished = self._collect(t0)
-            t = lap("collect", t0)
-            self._enforce_time_limits(t)
-            t = lap("enforce", t)
-            if not self.enabled:
-                waiting = self._hold_all(t)
-                t = lap("explain", t)
-                report = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                    waiting=waiting, phases_s=phases)
-                self.last_tick = report
-                return report
-            snapshot = self.snapshot()
-            decisions = self.policy.decide(snapshot)
-            verdict = validate(snapshot, decisions.starts)
+            with self.lock:
+                finished = self._collect(t0)
+                t = lap("collect", t0)
+                self._enforce_time_limits(t)
+                t = lap("enforce", t)
+                if not self.enabled:
+                    waiting = self._hold_all(t)
+                    t = lap("explain", t)
+                    self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name,
+                                                finished=finished, waiting=waiting, phases_s=phases)
+                    return self.last_tick
+                seen = self.snapshot()
+            decisions = self.policy.decide(seen)
             t = lap("decide", t)
-            started = self._apply(snapshot, verdict.accepted, t)
-            t = lap("apply", t)
-            # Accepted jobs that failed to start already carry their reason from the retry path.
-            handled = {acc.proposal.job_id for acc in verdict.accepted}
-            waiting = self._explain(snapshot, decisions, verdict.rejected, handled) + len(handled) - len(started)
-            t = lap("explain", t)
-            report = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                started=tuple(started), rejected=verdict.rejected, waiting=waiting, phases_s=phases)
-            self.last_tick = report
-            return report
+            with self.lock:
+                snapshot = self.snapshot()
+                verdict = validate(snapshot, decisions.starts)
+                for kind, message in decisions.notes:
+                    self.queue.store.add_event(Event(time=snapshot.now, kind=kind, message=message))
+                t = lap("validate", t)
+                started = self._apply(snapshot, verdict.accepted, t)
+                t = lap("apply", t)
+                # Accepted jobs that failed to start already carry their reason from the retry path;
+                # jobs that arrived after the policy looked keep theirs until the next pass.
+                skip = {acc.proposal.job_id for acc in verdict.accepted} | (
+                    {j.id for j in snapshot.queued} - {j.id for j in seen.queued}
+                )
+                waiting = self._explain(snapshot, decisions, verdict.rejected, skip)
+                t = lap("explain", t)
+            self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
+                                        started=tuple(started), rejected=verdict.rejected,
+                                        waiting=waiting + len(verdict.accepted) - len(started), phases_s=phases)
+            return self.last_tick
 
     def _collect(self, now: float) -> tuple[int, ...]:
         finished = []
@@ -229,7 +242,7 @@ class Orchestrator:
             started.append(job.id)
         return started
 
-    def _explain(self, snapshot: Snapshot, decisions: Decisions, rejected: tuple[Rejection, ...], handled: set[int]) -> int:
+    def _explain(self, snapshot: Snapshot, decisions: Decisions, rejected: tuple[Rejection, ...], skip: set[int]) -> int:
         refused = {r.proposal.job_id: r for r in rejected}
         now = snapshot.now
         for r in rejected:
@@ -238,7 +251,7 @@ class Orchestrator:
                                              data={"codes": [c.value for c in r.codes]}))
         waiting = 0
         for job in snapshot.queued:
-            if job.id in handled:
+            if job.id in skip:
                 continue
             waiting += 1
             if job.id in refused:

@@ -10,11 +10,13 @@ The acting user is bound by the caller in ``ToolContext``, never taken from the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from policies.snapshot import Proposal, Snapshot
+from policies.validator import Accepted, validate
 from tools.gpus import ResourceManager
 from tools.models import HOLDS_GPUS, InventorySource, Job, JobSpec, JobStatus
 from tools.orchestrator import Orchestrator
@@ -157,6 +159,13 @@ def get_job(ctx: ToolContext, args: GetJob) -> Job:
 
 
 # -- changing -----------------------------------------------------------------------------------
+class EnvVar(Args):
+    """One environment variable for a job."""
+
+    name: str = Field(description="The variable's name.")
+    value: str = Field(description="Its value.")
+
+
 class SubmitJob(Args):
     """Queue a job for the acting user. It runs when the scheduler gives it whole GPUs on one node."""
 
@@ -167,7 +176,7 @@ class SubmitJob(Args):
     est_duration_s: float | None = Field(description="The user's estimate of the run time in seconds; null if unknown.")
     time_limit_s: float | None = Field(description="Stop the job after this many seconds; null for no limit.")
     cwd: str | None = Field(description="Working directory; null for the service's default.")
-    env: dict[str, str] | None = Field(description="Extra environment variables; null for none.")
+    env: list[EnvVar] | None = Field(description="Extra environment variables; null for none.")
     max_retries: int | None = Field(description="Retries after a failed attempt; null for the default, 1.")
 
 
@@ -180,8 +189,9 @@ class Submitted(BaseModel):
 def submit_job(ctx: ToolContext, args: SubmitJob) -> Submitted:
     if ctx.actor is None:
         raise PermissionDenied("a submission needs a user")
-    given = args.model_dump(exclude_none=True)
-    spec = JobSpec(user=ctx.actor, **given)  # raises pydantic.ValidationError with the field at fault
+    given = args.model_dump(exclude_none=True, exclude={"env"})
+    env = {var.name: var.value for var in args.env or []}
+    spec = JobSpec(user=ctx.actor, env=env, **given)  # pydantic.ValidationError names the field at fault
     job = ctx.orchestrator.submit(spec)
     return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id))
 
@@ -214,3 +224,74 @@ class SetPriority(Args):
 def set_priority(ctx: ToolContext, args: SetPriority) -> Job:
     ctx.check_owner(ctx.orchestrator.queue.get(args.job_id))
     return ctx.orchestrator.set_priority(args.job_id, args.priority)
+
+
+class ToolRefused(Exception):
+    """A tool declined the request (e.g. the validator refused a proposal); the message says why."""
+
+
+class ExplainJob(Args):
+    """Why a job waits (or what it is doing), from the scheduler's own pending reason; never guessed."""
+
+    job_id: int = Field(description="The job's id.")
+
+
+class Explanation(BaseModel):
+    job_id: int
+    user: str
+    status: JobStatus
+    gpu_count: int
+    position: int | None  # in the scheduling order, for a queued job
+    reason: str | None  # Slurm-style code: Priority, Resources, BeginTime, Held, Infeasible
+    message: str  # the scheduler's words, or what the job is doing
+
+
+def explain_job(ctx: ToolContext, args: ExplainJob) -> Explanation:
+    job = ctx.orchestrator.queue.get(args.job_id)
+    if job.status == JobStatus.QUEUED:
+        message = job.pending_message or ""
+    elif job.status in HOLDS_GPUS and job.allocation is not None:
+        message = f"{job.status.value} on {job.allocation.node} GPU(s) {job.allocation.cuda_visible_devices()}"
+    else:
+        message = f"{job.status.value}" + (f" with exit code {job.exit_code}" if job.exit_code is not None else "")
+    return Explanation(
+        job_id=job.id, user=job.user, status=job.status, gpu_count=job.gpu_count,
+        position=queue_position(ctx, job.id) if job.status == JobStatus.QUEUED else None,
+        reason=job.pending_reason.value if job.pending_reason else None, message=message,
+    )
+
+
+class ProposeAllocation(Args):
+    """Propose that a queued job start now on the given GPUs of one node. The validator checks it at
+    once; the result says whether it was accepted or why not."""
+
+    job_id: int = Field(description="The queued job to start.")
+    node: str = Field(description="The node whose GPUs it gets.")
+    gpu_indices: list[int] = Field(description="Exactly as many free GPU indices of that node as the job asks for.")
+    reason: str = Field(description="One line on why this job and these GPUs.")
+
+
+@dataclass
+class ProposalSession:
+    """One scheduling decision: proposals are validated against the snapshot plus those already accepted."""
+
+    snapshot: Snapshot
+    proposer: str = "agent"
+    accepted: list[Accepted] = field(default_factory=list)
+
+    def propose(self, args: ProposeAllocation) -> dict[str, object]:
+        proposal = Proposal(
+            job_id=args.job_id, gpus=tuple((args.node, i) for i in args.gpu_indices),
+            by=self.proposer, reason=args.reason[:200],
+        )
+        verdict = validate(self.snapshot, [a.proposal for a in self.accepted] + [proposal])
+        refused = [r for r in verdict.rejected if r.proposal is proposal]
+        if refused:
+            codes = ", ".join(c.value for c in refused[0].codes)
+            raise ToolRefused(f"the validator refused it ({codes}): {refused[0].explain()}")
+        self.accepted.append(verdict.accepted[-1])
+        return {"accepted": True, "job_id": args.job_id, "node": args.node, "gpus": sorted(args.gpu_indices)}
+
+
+def propose_allocation(session: ProposalSession, args: ProposeAllocation) -> dict[str, object]:
+    return session.propose(args)

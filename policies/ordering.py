@@ -7,6 +7,9 @@
 - ``fair_share``: the user with the least recent GPU-time first; among one user's jobs, priority then
   submission order. Users are re-ranked after every start in the pass, so one user's burst cannot take
   every free GPU while another user with equal usage waits.
+
+A policy reads the waiting jobs through the queue index's ``Ordering`` (its sort key, split by GPU
+count), never by sorting the queue; ``orderings`` names the ones the orchestrator should keep ready.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import heapq
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from tools.models import Job
+from tools.index import Ordering
+from tools.models import Job, PendingReason
 
 from policies.placement import Placer
 from policies.snapshot import Decisions, Snapshot
 
 
 class Policy(Protocol):
+    """A policy may also have ``orderings``: the queue orders it reads, which the orchestrator then
+    asks the queue index to keep up to date (a policy works without, only slower)."""
+
     name: str
 
     def decide(self, snapshot: Snapshot) -> Decisions:
@@ -46,6 +53,14 @@ def sjf_key(job: Job) -> tuple:
     return (not has_estimate, job.est_duration_s or 0.0, job.submit_time, job.id)
 
 
+def by_gpus(job: Job) -> int:
+    return job.gpu_count
+
+
+def by_user_and_gpus(job: Job) -> tuple[str, int]:
+    return (job.user, job.gpu_count)
+
+
 @dataclass(frozen=True)
 class OrderedPolicy:
     """Offer queued jobs to the placer in the order of ``key``."""
@@ -54,29 +69,83 @@ class OrderedPolicy:
     key: Callable[[Job], tuple]
     head_of_line: bool = False
 
+    @property
+    def orderings(self) -> tuple[Ordering, ...]:
+        return (Ordering(self.key, by_gpus),)
+
     def order(self, snapshot: Snapshot) -> list[Job]:
-        return sorted(snapshot.queued, key=self.key)
+        jobs = snapshot.jobs_by_id
+        groups = snapshot.queued_groups(Ordering(self.key, by_gpus)).values()
+        return [jobs[job_id] for _, job_id in heapq.merge(*groups)]  # already sorted: merge, never sort
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, head_of_line=self.head_of_line)
-        for job in self.order(snapshot):
-            placer.offer(job)
+        placer.offer_groups(snapshot.queued_groups(Ordering(self.key, by_gpus)))
         return placer.decisions()
+
+
+FAIR_SHARE_ORDER = Ordering(priority_key, by_user_and_gpus)
 
 
 @dataclass(frozen=True)
 class FairSharePolicy:
     name: str = "fair_share"
+    orderings: tuple[Ordering, ...] = (FAIR_SHARE_ORDER,)
 
     def order(self, snapshot: Snapshot) -> list[Job]:
         """As ``decide`` would offer them if every job started."""
         return list(self._turns(snapshot, started=lambda job: True))
 
     def decide(self, snapshot: Snapshot) -> Decisions:
+        """The same turns as ``order``, but reading each user's jobs by size, so that sizes which no
+        longer fit are dropped after one job instead of walked."""
         placer = Placer(snapshot)
-        for _ in self._turns(snapshot, started=placer.offer):
-            pass
+        jobs = snapshot.jobs_by_id
+        per_user: dict[str, list] = {}  # user -> heap of (entry, gpus, iterator), one per job size
+        for (user, gpus), entries in snapshot.queued_groups(FAIR_SHARE_ORDER).items():
+            it = iter(entries)
+            if gpus > placer.limit:
+                for _, job_id in it:
+                    placer.offer(jobs[job_id])  # each says why it can never start
+                continue
+            first = next(it, None)
+            if first is not None:
+                per_user.setdefault(user, []).append((first, gpus, it))
+        for sizes in per_user.values():
+            heapq.heapify(sizes)
+        held: dict[str, int] = {}
+        for job in snapshot.holding:
+            held[job.user] = held.get(job.user, 0) + job.gpu_count
+        # Rank: recent GPU-seconds, then GPUs held right now (so equals take turns), then name.
+        users = [(snapshot.usage_now(u), held.get(u, 0), u) for u in per_user]
+        heapq.heapify(users)
+        while users:
+            usage, holding, user = users[0]
+            started = self._next_start(placer, jobs, per_user[user])
+            if started is None:
+                heapq.heappop(users)
+            else:
+                heapq.heapreplace(users, (usage, holding + started.gpu_count, user))
         return placer.decisions()
+
+    @staticmethod
+    def _next_start(placer: Placer, jobs, sizes: list) -> Job | None:
+        """Offer one user's jobs in their order until one starts; drop sizes that no longer fit."""
+        while sizes:
+            (_, job_id), gpus, it = sizes[0]
+            job = jobs[job_id]
+            started = placer.offer(job)
+            if not started and placer.waiting[job_id].reason == PendingReason.RESOURCES:
+                heapq.heappop(sizes)
+                continue
+            after = next(it, None)
+            if after is None:
+                heapq.heappop(sizes)
+            else:
+                heapq.heapreplace(sizes, (after, gpus, it))
+            if started:
+                return job
+        return None
 
     def _turns(self, snapshot: Snapshot, started: Callable[[Job], bool]) -> Iterator[Job]:
         per_user: dict[str, list[Job]] = {}

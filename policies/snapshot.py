@@ -2,63 +2,188 @@
 
 A ``Snapshot`` is immutable and self-contained: the policy needs nothing else, and the same snapshot
 always gives the same decisions. "Now" is part of it.
+
+Its ``jobs`` are either a tuple (tests, what-if copies) or, from the orchestrator, the queue index's
+``ActiveJobs``: the same jobs, but with the waiting ones already sorted in each policy's order, so a
+snapshot costs nothing per waiting job and a policy reads only as far into the queue as it needs.
+Every property answers the same either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping
+from typing import Hashable, Iterator, Mapping, Sequence
 
-from tools.models import HOLDS_GPUS, Allocation, Job, JobStatus, Node, PendingReason
+from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns
+from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, PendingReason
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """What an inventory allows, worked out once per inventory (the orchestrator reuses it)."""
+
+    nodes: tuple[Node, ...]
+
+    @cached_property
+    def usable(self) -> Mapping[str, tuple[int, ...]]:
+        """Per node, the GPUs a job may ever get: healthy and not drained."""
+        return {n.name: tuple(g.index for g in n.gpus if g.healthy and not g.drained) for n in self.nodes}
+
+    @cached_property
+    def usable_set(self) -> Mapping[str, frozenset[int]]:
+        return {name: frozenset(u) for name, u in self.usable.items()}
+
+    @cached_property
+    def usable_count(self) -> Mapping[str, int]:
+        return {name: len(u) for name, u in self.usable.items()}
+
+    @cached_property
+    def usable_total(self) -> int:
+        return sum(self.usable_count.values())
+
+    @cached_property
+    def unusable(self) -> tuple[tuple[str, int], ...]:
+        """(node, index) of every unhealthy or drained GPU."""
+        return tuple((g.node, g.index) for n in self.nodes for g in n.gpus if not g.healthy or g.drained)
+
+    @cached_property
+    def size(self) -> Mapping[str, int]:
+        return {n.name: len(n.gpus) for n in self.nodes}
+
+    @cached_property
+    def gpus(self) -> Mapping[tuple[str, int], Gpu]:
+        return {(g.node, g.index): g for n in self.nodes for g in n.gpus}
+
+    @cached_property
+    def order(self) -> Mapping[str, int]:
+        return {n.name: i for i, n in enumerate(self.nodes)}
+
+    @cached_property
+    def largest_usable_node(self) -> int:
+        return max((len(u) for u in self.usable.values()), default=0)
+
+    @cached_property
+    def width(self) -> int:
+        return max(self.size.values(), default=0)
+
+    @cached_property
+    def total_gpus(self) -> int:
+        return sum(self.size.values())
+
+    @cached_property
+    def whole(self) -> frozenset[str]:
+        """Nodes whose every GPU is usable: the only ones a multi-node job may take."""
+        return frozenset(name for name, u in self.usable.items() if u and len(u) == self.size[name])
+
+    @cached_property
+    def whole_gpus(self) -> int:
+        return sum(self.size[name] for name in self.whole)
 
 
 @dataclass(frozen=True)
 class Snapshot:
     now: float
     nodes: tuple[Node, ...]
-    jobs: tuple[Job, ...]  # every active job: queued, scheduled, running
+    jobs: Sequence[Job]  # every active job (queued, scheduled, running): a tuple or ``ActiveJobs``
     usage: Mapping[str, float] = field(default_factory=dict)  # decayed GPU-seconds per user
     max_gpus_per_job: int | None = None
+    multi_node: bool = False  # a job larger than any node may take several whole nodes (replays)
+    known_layout: Layout | None = field(default=None, compare=False, repr=False)  # reused if it is of ``nodes``
+
+    @cached_property
+    def layout(self) -> Layout:
+        known = self.known_layout
+        return known if known is not None and known.nodes is self.nodes else Layout(self.nodes)
+
+    @cached_property
+    def _index(self) -> ActiveJobs | None:
+        return self.jobs if isinstance(self.jobs, ActiveJobs) else None
 
     @cached_property
     def queued(self) -> tuple[Job, ...]:
+        if self._index is not None:
+            return self._index.queued
         return tuple(j for j in self.jobs if j.status == JobStatus.QUEUED)
+
+    @property
+    def queued_count(self) -> int:
+        return self._index.queued_count if self._index is not None else len(self.queued)
 
     @cached_property
     def holding(self) -> tuple[Job, ...]:
         """Jobs that hold GPUs (scheduled or running)."""
+        if self._index is not None:
+            return self._index.holding
         return tuple(j for j in self.jobs if j.status in HOLDS_GPUS)
 
     @cached_property
     def jobs_by_id(self) -> Mapping[int, Job]:
+        if self._index is not None:
+            return _JobsById(self._index)
         return {j.id: j for j in self.jobs}
 
     @cached_property
     def holders(self) -> Mapping[tuple[str, int], int]:
         """(node, GPU index) -> the id of the job holding it."""
-        return {
-            (j.allocation.node, gpu): j.id
-            for j in self.holding
-            if j.allocation is not None
-            for gpu in j.allocation.gpus
-        }
+        return {ref: j.id for j in self.holding if j.allocation is not None for ref in j.allocation.pairs()}
+
+    @cached_property
+    def held(self) -> Mapping[str, frozenset[int]]:
+        """Per node with held GPUs, their indices."""
+        if self._index is not None:
+            return self._index.held
+        held: dict[str, set[int]] = {}
+        for node, gpu in self.holders:
+            held.setdefault(node, set()).add(gpu)
+        return {node: frozenset(gpus) for node, gpus in held.items()}
 
     @cached_property
     def free(self) -> Mapping[str, tuple[int, ...]]:
         """Per node, the GPUs a new job may take: healthy, not drained, not held."""
-        holders = self.holders
-        return {
-            node.name: tuple(
-                g.index for g in node.gpus if g.healthy and not g.drained and (node.name, g.index) not in holders
-            )
-            for node in self.nodes
-        }
+        return {name: self.free_on(name) for name in self.layout.usable}
+
+    def free_on(self, node: str) -> tuple[int, ...]:
+        usable, held = self.layout.usable[node], self.held.get(node)
+        return tuple(i for i in usable if i not in held) if held else usable
 
     @cached_property
+    def free_count(self) -> Mapping[str, int]:
+        """Per node, how many GPUs are free; cheaper than ``free`` when the indices are not needed."""
+        layout, held = self.layout, self.held
+        counts = dict(layout.usable_count)
+        if not layout.unusable and held.keys() <= counts.keys():  # the usual case: size - held, in C loops
+            counts.update(zip(held, map(int.__sub__, map(layout.size.__getitem__, held), map(len, held.values()))))
+            return counts
+        for name, gpus in held.items():
+            if name in counts:
+                counts[name] -= len(gpus & layout.usable_set[name])
+        return counts
+
+    @cached_property
+    def free_total(self) -> int:
+        """How many GPUs are free in all."""
+        layout, held = self.layout, self.held
+        if not layout.unusable and held.keys() <= layout.size.keys():
+            return layout.usable_total - sum(map(len, held.values()))
+        return sum(self.free_count.values())
+
+    @property
     def largest_usable_node(self) -> int:
-        """The most GPUs one job could ever get here: healthy, undrained GPUs of the biggest node."""
-        return max((sum(g.healthy and not g.drained for g in n.gpus) for n in self.nodes), default=0)
+        """The most GPUs one job could ever get on one node: its healthy, undrained GPUs."""
+        return self.layout.largest_usable_node
+
+    def queued_groups(self, ordering: Ordering) -> Mapping[Hashable, SortedRuns]:
+        """The waiting jobs' ``(key, id)`` entries sorted by ``ordering``, split into its groups."""
+        if self._index is not None:
+            return self._index.groups(ordering)
+        if ordering not in self._groups:
+            self._groups[ordering] = ordering.build(self.queued)
+        return self._groups[ordering]
+
+    @cached_property
+    def _groups(self) -> dict[Ordering, Mapping[Hashable, SortedRuns]]:
+        return {}
 
     def usage_now(self, user: str) -> float:
         """GPU-seconds of ``user``: decayed finished attempts plus what running jobs used so far."""
@@ -73,6 +198,27 @@ class Snapshot:
         return used
 
 
+class _JobsById(Mapping[int, Job]):
+    def __init__(self, index: ActiveJobs) -> None:
+        self._index = index
+
+    def __getitem__(self, job_id: int) -> Job:
+        job = self._index.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
+
+    def get(self, job_id: int, default=None):  # type: ignore[override]
+        job = self._index.get(job_id)
+        return default if job is None else job
+
+    def __iter__(self) -> Iterator[int]:
+        return (j.id for j in self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 @dataclass(frozen=True)
 class Proposal:
     """A claim that ``job_id`` should start now on ``gpus`` ((node, index) pairs), and who says so."""
@@ -84,7 +230,7 @@ class Proposal:
 
     @classmethod
     def on(cls, job_id: int, allocation: Allocation, *, by: str = "policy", reason: str = "") -> Proposal:
-        return cls(job_id, tuple((allocation.node, i) for i in allocation.gpus), by=by, reason=reason)
+        return cls(job_id, allocation.pairs(), by=by, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -93,8 +239,52 @@ class Wait:
     message: str
 
 
+IN_LINE = Wait(IN_LINE_REASON, IN_LINE_MESSAGE)
+
+
+def begin_time_wait(job: Job, now: float) -> Wait | None:
+    """The reason of a job that may not start yet (retry backoff), else None."""
+    if job.not_before is None or job.not_before <= now:
+        return None
+    if job.pending_reason == PendingReason.BEGIN_TIME and job.pending_message:
+        return Wait(PendingReason.BEGIN_TIME, job.pending_message)
+    return Wait(PendingReason.BEGIN_TIME, f"not before t={job.not_before:.0f} ({job.not_before - now:.0f} s from now)")
+
+
+class Reasons(Mapping[int, Wait]):
+    """Why each queued job of a snapshot that does not start waits.
+
+    A policy stops examining the queue once nothing more can start; the jobs it examined carry their
+    own reason (``examined``), every other one waits for its begin time or in line (``IN_LINE``).
+    Lookups are cheap; iterating lists every waiting job.
+    """
+
+    def __init__(self, snapshot: Snapshot, examined: Mapping[int, Wait], started: frozenset[int]) -> None:
+        self.snapshot = snapshot
+        self.examined = examined
+        self.started = started
+
+    def __getitem__(self, job_id: int) -> Wait:
+        wait = self.examined.get(job_id)
+        if wait is not None:
+            return wait
+        job = self.snapshot.jobs_by_id.get(job_id)
+        if job is None or job.status != JobStatus.QUEUED or job_id in self.started:
+            raise KeyError(job_id)
+        return begin_time_wait(job, self.snapshot.now) or IN_LINE
+
+    def __iter__(self) -> Iterator[int]:
+        return (j.id for j in self.snapshot.queued if j.id not in self.started)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"Reasons(examined={dict(self.examined)!r}, others={IN_LINE.reason.value})"
+
+
 @dataclass(frozen=True)
 class Decisions:
     starts: tuple[Proposal, ...]
-    waiting: Mapping[int, Wait]  # a reason for every queued job that does not start
+    waiting: Mapping[int, Wait]  # a reason for every queued job that does not start (often ``Reasons``)
     notes: tuple[tuple[str, str], ...] = ()  # (event kind, message) for the audit log, e.g. a fallback

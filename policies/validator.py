@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tools.models import Allocation, Gpu, JobStatus
+from tools.models import Allocation, Job, JobStatus
 
 from policies.snapshot import Proposal, Snapshot
 
@@ -22,6 +22,7 @@ class Violation(StrEnum):
     NOT_YET = "not_yet"  # the job may not start before its begin time
     WRONG_GPU_COUNT = "wrong_gpu_count"
     SPLIT_ACROSS_NODES = "split_across_nodes"
+    NOT_WHOLE_NODES = "not_whole_nodes"  # a multi-node job takes whole free nodes only
     DUPLICATE_GPU = "duplicate_gpu"
     UNKNOWN_GPU = "unknown_gpu"
     GPU_UNHEALTHY = "gpu_unhealthy"
@@ -62,28 +63,39 @@ class Verdict:
 
 
 def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal]) -> Verdict:
-    gpus: dict[tuple[str, int], Gpu] = {(g.node, g.index): g for n in snapshot.nodes for g in n.gpus}
-    taken: dict[tuple[str, int], int] = dict(snapshot.holders)
+    taken: dict[tuple[str, int], int] = {}  # GPUs given to earlier proposals of this batch
     seen_jobs: set[int] = set()
     accepted: list[Accepted] = []
     rejected: list[Rejection] = []
     for proposal in proposals:
-        problems = _check(snapshot, proposal, gpus, taken, seen_jobs)
+        problems = _check(snapshot, proposal, taken, seen_jobs)
         if problems:
             rejected.append(Rejection(proposal, tuple(problems)))
             continue
         seen_jobs.add(proposal.job_id)
         for ref in proposal.gpus:
             taken[ref] = proposal.job_id
-        node = proposal.gpus[0][0]
-        accepted.append(Accepted(proposal, Allocation(node=node, gpus=tuple(sorted(i for _, i in proposal.gpus)))))
+        accepted.append(Accepted(proposal, _allocation(proposal)))
     return Verdict(tuple(accepted), tuple(rejected))
+
+
+def _allocation(proposal: Proposal) -> Allocation:
+    by_node: dict[str, list[int]] = {}
+    for node, index in proposal.gpus:
+        by_node.setdefault(node, []).append(index)
+    (node, gpus), *more = ((n, tuple(sorted(g))) for n, g in by_node.items())
+    return Allocation(node=node, gpus=gpus, more=tuple(more))
+
+
+def _holder(snapshot: Snapshot, taken: dict[tuple[str, int], int], ref: tuple[str, int]) -> int | None:
+    if ref in taken:
+        return taken[ref]
+    return snapshot.holders.get(ref) if ref[1] in snapshot.held.get(ref[0], ()) else None
 
 
 def _check(
     snapshot: Snapshot,
     proposal: Proposal,
-    gpus: dict[tuple[str, int], Gpu],
     taken: dict[tuple[str, int], int],
     seen_jobs: set[int],
 ) -> list[Problem]:
@@ -111,11 +123,10 @@ def _check(
         )
     nodes = sorted({node for node, _ in proposal.gpus})
     if len(nodes) > 1:
-        problems.append(
-            Problem(Violation.SPLIT_ACROSS_NODES, f"the GPUs span nodes {', '.join(nodes)}; a job runs on one node")
-        )
+        problems += _multi_node_problems(snapshot, job, proposal, nodes, taken)
     if len(set(proposal.gpus)) != len(proposal.gpus):
         problems.append(Problem(Violation.DUPLICATE_GPU, "the proposal names a GPU twice"))
+    gpus = snapshot.layout.gpus
     for ref in dict.fromkeys(proposal.gpus):
         name = f"GPU {ref[1]} on {ref[0]}"
         gpu = gpus.get(ref)
@@ -126,7 +137,30 @@ def _check(
             problems.append(Problem(Violation.GPU_UNHEALTHY, f"{name} is unhealthy"))
         if gpu.drained:
             problems.append(Problem(Violation.GPU_DRAINED, f"{name} is drained"))
-        holder = taken.get(ref)
+        holder = _holder(snapshot, taken, ref)
         if holder is not None and holder != job.id:
             problems.append(Problem(Violation.GPU_BUSY, f"{name} is held by job {holder}"))
+    return problems
+
+
+def _multi_node_problems(
+    snapshot: Snapshot, job: Job, proposal: Proposal, nodes: list[str], taken: dict[tuple[str, int], int]
+) -> list[Problem]:
+    """A job may span nodes only where the snapshot allows it, only if no one node can hold it, and
+    only on whole free nodes (every GPU usable, none held), all but one used whole."""
+    layout = snapshot.layout
+    if not snapshot.multi_node or job.gpu_count <= layout.largest_usable_node:
+        return [Problem(Violation.SPLIT_ACROSS_NODES, f"the GPUs span nodes {', '.join(nodes)}; a job runs on one node")]
+    problems = []
+    used = {node: 0 for node in nodes}
+    for node, _ in dict.fromkeys(proposal.gpus):
+        used[node] += 1
+    for node in nodes:
+        if node not in layout.size:
+            continue  # reported as unknown GPUs
+        busy = snapshot.held.get(node, frozenset()) | {i for (n, i) in taken if n == node}
+        if node not in layout.whole or busy:
+            problems.append(Problem(Violation.NOT_WHOLE_NODES, f"{node} is not a whole free node"))
+    if sum(used[n] < layout.size.get(n, 0) for n in nodes) > 1:
+        problems.append(Problem(Violation.NOT_WHOLE_NODES, "more than one of the nodes is only partly used"))
     return problems

@@ -53,13 +53,17 @@ def node(name: str, count: int, *, drained: tuple[int, ...] = (), unhealthy: tup
     )
 
 
-def snap(*jobs: Job, nodes: tuple[Node, ...] = (), now: float = 100.0, usage=None, max_gpus_per_job=None) -> Snapshot:
+def snap(
+    *jobs: Job, nodes: tuple[Node, ...] = (), now: float = 100.0, usage=None, max_gpus_per_job=None,
+    multi_node: bool = False,
+) -> Snapshot:
     return Snapshot(
         now=now,
         nodes=nodes or (node("n1", 4),),
         jobs=tuple(jobs),
         usage=usage or {},
         max_gpus_per_job=max_gpus_per_job,
+        multi_node=multi_node,
     )
 
 

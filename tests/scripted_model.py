@@ -28,6 +28,10 @@ def calls(*pairs: tuple[str, str]) -> ModelReply:
     )
 
 
+def propose_call(job_id: int, node: str, *gpus: int) -> ModelReply:
+    return call("propose_allocation", job_id=job_id, node=node, gpu_indices=list(gpus), reason="fits")
+
+
 def say(text: str) -> ModelReply:
     return ModelReply(content=text, prompt_tokens=120, completion_tokens=10)
 

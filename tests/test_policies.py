@@ -3,6 +3,8 @@
 import pytest
 
 from policies.ordering import POLICIES, get_policy
+from policies.snapshot import IN_LINE
+from policies.validator import validate
 from tools.models import PendingReason as R
 
 from tests.builders import job, node, running, snap
@@ -113,6 +115,98 @@ CASES = [
         id="per-job-gpu-limit",
     ),
 ]
+
+
+# Multi-node jobs (eval replays): a job larger than any node takes whole free nodes, the largest first,
+# all but the last used whole; only where the snapshot allows it.
+MULTI = (node("a", 4), node("b", 4), node("c", 4))
+MULTI_CASES = [
+    pytest.param(
+        "priority",
+        snap(job(1, gpus=6), running(9, "a", (0,)), nodes=MULTI, multi_node=True),
+        [(1, (("b", 0), ("b", 1), ("b", 2), ("b", 3), ("c", 0), ("c", 1)))],
+        {},
+        id="multi-node-takes-whole-free-nodes",
+    ),
+    pytest.param(
+        "priority",
+        snap(job(1, gpus=8), job(2, gpus=1), running(9, "a", (0,)), running(8, "b", (0,)), nodes=MULTI,
+             multi_node=True),
+        [(2, (("a", 1),))],
+        {1: R.RESOURCES},
+        id="multi-node-waits-for-whole-nodes",
+    ),
+    pytest.param(
+        "fcfs",
+        snap(job(1, gpus=8, submit=0), job(2, gpus=1, submit=1), running(9, "a", (0,)), running(8, "b", (0,)),
+             nodes=MULTI, multi_node=True),
+        [],
+        {1: R.RESOURCES, 2: R.PRIORITY},
+        id="fcfs-multi-node-job-blocks-the-line",
+    ),
+    pytest.param(
+        "priority",
+        snap(job(1, gpus=1, submit=0), job(2, gpus=8, submit=1), nodes=MULTI, multi_node=True),
+        [(1, (("a", 0),)), (2, (("b", 0), ("b", 1), ("b", 2), ("b", 3), ("c", 0), ("c", 1), ("c", 2), ("c", 3)))],
+        {},
+        id="multi-node-skips-a-node-taken-earlier-in-the-pass",
+    ),
+    pytest.param(
+        "priority",
+        snap(job(1, gpus=8), nodes=MULTI),
+        [],
+        {1: R.INFEASIBLE},
+        id="multi-node-off-by-default",
+    ),
+    pytest.param(
+        "priority",
+        snap(job(1, gpus=8), nodes=(node("a", 4), node("b", 4, drained=(3,))), multi_node=True),
+        [],
+        {1: R.INFEASIBLE},
+        id="multi-node-needs-wholly-usable-nodes",
+    ),
+    pytest.param(
+        "sjf",
+        snap(job(1, gpus=3), running(9, "a", (0, 1)), running(8, "b", (0, 1)), running(7, "c", (0, 1)),
+             nodes=MULTI, multi_node=True),
+        [],
+        {1: R.RESOURCES},
+        id="a-job-that-fits-a-node-never-spans-nodes",
+    ),
+    pytest.param(
+        "fair_share",
+        snap(job(1, gpus=5, user="x"), job(2, gpus=2, user="y"), nodes=MULTI, multi_node=True,
+             usage={"x": 0.0, "y": 10.0}),
+        [(1, (("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0))), (2, (("b", 1), ("b", 2)))],
+        {},
+        id="fair-share-multi-node",
+    ),
+]
+
+
+@pytest.mark.parametrize("policy, snapshot, want_starts, want_reasons", MULTI_CASES)
+def test_multi_node_decisions(policy, snapshot, want_starts, want_reasons):
+    d = get_policy(policy).decide(snapshot)
+    assert [(p.job_id, p.gpus) for p in d.starts] == want_starts
+    assert {i: w.reason for i, w in d.waiting.items()} == want_reasons
+    assert validate(snapshot, d.starts).rejected == ()
+
+
+def test_multi_node_resources_reason_counts_whole_nodes():
+    s = snap(job(1, gpus=8), running(9, "a", (0,)), running(8, "b", (3,)), nodes=MULTI, multi_node=True)
+    waiting = get_policy("priority").decide(s).waiting
+    assert waiting[1].message == "needs 8 GPUs on whole free nodes; 1 whole node(s) with 4 GPUs are free"
+
+
+def test_a_full_cluster_reads_one_waiting_job_per_size():
+    """The pass stops as soon as nothing can start: the rest wait in line, unread."""
+    queued = [job(i, gpus=1 + i % 2, submit=i) for i in range(1, 2001)]
+    s = snap(*queued, running(9999, "n1", (0, 1, 2, 3)))
+    for name in ("priority", "fcfs", "sjf", "fair_share"):
+        d = get_policy(name).decide(s)
+        assert d.starts == ()
+        assert len(d.waiting.examined) <= 2  # the first job of each size, or just the head for fcfs
+        assert d.waiting[2000] == IN_LINE and len(d.waiting) == 2000
 
 
 @pytest.mark.parametrize("policy, snapshot, want_starts, want_reasons", CASES)

@@ -74,3 +74,45 @@ def test_a_batch_cannot_place_a_job_twice():
     verdict = validate(s, [on(1, ("n", 0)), on(1, ("n", 1))])
     assert len(verdict.accepted) == 1
     assert verdict.rejected[0].codes == (V.DUPLICATE_JOB,)
+
+
+# Multi-node jobs (eval replays): only where the snapshot allows it, only for a job no one node can hold,
+# only on whole free nodes, all but one used whole.
+WIDE = (node("a", 4), node("b", 4), node("c", 4, drained=(3,)), node("d", 4))
+A = tuple(("a", i) for i in range(4))
+B = tuple(("b", i) for i in range(4))
+MULTI_CASES = [
+    pytest.param(on(1, *A, *B), True, (), id="whole-free-nodes"),
+    pytest.param(on(2, *A, ("b", 0), ("b", 1)), True, (), id="last-node-partly-used"),
+    pytest.param(on(1, *A, *B), False, (V.SPLIT_ACROSS_NODES,), id="multi-node-off"),
+    pytest.param(on(3, ("a", 0), ("a", 1), ("b", 0)), True, (V.SPLIT_ACROSS_NODES,), id="fits-one-node-so-no-split"),
+    pytest.param(on(2, ("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)), True,
+                 (V.NOT_WHOLE_NODES,), id="two-nodes-partly-used"),
+    pytest.param(on(1, *A, *(("c", i) for i in range(4))), True,
+                 (V.NOT_WHOLE_NODES, V.GPU_DRAINED), id="node-with-a-drained-gpu-is-not-whole"),
+    pytest.param(on(2, *A, ("d", 0), ("d", 1)), True,
+                 (V.NOT_WHOLE_NODES,), id="node-with-a-busy-gpu-elsewhere-is-not-whole"),
+    pytest.param(on(1, *B, ("d", 0), ("d", 1), ("d", 2), ("d", 3)), True,
+                 (V.NOT_WHOLE_NODES, V.GPU_BUSY), id="busy-gpu-in-the-proposal"),
+]
+
+
+@pytest.mark.parametrize("proposal, multi_node, want_codes", MULTI_CASES)
+def test_multi_node_rules(proposal, multi_node, want_codes):
+    s = snap(job(1, gpus=8), job(2, gpus=6), job(3, gpus=3), running(5, "d", (2,)), nodes=WIDE,
+             multi_node=multi_node)
+    verdict = validate(s, [proposal])
+    if want_codes:
+        (rejection,) = verdict.rejected
+        assert rejection.codes == want_codes
+    else:
+        (accepted,) = verdict.accepted
+        assert accepted.allocation.pairs() == proposal.gpus
+        assert accepted.allocation.node == "a" and accepted.allocation.more[0][0] == "b"
+
+
+def test_a_batch_cannot_give_a_whole_node_twice():
+    s = snap(job(1, gpus=8), job(2, gpus=8), nodes=(node("a", 4), node("b", 4), node("c", 4)), multi_node=True)
+    verdict = validate(s, [on(1, *A, *B), on(2, *B, *(("c", i) for i in range(4)))])
+    assert [a.proposal.job_id for a in verdict.accepted] == [1]
+    assert V.NOT_WHOLE_NODES in verdict.rejected[0].codes and V.GPU_BUSY in verdict.rejected[0].codes

@@ -60,13 +60,35 @@ class StopReason(StrEnum):
 
 
 class Allocation(BaseModel):
+    """GPUs ``gpus`` of ``node``; a multi-node job (eval replays) also holds whole nodes in ``more``."""
+
     model_config = ConfigDict(frozen=True)
 
     node: str
     gpus: tuple[int, ...]
+    # Further (node, GPUs), each a whole node; left out when empty, so a one-node allocation keeps
+    # the shape clients know: {"node", "gpus"}.
+    more: tuple[tuple[str, tuple[int, ...]], ...] = Field((), exclude_if=lambda more: not more)
 
     def cuda_visible_devices(self) -> str:
+        """The GPUs on ``node``, as the executor of that node sets them."""
         return ",".join(str(i) for i in self.gpus)
+
+    def pairs(self) -> tuple[tuple[str, int], ...]:
+        """Every held GPU as (node, index), on every node."""
+        node = self.node
+        pairs = [(node, i) for i in self.gpus]
+        for n, gpus in self.more:
+            pairs += [(n, i) for i in gpus]
+        return tuple(pairs)
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus) + sum(len(gpus) for _, gpus in self.more)
+
+    def describe(self) -> str:
+        """``a GPU(s) 0,1`` or, across nodes, ``a GPU(s) 0,1,2,3 + b GPU(s) 0,1,2,3``."""
+        return " + ".join(f"{n} GPU(s) {','.join(map(str, g))}" for n, g in ((self.node, self.gpus), *self.more))
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

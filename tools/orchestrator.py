@@ -6,7 +6,7 @@
   3. decide    - snapshot -> policy (pure; the only phase without the lock)
   4. validate  - the policy's proposals against a fresh snapshot
   5. apply     - reserve GPUs in the store, then start through the executor; on failure release
-  6. explain   - store every waiting job's pending reason
+  6. explain   - store why each waiting job waits (only where that changed)
 Every front door (REST, CLI, the LLM agent, the eval harness) changes jobs through the methods here,
 under one lock, so the tick never races a cancel.
 """
@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from policies.ordering import Policy
-from policies.snapshot import Decisions, Snapshot, Wait
+from policies.snapshot import IN_LINE, Decisions, Layout, Reasons, Snapshot, Wait, begin_time_wait
 from policies.validator import Rejection, validate
 from tools.clock import Clock
 from tools.executor import Executor, StartError
+from tools.index import ActiveJobs
 from tools.models import TERMINAL, Event, Job, JobSpec, JobStatus, Node, PendingReason, StopReason
 from tools.queue import IllegalTransition, JobQueue
 from tools.store import GpuConflict
@@ -62,6 +63,7 @@ class Orchestrator:
         grace_s: float = 10.0,
         max_gpus_per_job: int | None = None,
         enabled: bool = True,
+        multi_node: bool = False,
     ) -> None:
         self.queue = queue
         self.inventory = inventory
@@ -71,27 +73,57 @@ class Orchestrator:
         self.grace_s = grace_s
         self.max_gpus_per_job = max_gpus_per_job
         self.enabled = enabled
+        # A job larger than any node takes whole free nodes. Only the eval harness's simulated executor
+        # can run such a job; the live executors refuse it, so the service leaves this off.
+        self.multi_node = multi_node
+        self._layout: Layout | None = None
         self.last_tick: TickReport | None = None
         self.lock = threading.RLock()  # every change of jobs, from any door
         self._tick_lock = threading.Lock()  # one tick at a time
 
     # -- reading -------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
+        """Cheap however long the queue is: the jobs come from the queue's index, already in the
+        orders the policy reads, and what the inventory allows is worked out once per inventory."""
         now = self.clock.now()
+        for ordering in getattr(self.policy, "orderings", ()):
+            self.queue.index.keep(ordering)
         return Snapshot(
             now=now,
-            nodes=self.inventory.nodes(),
-            jobs=tuple(self.queue.active()),
+            nodes=self._current_layout().nodes,
+            jobs=self.queue.index.view(),
             usage=self.queue.usage(now),
             max_gpus_per_job=self.max_gpus_per_job,
+            multi_node=self.multi_node,
+            known_layout=self._layout,
         )
+
+    def _still(self, seen: Snapshot) -> bool:
+        """Whether a fresh snapshot would equal ``seen``: no job changed, same time, same inventory
+        and settings (on a simulated clock, where the policy takes no time, it usually does)."""
+        jobs = seen.jobs
+        return (
+            isinstance(jobs, ActiveJobs)
+            and jobs.version == self.queue.index.version
+            and seen.now == self.clock.now()
+            and seen.nodes is self.inventory.nodes()
+            and (seen.max_gpus_per_job, seen.multi_node) == (self.max_gpus_per_job, self.multi_node)
+        )
+
+    def _current_layout(self) -> Layout:
+        nodes = self.inventory.nodes()
+        if self._layout is None or self._layout.nodes is not nodes:
+            self._layout = Layout(nodes)
+        return self._layout
 
     # -- requests from people --------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> Job:
         """Check the request against the cluster, then queue it (``QueueFull`` when at the limit)."""
-        largest = max((len(n.gpus) for n in self.inventory.nodes()), default=0)
-        if spec.gpu_count > largest:
-            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but the largest node has {largest}")
+        layout = self._current_layout()
+        if spec.gpu_count > layout.width and not self.multi_node:
+            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but the largest node has {layout.width}")
+        if spec.gpu_count > layout.total_gpus:
+            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but the cluster has {layout.total_gpus}")
         if self.max_gpus_per_job is not None and spec.gpu_count > self.max_gpus_per_job:
             raise InvalidJob(f"asks for {spec.gpu_count} GPUs; a job may have at most {self.max_gpus_per_job}")
         with self.lock:
@@ -178,23 +210,19 @@ class Orchestrator:
             decisions = self.policy.decide(seen)
             t = lap("decide", t)
             with self.lock:
-                snapshot = self.snapshot()
+                snapshot = seen if self._still(seen) else self.snapshot()
                 verdict = validate(snapshot, decisions.starts)
                 for kind, message in decisions.notes:
                     self.queue.store.add_event(Event(time=snapshot.now, kind=kind, message=message))
                 t = lap("validate", t)
                 started = self._apply(snapshot, verdict.accepted, t)
                 t = lap("apply", t)
-                # Accepted jobs that failed to start already carry their reason from the retry path;
-                # jobs that arrived after the policy looked keep theirs until the next pass.
-                skip = {acc.proposal.job_id for acc in verdict.accepted} | (
-                    {j.id for j in snapshot.queued} - {j.id for j in seen.queued}
-                )
-                waiting = self._explain(snapshot, decisions, verdict.rejected, skip)
+                accepted = {acc.proposal.job_id for acc in verdict.accepted}
+                waiting = self._explain(seen, decisions, verdict.rejected, accepted, now=snapshot.now)
                 t = lap("explain", t)
             self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
                                         started=tuple(started), rejected=verdict.rejected,
-                                        waiting=waiting + len(verdict.accepted) - len(started), phases_s=phases)
+                                        waiting=waiting, phases_s=phases)
             return self.last_tick
 
     def _collect(self, now: float) -> tuple[int, ...]:
@@ -208,7 +236,7 @@ class Orchestrator:
         return tuple(finished)
 
     def _enforce_time_limits(self, now: float) -> None:
-        for job in self.queue.active():
+        for job in self.queue.index.timed():
             if (
                 job.status == JobStatus.RUNNING
                 and job.time_limit_s is not None
@@ -225,7 +253,7 @@ class Orchestrator:
         started = []
         for acc in accepted:
             job = snapshot.jobs_by_id[acc.proposal.job_id]
-            where = f"{acc.allocation.node} GPU(s) {acc.allocation.cuda_visible_devices()}"
+            where = acc.allocation.describe()
             try:
                 job = self.queue.transition(job, JobStatus.SCHEDULED, now=now, allocation=acc.allocation,
                                             message=f"{job.display_name}: reserved {where} ({acc.proposal.by})")
@@ -242,24 +270,36 @@ class Orchestrator:
             started.append(job.id)
         return started
 
-    def _explain(self, snapshot: Snapshot, decisions: Decisions, rejected: tuple[Rejection, ...], skip: set[int]) -> int:
-        refused = {r.proposal.job_id: r for r in rejected}
-        now = snapshot.now
+    def _explain(self, seen: Snapshot, decisions: Decisions, rejected: tuple[Rejection, ...], accepted: set[int],
+                 *, now: float) -> int:
+        """Store why each waiting job waits; returns how many wait.
+
+        The jobs the policy examined get its reason (or the validator's refusal). Every other job
+        waits in line, and only those whose stored reason still says something else are rewritten, so
+        this costs what the policy read, not the queue's length. Accepted jobs that failed to start
+        carry their reason from the retry path; jobs that arrived after the policy looked keep theirs
+        until the next pass.
+        """
         for r in rejected:
             self.queue.store.add_event(Event(time=now, kind="rejected", job_id=r.proposal.job_id,
                                              message=f"{r.proposal.by}'s proposal refused: {r.explain()}",
                                              data={"codes": [c.value for c in r.codes]}))
-        waiting = 0
-        for job in snapshot.queued:
-            if job.id in skip:
+        waiting = decisions.waiting
+        reasons = dict(waiting.examined if isinstance(waiting, Reasons) else waiting)
+        for r in rejected:
+            reasons[r.proposal.job_id] = Wait(PendingReason.PRIORITY, f"the validator refused its placement: {r.explain()}")
+        index = self.queue.index
+        for job_id in index.explained_ids() - reasons.keys():
+            looked = seen.jobs_by_id.get(job_id)
+            if looked is not None and looked.status == JobStatus.QUEUED:
+                reasons[job_id] = IN_LINE
+        for job_id, wait in reasons.items():
+            job = index.get(job_id)
+            if job is None or job.status != JobStatus.QUEUED or job_id in accepted:
                 continue
-            waiting += 1
-            if job.id in refused:
-                wait = Wait(PendingReason.PRIORITY, f"the validator refused its placement: {refused[job.id].explain()}")
-            else:
-                wait = decisions.waiting.get(job.id, Wait(PendingReason.PRIORITY, "not considered in this pass"))
+            wait = begin_time_wait(job, now) or wait
             self.queue.set_pending(job, wait.reason, wait.message)
-        return waiting
+        return index.queued_count
 
     def _hold_all(self, now: float) -> int:
         queued = [j for j in self.queue.active() if j.status == JobStatus.QUEUED]

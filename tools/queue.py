@@ -8,8 +8,9 @@ saves the job with an event row in one store transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Mapping
 
+from tools.index import JobIndex
 from tools.models import (
     HOLDS_GPUS,
     TERMINAL,
@@ -53,6 +54,23 @@ def decayed(value: float, elapsed_s: float, half_life_s: float) -> float:
     return value * 0.5 ** (max(0.0, elapsed_s) / half_life_s)
 
 
+class DecayedUsage(Mapping[str, float]):
+    """Users' GPU-seconds decayed to ``now``, each worked out when read: most passes read none."""
+
+    def __init__(self, raw: Mapping[str, tuple[float, float]], now: float, half_life_s: float) -> None:
+        self._raw, self._now, self._half_life_s = raw, now, half_life_s
+
+    def __getitem__(self, user: str) -> float:
+        value, as_of = self._raw[user]
+        return decayed(value, self._now - as_of, self._half_life_s)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
 @dataclass(frozen=True)
 class QueueStats:
     counts: dict[str, int]
@@ -77,6 +95,8 @@ class JobQueue:
         self.max_queued = max_queued
         self.backoff = backoff
         self.usage_half_life_s = usage_half_life_s
+        # Every write below also goes to the index, which the scheduler reads instead of the store.
+        self.index = JobIndex(store.active_jobs())
 
     # -- reading -------------------------------------------------------------------------------
     def get(self, job_id: int) -> Job:
@@ -88,12 +108,9 @@ class JobQueue:
     def active(self) -> list[Job]:
         return self.store.active_jobs()
 
-    def usage(self, now: float) -> dict[str, float]:
-        """Each user's GPU-seconds of finished attempts, decayed to ``now``."""
-        return {
-            user: decayed(value, now - as_of, self.usage_half_life_s)
-            for user, (value, as_of) in self.store.get_usage().items()
-        }
+    def usage(self, now: float) -> Mapping[str, float]:
+        """Each user's GPU-seconds of finished attempts, decayed to ``now`` (when read)."""
+        return DecayedUsage(self.store.get_usage(), now, self.usage_half_life_s)
 
     def stats(self, now: float) -> QueueStats:
         active = self.active()
@@ -116,7 +133,9 @@ class JobQueue:
             pending_reason=PendingReason.PRIORITY,
             pending_message=WAITING_FOR_PASS,
         )
-        return self.store.add_job(job, max_queued=self.max_queued)
+        job = self.store.add_job(job, max_queued=self.max_queued)
+        self.index.put(job)
+        return job
 
     def transition(self, job: Job, to: JobStatus, *, now: float, message: str = "", **changes: Any) -> Job:
         """Move ``job`` to ``to``; the one function that changes a job's status."""
@@ -151,6 +170,7 @@ class JobQueue:
             | ({"allocation": new.allocation.model_dump()} if new.allocation and to in HOLDS_GPUS else {}),
         )
         self.store.save_job(new, event)
+        self.index.put(new)
         return new
 
     def update(self, job: Job, *, now: float, kind: str, message: str, **changes: Any) -> Job:
@@ -159,6 +179,7 @@ class JobQueue:
             raise ValueError("use transition() to change a job's status")
         new = job.model_copy(update=changes)
         self.store.save_job(new, Event(time=now, kind=kind, job_id=job.id, message=message))
+        self.index.put(new)
         return new
 
     def set_pending(self, job: Job, reason: PendingReason, message: str) -> Job:
@@ -169,6 +190,7 @@ class JobQueue:
             return job
         new = job.model_copy(update={"pending_reason": reason, "pending_message": message})
         self.store.save_job(new, None)
+        self.index.put(new)
         return new
 
     def set_priority(self, job_id: int, priority: int, *, now: float) -> Job:

@@ -125,7 +125,12 @@ def _queue_full_message(max_queued: int) -> str:
 
 
 class SqliteStore:
-    """SQLite in WAL mode with ``synchronous=FULL``: a write that returned is on disk."""
+    """SQLite in WAL mode with ``synchronous=FULL``: a write that returned is on disk.
+
+    The active jobs are also kept in memory, updated after each commit: every tick and submission
+    reads all of them, and parsing them back from JSON each time cost more the longer the queue. This
+    is right as long as this store is the only writer of its file, as the service is.
+    """
 
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
@@ -139,6 +144,7 @@ class SqliteStore:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        self._active: dict[int, Job] = {j.id: j for j in self.list_jobs(statuses=ACTIVE)}
 
     # -- transactions --------------------------------------------------------------------------
     def _tx(self) -> "_Transaction":
@@ -146,41 +152,51 @@ class SqliteStore:
 
     # -- jobs ----------------------------------------------------------------------------------
     def add_job(self, job: Job, *, max_queued: int | None) -> Job:
-        with self._tx() as db:
-            if max_queued is not None:
-                (queued,) = db.execute(
-                    "SELECT count(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
-                ).fetchone()
-                if queued >= max_queued:
-                    raise QueueFull(_queue_full_message(max_queued))
-            cur = db.execute(
-                "INSERT INTO jobs (user, status, priority, submit_time, data) VALUES (?, ?, ?, ?, '')",
-                (job.user, job.status.value, job.priority, job.submit_time),
-            )
-            job = job.model_copy(update={"id": cur.lastrowid})
-            db.execute("UPDATE jobs SET data = ? WHERE id = ?", (job.model_dump_json(), job.id))
-            self._insert_event(db, _submitted(job))
+        with self._lock:  # until the cache matches the database
+            with self._tx() as db:
+                if max_queued is not None:
+                    (queued,) = db.execute(
+                        "SELECT count(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
+                    ).fetchone()
+                    if queued >= max_queued:
+                        raise QueueFull(_queue_full_message(max_queued))
+                cur = db.execute(
+                    "INSERT INTO jobs (user, status, priority, submit_time, data) VALUES (?, ?, ?, ?, '')",
+                    (job.user, job.status.value, job.priority, job.submit_time),
+                )
+                job = job.model_copy(update={"id": cur.lastrowid})
+                db.execute("UPDATE jobs SET data = ? WHERE id = ?", (job.model_dump_json(), job.id))
+                self._insert_event(db, _submitted(job))
+            self._active[job.id] = job
         return job
 
     def save_job(self, job: Job, event: Event | None) -> None:
-        try:
-            with self._tx() as db:
-                db.execute(
-                    "UPDATE jobs SET status = ?, priority = ?, data = ? WHERE id = ?",
-                    (job.status.value, job.priority, job.model_dump_json(), job.id),
-                )
-                db.execute("DELETE FROM allocations WHERE job_id = ?", (job.id,))
-                if job.status in HOLDS_GPUS and job.allocation is not None:
-                    db.executemany(
-                        "INSERT INTO allocations (node, gpu, job_id) VALUES (?, ?, ?)",
-                        [(job.allocation.node, gpu, job.id) for gpu in job.allocation.gpus],
+        with self._lock:  # until the cache matches the database
+            try:
+                with self._tx() as db:
+                    db.execute(
+                        "UPDATE jobs SET status = ?, priority = ?, data = ? WHERE id = ?",
+                        (job.status.value, job.priority, job.model_dump_json(), job.id),
                     )
-                if event is not None:
-                    self._insert_event(db, event)
-        except sqlite3.IntegrityError as exc:
-            raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs another job holds") from exc
+                    db.execute("DELETE FROM allocations WHERE job_id = ?", (job.id,))
+                    if job.status in HOLDS_GPUS and job.allocation is not None:
+                        db.executemany(
+                            "INSERT INTO allocations (node, gpu, job_id) VALUES (?, ?, ?)",
+                            [(node, gpu, job.id) for node, gpu in job.allocation.pairs()],
+                        )
+                    if event is not None:
+                        self._insert_event(db, event)
+            except sqlite3.IntegrityError as exc:
+                raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs another job holds") from exc
+            if job.status in ACTIVE:
+                self._active[job.id] = job
+            else:
+                self._active.pop(job.id, None)
 
     def get_job(self, job_id: int) -> Job | None:
+        job = self._active.get(job_id)
+        if job is not None:
+            return job
         with self._lock:
             row = self._db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return Job.model_validate_json(row[0]) if row else None
@@ -208,7 +224,7 @@ class SqliteStore:
         return [Job.model_validate_json(r[0]) for r in rows]
 
     def active_jobs(self) -> list[Job]:
-        return self.list_jobs(statuses=ACTIVE)
+        return list(self._active.values())  # id order: jobs are added in id order and never come back
 
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
@@ -372,7 +388,7 @@ class MemoryStore:
     def _held(job: Job) -> set[tuple[str, int]]:
         if job.status not in HOLDS_GPUS or job.allocation is None:
             return set()
-        return {(job.allocation.node, gpu) for gpu in job.allocation.gpus}
+        return set(job.allocation.pairs())
 
     def get_job(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)

@@ -193,6 +193,8 @@ class TmuxExecutor:
     # -- Executor ----------------------------------------------------------------------------------
 
     def start(self, job: Job, allocation: Allocation, now: float) -> str:
+        if allocation.more:
+            raise StartError(f"job {job.id} spans nodes ({allocation.describe()}); tmux runs jobs on one node")
         if job.id in self._jobs and self._read_exit(job.id) is None:
             raise StartError(f"job {job.id} is already running")
         self._ensure_session()

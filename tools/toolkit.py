@@ -85,10 +85,10 @@ class ClusterState(BaseModel):
 
 def get_cluster_state(ctx: ToolContext, args: GetClusterState) -> ClusterState:
     holders = {
-        (j.allocation.node, g): j
+        ref: j
         for j in ctx.orchestrator.queue.active()
         if j.status in HOLDS_GPUS and j.allocation is not None
-        for g in j.allocation.gpus
+        for ref in j.allocation.pairs()
     }
     nodes = []
     for node in ctx.resources.nodes():
@@ -251,7 +251,7 @@ def explain_job(ctx: ToolContext, args: ExplainJob) -> Explanation:
     if job.status == JobStatus.QUEUED:
         message = job.pending_message or ""
     elif job.status in HOLDS_GPUS and job.allocation is not None:
-        message = f"{job.status.value} on {job.allocation.node} GPU(s) {job.allocation.cuda_visible_devices()}"
+        message = f"{job.status.value} on {job.allocation.describe()}"
     else:
         message = f"{job.status.value}" + (f" with exit code {job.exit_code}" if job.exit_code is not None else "")
     return Explanation(

@@ -1,0 +1,70 @@
+"""``/chat`` and ``/agent``: plain-language requests through the LLM agent, and its audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.api.deps import ServiceDep
+from tools.models import UserName
+
+router = APIRouter(tags=["agent"])
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, max_length=4000, description="What the user asks, in plain language.")
+    user: UserName = Field(description="Who is asking; the agent acts for this user only.")
+    session_id: str | None = Field(None, max_length=64, description="Continue an earlier conversation.")
+
+
+class ChatResponse(BaseModel):
+    reply: str
+    actions: list[dict[str, Any]] = Field(description="Every tool call: tool, arguments, verdict, detail.")
+    session_id: str
+    stop: str = Field(description="answered, or the bound that ended the conversation.")
+
+
+@router.post("/chat")
+async def chat(body: ChatRequest, service: ServiceDep) -> ChatResponse:
+    """Ask the agent; 503 when no model endpoint is configured."""
+    agent = service.chat()
+    # The model call takes seconds: run it in a worker thread, the event loop keeps serving.
+    reply = await anyio.to_thread.run_sync(lambda: agent.ask(body.message, user=body.user, session_id=body.session_id))
+    service.wake()
+    return ChatResponse(reply=reply.reply, actions=reply.actions, session_id=reply.session_id, stop=reply.stop)
+
+
+class AuditRecord(BaseModel):
+    id: int
+    time: float
+    kind: str
+    session_id: str | None
+    user: str | None
+    model: str
+    stop: str
+    error: str | None
+    latency_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    actions: list[dict[str, Any]]
+    messages: list[dict[str, Any]] | None
+
+
+@router.get("/agent/turns")
+def agent_turns(
+    service: ServiceDep,
+    session_id: str | None = None,
+    kind: str | None = Query(None, pattern="^(chat|schedule)$"),
+    limit: int = Query(20, ge=1, le=500),
+    messages: bool = Query(False, description="Include the whole conversation of each record."),
+) -> list[AuditRecord]:
+    """The agent's conversations, newest first: tool calls, verdicts, latency and token counts."""
+    return [
+        AuditRecord(**{**e.__dict__, "messages": e.messages if messages else None})
+        for e in service.audit.entries(session_id=session_id, kind=kind, limit=limit)
+    ]

@@ -1,0 +1,272 @@
+"""Benchmark of the service over HTTP: submission latency and throughput, submit-to-start, turnover.
+
+    .venv/bin/python bench/bench_service.py [--quick] [--markdown docs/benchmarks-run.md]
+
+Each part starts its own ``herd serve`` (the installed console script) on a fresh work directory with 8
+declared GPUs and a private tmux socket, and kills it and its tmux server afterwards.
+
+1. Submission: C clients (1, 10, 50), each with one keep-alive connection, send ``POST /queue/submit``
+   back to back (closed loop) with the scheduler stopped, so only the submission path is measured.
+   Latency is per request, measured by the client; throughput is requests / wall time.
+2. Submit-to-start: on an idle GPU, one job at a time whose command is ``date +%s.%N``; the time it
+   prints minus the server's ``submit_time`` is the time from acknowledgement to the job's first
+   instruction (same machine, same clock).
+3. Turnover: 200 jobs of ``true`` (1 GPU each) queued on 8 GPUs with the scheduler stopped; then
+   ``POST /orchestrator/start``, and the time until the last one has ended. The ideal is 25 rounds of
+   ``true`` (each GPU runs 25 jobs back to back); the overhead per job is what each round costs beyond
+   that, i.e. (total - ideal) / 25.
+
+The client is a minimal asyncio HTTP/1.1 client, so that the benchmark measures the server, not httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def herd_command() -> list[str]:
+    script = Path(sys.executable).parent / "herd"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli"]
+
+
+# -- a server for one part of the benchmark ----------------------------------------------------------
+class Server:
+    def __init__(self, *args: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="herd-bench-"))
+        self.socket = f"herd-bench-{uuid4().hex[:8]}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HERD_", "RESEARCH_AGENT_"))}
+        env["HERD_TMUX_SOCKET"] = self.socket
+        self.log = (self.dir / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [*herd_command(), "serve", "--port", str(self.port), "--workdir", str(self.dir / "herd"), "--gpus", "8", *args],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"the server did not start; see {self.dir / 'server.log'}")
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.http.close()
+        self.log.close()
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+        tmux_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (tmux_dir / self.socket).unlink(missing_ok=True)  # tmux leaves its socket file behind
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- a small keep-alive HTTP client ------------------------------------------------------------------
+class Connection:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def post_json(self, path: str, body: dict) -> tuple[int, bytes]:
+        data = json.dumps(body).encode()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode() + data
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+@dataclass
+class SubmitResult:
+    clients: int
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    throughput: float
+    errors: int
+
+
+async def submit_load(port: int, clients: int, per_client: int, pace_s: float | None = None) -> SubmitResult:
+    """``clients`` connections, each sending ``per_client`` submissions: back to back (closed loop), or
+    with exponentially distributed pauses of mean ``pace_s`` between them (people, not a script)."""
+    latencies: list[float] = []
+    errors = 0
+    body = {"user": "bench", "command": "true", "gpu_count": 1, "cwd": "/tmp"}
+
+    async def client(conn: Connection, seed: int) -> None:
+        nonlocal errors
+        pauses = random.Random(seed)
+        for _ in range(per_client):
+            if pace_s is not None:
+                await asyncio.sleep(pauses.expovariate(1 / pace_s))
+            t = time.perf_counter()
+            status, _ = await conn.post_json("/queue/submit", body)
+            latencies.append(time.perf_counter() - t)
+            errors += status != 201
+
+    conns = [Connection(port) for _ in range(clients)]
+    await asyncio.gather(*(c.open() for c in conns))
+    await conns[0].post_json("/queue/submit", body)  # warm-up
+    start = time.perf_counter()
+    await asyncio.gather(*(client(c, i) for i, c in enumerate(conns)))
+    wall = time.perf_counter() - start
+    for c in conns:
+        c.close()
+    ms = [x * 1000 for x in latencies]
+    return SubmitResult(clients, len(ms), statistics.median(ms), percentile(ms, 99), max(ms), len(ms) / wall, errors)
+
+
+def busy_server() -> Server:
+    """A server whose 8 GPUs are all taken by long jobs, so that every submission waits in the queue
+    and every pass of the scheduler has a queue to order: a busy day, not an empty cluster."""
+    server = Server("--max-queue-size", "100000")
+    ids = [server.http.post("/queue/submit", json={"user": "sleeper", "command": "sleep 3600", "gpu_count": 1,
+                                                   "cwd": "/tmp"}).json()["job_id"] for _ in range(8)]
+    while any(server.http.get(f"/jobs/{i}").json()["status"] != "running" for i in ids):
+        time.sleep(0.05)
+    return server
+
+
+def bench_submit(levels: list[tuple[int, int]], pace_s: float | None = None) -> list[SubmitResult]:
+    results = []
+    for clients, per_client in levels:
+        with busy_server() as server:
+            r = asyncio.run(submit_load(server.port, clients, per_client, pace_s))
+        results.append(r)
+        how = "closed loop" if pace_s is None else f"each client pausing {pace_s:g} s on average"
+        print(f"submit  {clients:>2} clients ({how}): p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  "
+              f"max {r.max_ms:6.1f} ms  {r.throughput:6.0f} req/s  ({r.requests} requests, {r.errors} errors)",
+              flush=True)
+    return results
+
+
+def bench_submit_to_start(runs: int) -> list[float]:
+    delays = []
+    with Server() as server:
+        for _ in range(runs):
+            job_id = server.http.post("/queue/submit", json={
+                "user": "bench", "command": "date +%s.%N", "gpu_count": 1, "cwd": "/tmp"}).json()["job_id"]
+            while (job := server.http.get(f"/jobs/{job_id}").json())["status"] not in ("completed", "failed"):
+                time.sleep(0.01)
+            started = float(server.http.get(f"/jobs/{job_id}/logs").json()["text"].strip())
+            delays.append((started - job["submit_time"]) * 1000)
+    print(f"submit-to-start: p50 {statistics.median(delays):6.1f} ms  p90 {percentile(delays, 90):6.1f} ms  "
+          f"max {max(delays):6.1f} ms  ({runs} jobs, one at a time)", flush=True)
+    return delays
+
+
+def time_of_true(runs: int = 50) -> float:
+    """What one `true` costs as a job runs it (bash starting a script), in seconds."""
+    script = Path(tempfile.mkdtemp()) / "command"
+    script.write_text("true\n")
+    t = time.perf_counter()
+    for _ in range(runs):
+        subprocess.run(["bash", "--noprofile", "--norc", str(script)], check=True)
+    return (time.perf_counter() - t) / runs
+
+
+def bench_turnover(jobs: int, gpus: int = 8) -> dict:
+    with Server("--stopped", "--max-queue-size", str(jobs * 2)) as server:
+        for _ in range(jobs):
+            server.http.post("/queue/submit", json={"user": "bench", "command": "true", "gpu_count": 1, "cwd": "/tmp"})
+        t0 = time.time()
+        server.http.post("/orchestrator/start")
+        while True:
+            counts = server.http.get("/orchestrator/status").json()["counts"]
+            if counts["completed"] + counts["failed"] == jobs:
+                break
+            time.sleep(0.05)
+        records = server.http.get("/jobs").json()
+    total = max(j["end_time"] for j in records) - t0
+    rounds = jobs / gpus
+    ideal = rounds * time_of_true()
+    result = {
+        "jobs": jobs, "gpus": gpus, "total_s": total, "ideal_s": ideal,
+        "overhead_per_job_ms": (total - ideal) / rounds * 1000, "jobs_per_s": jobs / total,
+        "failed": sum(j["status"] != "completed" for j in records),
+    }
+    print(f"turnover: {jobs} jobs of `true` on {gpus} GPUs in {total:.2f} s (ideal {ideal:.2f} s): "
+          f"{result['overhead_per_job_ms']:.0f} ms overhead per job per GPU, {result['jobs_per_s']:.1f} jobs/s, "
+          f"{result['failed']} failed", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--parts", default="submit,paced,start,turnover", help="which parts, comma-separated")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    if shutil.which("tmux") is None:
+        raise SystemExit("the benchmark runs real jobs and needs tmux")
+    parts = set(args.parts.split(","))
+    scale = 0.1 if args.quick else 1.0
+    print(f"gpuherd service benchmark on {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}",
+          flush=True)
+    figures: dict[str, object] = {}
+    if "submit" in parts:
+        levels = [(1, int(500 * scale)), (10, int(100 * scale)), (50, int(40 * scale))]
+        figures["submit"] = [r.__dict__ for r in bench_submit(levels)]
+    if "paced" in parts:
+        figures["submit_paced"] = [r.__dict__ for r in bench_submit([(50, int(20 * scale) or 2)], pace_s=0.5)]
+    if "start" in parts:
+        delays = bench_submit_to_start(int(30 * scale) or 3)
+        figures["submit_to_start_ms"] = {"p50": statistics.median(delays), "p90": percentile(delays, 90), "max": max(delays)}
+    if "turnover" in parts:
+        figures["turnover"] = bench_turnover(200)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

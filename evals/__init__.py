@@ -1,0 +1,1 @@
+"""Evals: trace replay through the real scheduler, synthetic lab workloads, reports."""

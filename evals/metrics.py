@@ -1,0 +1,158 @@
+"""Metrics of a replay and lower bounds for its trace and cluster: pure functions, no I/O.
+
+A finished job is ``(submit, start, end, gpus)``; wait = start - submit, JCT = end - submit, run =
+end - start. Lower bounds (see ``shared/traces/README.md``) are for rigid jobs on C identical GPUs;
+no schedule of the same trace on the same cluster can beat them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+SLOWDOWN_TAU_S = 10.0  # bounded slowdown ignores run times below this, so tiny jobs do not dominate
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    tenant: str
+    gpus: int
+    submit: float
+    start: float
+    end: float
+
+    @property
+    def wait(self) -> float:
+        return self.start - self.submit
+
+    @property
+    def jct(self) -> float:
+        return self.end - self.submit
+
+    @property
+    def run(self) -> float:
+        return self.end - self.start
+
+
+def mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), interpolating linearly between ranks (numpy's default)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def bounded_slowdown(wait: float, run: float, tau: float = SLOWDOWN_TAU_S) -> float:
+    """(wait + run) / max(run, tau), at least 1 (Feitelson's bounded slowdown)."""
+    return max(1.0, (wait + run) / max(run, tau))
+
+
+def jain(values: Iterable[float]) -> float:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one has everything."""
+    xs = list(values)
+    squares = math.fsum(x * x for x in xs)
+    return math.fsum(xs) ** 2 / (len(xs) * squares) if squares > 0 else 1.0
+
+
+def summarize(jobs: Sequence[Finished], capacity: int) -> dict[str, float]:
+    """The per-policy metrics of the report; ``capacity`` is the cluster's GPU count."""
+    waits = [j.wait for j in jobs]
+    jcts = [j.jct for j in jobs]
+    slowdowns = [bounded_slowdown(j.wait, j.run) for j in jobs]
+    first = min((j.submit for j in jobs), default=0.0)
+    makespan = max((j.end for j in jobs), default=first) - first
+    busy = math.fsum(j.gpus * j.run for j in jobs)
+    per_tenant: dict[str, list[float]] = {}
+    for j, s in zip(jobs, slowdowns):
+        per_tenant.setdefault(j.tenant, []).append(s)
+    return {
+        "jobs": len(jobs),
+        "wait_mean_s": mean(waits),
+        "wait_p50_s": percentile(waits, 50),
+        "wait_p95_s": percentile(waits, 95),
+        "wait_p99_s": percentile(waits, 99),
+        "wait_max_s": max(waits, default=0.0),
+        "jct_mean_s": mean(jcts),
+        "jct_p50_s": percentile(jcts, 50),
+        "jct_p95_s": percentile(jcts, 95),
+        "jct_p99_s": percentile(jcts, 99),
+        "makespan_s": makespan,
+        "utilization": busy / (capacity * makespan) if makespan > 0 else 0.0,
+        "bounded_slowdown_mean": mean(slowdowns),
+        "jain_fairness": jain(mean(s) for s in per_tenant.values()),
+    }
+
+
+# -- lower bounds ----------------------------------------------------------------------------------
+
+
+def srpt_completions(jobs: Sequence[tuple[float, float]], speed: float) -> list[float]:
+    """Completion times, sorted, of ``(release, work)`` jobs on one preemptive machine of ``speed``
+    under shortest-remaining-processing-time. SRPT completes at least as many jobs by any time as
+    any other schedule of the same work, so its k-th completion is a lower bound on anyone's."""
+    done: list[float] = []
+    remaining: list[float] = []  # heap of remaining work of released jobs
+    now = 0.0
+    for release, work in sorted(jobs):
+        while remaining and now + remaining[0] / speed <= release:
+            now += heapq.heappop(remaining) / speed
+            done.append(now)
+        if remaining:  # the shortest job runs until this release
+            heapq.heapreplace(remaining, remaining[0] - (release - now) * speed)
+        now = max(now, release)
+        heapq.heappush(remaining, work)
+    while remaining:
+        now += heapq.heappop(remaining) / speed
+        done.append(now)
+    return done
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    jct_mean_lb_s: float
+    wait_mean_lb_s: float
+    makespan_lb_s: float
+    utilization_ub: float
+
+
+def lower_bounds(jobs: Sequence[tuple[float, float, int]], capacity: int) -> Bounds:
+    """Bounds for ``(submit, duration, gpus)`` jobs on ``capacity`` GPUs.
+
+    - The k-th smallest completion is at least the k-th smallest ``submit + duration`` (no job runs
+      faster than its duration) and at least SRPT's k-th completion with all C GPUs as one fluid
+      machine; summing over k bounds the sum of completions, hence mean JCT (and mean wait = mean
+      JCT - mean duration).
+    - Makespan: the last job cannot end before ``submit + duration``, nor before t + (work submitted
+      at or after t) / C for any submission time t.
+    - Utilization over the makespan: all work / (C x the makespan bound).
+    """
+    if not jobs:
+        return Bounds(0.0, 0.0, 0.0, 0.0)
+    first = min(s for s, _, _ in jobs)
+    own = sorted(s + d for s, d, _ in jobs)
+    fluid = srpt_completions([(s, d * g) for s, d, g in jobs], float(capacity))
+    completions = math.fsum(max(a, b) for a, b in zip(own, fluid))
+    n = len(jobs)
+    jct_lb = (completions - math.fsum(s for s, _, _ in jobs)) / n
+    wait_lb = max(0.0, jct_lb - math.fsum(d for _, d, _ in jobs) / n)
+    tail, makespan_end = 0.0, own[-1]
+    for s, d, g in sorted(jobs, reverse=True):  # work submitted at or after each s, latest first
+        tail += d * g
+        makespan_end = max(makespan_end, s + tail / capacity)
+    makespan_lb = makespan_end - first
+    work = math.fsum(d * g for _, d, g in jobs)
+    return Bounds(
+        jct_mean_lb_s=jct_lb,
+        wait_mean_lb_s=wait_lb,
+        makespan_lb_s=makespan_lb,
+        utilization_ub=min(1.0, work / (capacity * makespan_lb)) if makespan_lb > 0 else 0.0,
+    )

@@ -1,0 +1,205 @@
+"""Trace replay: the real orchestrator, policies and validator on a simulated clock and executor.
+
+There is no scheduler here. The loop is a discrete-event simulation: the clock jumps to the next event
+(an arrival or the end of a running job), arriving jobs go in through ``Orchestrator.submit``, and the
+orchestrator ticks once per distinct event time. What each job did is read back from the store.
+
+A trace job of more GPUs than a node has needs whole free nodes; the orchestrator is built with
+``multi_node=True`` for that, which only the simulated executor can honour.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from policies.ordering import Policy, get_policy
+from policies.snapshot import Decisions, Snapshot
+from tools.clock import SimClock
+from tools.gpus import NodeDeclaration, ResourceManager
+from tools.models import Job, JobSpec, JobStatus
+from tools.orchestrator import Orchestrator
+from tools.queue import JobQueue
+from tools.sim_executor import SimExecutor
+from tools.store import MemoryStore
+
+from evals.metrics import Finished
+from evals.trace import TraceJob
+
+# The traces carry no priority, so every job gets the default. ``priority`` then means submission
+# order where a job that does not fit is passed over by later ones that do (greedy list scheduling),
+# while ``fcfs`` lets the first job that does not fit hold up everything behind it.
+TRACE_PRIORITY = 5
+
+
+@dataclass(frozen=True)
+class Cluster:
+    nodes: int
+    gpus_per_node: int
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def declarations(self) -> list[NodeDeclaration]:
+        width = len(str(self.nodes - 1))
+        return [NodeDeclaration(name=f"n{i:0{width}d}", gpus=self.gpus_per_node) for i in range(self.nodes)]
+
+
+class Series:
+    """Columns of numbers, one row per tick, in arrays: a replay makes hundreds of thousands of rows,
+    and as objects they would only feed the garbage collector."""
+
+    def __init__(self, *names: str) -> None:
+        self.columns = {name: array("d") for name in names}
+
+    def append(self, *values: float) -> None:
+        for column, value in zip(self.columns.values(), values):
+            column.append(value)
+
+    def __getitem__(self, name: str) -> array:
+        return self.columns[name]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+
+def timeline_series() -> Series:
+    """The cluster right after each tick: time, busy GPUs, waiting jobs."""
+    return Series("time", "busy_gpus", "queued")
+
+
+def cost_series() -> Series:
+    """Wall-clock seconds of each tick and of the policy's decision in it, beside the waiting jobs
+    the policy saw."""
+    return Series("queued", "decide_s", "tick_s")
+
+
+@dataclass
+class Replay:
+    policy: str
+    cluster: Cluster
+    finished: list[Finished]
+    skipped: list[TraceJob]  # more GPUs than the whole cluster: they could never run
+    timeline: Series = field(repr=False)
+    costs: Series = field(repr=False)
+    replay_seconds: float = 0.0
+    rejected: int = 0  # proposals the validator refused: a deterministic policy should make none
+
+    @property
+    def ticks(self) -> int:
+        return len(self.timeline)
+
+
+Progress = Callable[[int, int, float], None]  # (jobs submitted, jobs in the trace, simulated time)
+
+
+class _Timed:
+    """The policy, with the wall-clock time of each decision noted beside the queue length it saw."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.orderings = getattr(policy, "orderings", ())
+        self.last: tuple[int, float] = (0, 0.0)
+
+    def order(self, snapshot: Snapshot) -> list[Job]:
+        return self.policy.order(snapshot)
+
+    def decide(self, snapshot: Snapshot) -> Decisions:
+        t = time.perf_counter()
+        decisions = self.policy.decide(snapshot)
+        self.last = (snapshot.queued_count, time.perf_counter() - t)
+        return decisions
+
+
+def _spec(job: TraceJob, estimate: float | None) -> JobSpec:
+    return JobSpec(
+        user=job.tenant,
+        name=job.job_id,
+        command=f"replay {job.job_id}",
+        gpu_count=job.gpus,
+        priority=TRACE_PRIORITY,
+        # JobSpec wants a positive estimate; a job of zero length is estimated at one second.
+        est_duration_s=max(estimate, 1.0) if estimate is not None else None,
+        max_retries=0,
+    )
+
+
+def replay(
+    jobs: Sequence[TraceJob],
+    *,
+    policy: str,
+    cluster: Cluster,
+    estimates: Sequence[float | None] | None = None,
+    progress: Progress | None = None,
+) -> Replay:
+    """Replay ``jobs`` (in submission order) under ``policy``; every job runs for its trace duration."""
+    wall = time.perf_counter()
+    estimates = estimates if estimates is not None else [None] * len(jobs)
+    clock = SimClock()
+    store = MemoryStore(keep_events=False)
+    resources = ResourceManager(store, probe=None)
+    resources.initialize(0.0, declared=cluster.declarations())
+    duration: dict[int, float] = {}  # store job id -> trace duration
+    executor = SimExecutor(duration_of=lambda job: duration[job.id])
+    timed = _Timed(get_policy(policy))
+    orch = Orchestrator(
+        queue=JobQueue(store, max_queued=len(jobs) + 1),  # the whole trace may wait at once
+        inventory=resources,
+        executor=executor,
+        clock=clock,
+        policy=timed,
+        multi_node=True,
+    )
+    gpus_of: dict[int, int] = {}
+    skipped: list[TraceJob] = []
+    timeline, costs = timeline_series(), cost_series()
+    busy = rejected = 0
+    i, n = 0, len(jobs)
+    while True:
+        arrival = jobs[i].submit_s if i < n else None
+        end = executor.next_end()
+        if arrival is None and end is None:
+            break
+        now = clock.advance_to(max(clock.now(), min(t for t in (arrival, end) if t is not None)))
+        while i < n and jobs[i].submit_s <= now:
+            job, estimate = jobs[i], estimates[i]
+            i += 1
+            if job.gpus > cluster.gpus:
+                skipped.append(job)
+                continue
+            herd = orch.submit(_spec(job, estimate))
+            duration[herd.id] = job.duration_s
+            gpus_of[herd.id] = job.gpus
+        t = time.perf_counter()
+        report = orch.tick()
+        tick_s = time.perf_counter() - t
+        busy += sum(gpus_of[j] for j in report.started) - sum(gpus_of[j] for j in report.finished)
+        rejected += len(report.rejected)
+        timeline.append(now, busy, report.waiting)
+        costs.append(timed.last[0], timed.last[1], tick_s)
+        if progress is not None:
+            progress(i, n, now)
+    return Replay(
+        policy=policy,
+        cluster=cluster,
+        finished=_finished(store.list_jobs()),
+        skipped=skipped,
+        timeline=timeline,
+        costs=costs,
+        replay_seconds=time.perf_counter() - wall,
+        rejected=rejected,
+    )
+
+
+def _finished(jobs: list[Job]) -> list[Finished]:
+    out = []
+    for job in jobs:
+        if job.status != JobStatus.COMPLETED or job.start_time is None or job.end_time is None:
+            # Every replayed job exits 0 after its duration; anything else is a bug in the core.
+            raise RuntimeError(f"job {job.display_name} ended {job.status.value}, not completed")
+        out.append(Finished(job.user, job.gpu_count, job.submit_time, job.start_time, job.end_time))
+    return out

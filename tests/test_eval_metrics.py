@@ -1,0 +1,91 @@
+"""Metric helpers and lower bounds, against numbers worked out by hand."""
+
+import pytest
+
+from evals.metrics import Finished, bounded_slowdown, jain, lower_bounds, percentile, srpt_completions, summarize
+
+
+@pytest.mark.parametrize(
+    "values, q, want",
+    [
+        pytest.param([1, 2, 3, 4], 50, 2.5, id="median-between-ranks"),
+        pytest.param([4, 1, 3, 2], 0, 1, id="p0-is-min"),
+        pytest.param([4, 1, 3, 2], 100, 4, id="p100-is-max"),
+        pytest.param([0, 9, 15, 16], 95, 15.85, id="p95-interpolates"),
+        pytest.param([7], 99, 7, id="one-value"),
+        pytest.param([], 50, 0, id="empty"),
+    ],
+)
+def test_percentile(values, q, want):
+    assert percentile(values, q) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    "wait, run, want",
+    [
+        pytest.param(0, 5, 1.0, id="short-job-no-wait-is-1"),
+        pytest.param(90, 10, 10.0, id="waited-nine-runs"),
+        pytest.param(10, 100, 1.1, id="long-job"),
+        pytest.param(5, 2, 1.0, id="tiny-job-bounded-by-tau"),
+        pytest.param(20, 2, 2.2, id="tiny-job-that-waited"),
+    ],
+)
+def test_bounded_slowdown(wait, run, want):
+    assert bounded_slowdown(wait, run) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    "xs, want",
+    [
+        pytest.param([2, 2, 2], 1.0, id="equal"),
+        pytest.param([1, 0, 0, 0], 0.25, id="one-has-all"),
+        pytest.param([1, 2, 3], 36 / 42, id="mixed"),
+        pytest.param([], 1.0, id="nobody"),
+    ],
+)
+def test_jain(xs, want):
+    assert jain(xs) == pytest.approx(want)
+
+
+def test_srpt_runs_the_shortest_remaining_job():
+    assert srpt_completions([(0, 10), (0, 2)], 1.0) == [2, 12]
+    assert srpt_completions([(0, 10), (1, 2)], 1.0) == [3, 12]  # preempts the long job at t=1
+    assert srpt_completions([(0, 8), (100, 4)], 2.0) == [4, 102]  # idle in between
+
+
+def test_lower_bounds_of_a_small_trace():
+    # (submit, duration, gpus) on 4 GPUs; see tests/test_eval_replay.py for the same trace replayed.
+    # SRPT of the work (40, 24, 6, 2) at speed 4 completes at 3.5, 4, 9, 18; submit + duration gives
+    # 5, 5, 9, 10; so completions sum to at least 5 + 5 + 9 + 18 = 37 and JCT to 37 - 6 = 31.
+    b = lower_bounds([(0, 10, 4), (1, 8, 3), (2, 3, 2), (3, 2, 1)], 4)
+    assert b.jct_mean_lb_s == pytest.approx(31 / 4)
+    assert b.wait_mean_lb_s == pytest.approx(31 / 4 - 23 / 4)
+    assert b.makespan_lb_s == pytest.approx(18)  # all 72 GPU-seconds from t=0 on 4 GPUs
+    assert b.utilization_ub == pytest.approx(1.0)
+
+
+def test_makespan_bound_from_a_late_burst():
+    # Work submitted at t=100 alone needs 100 + 800 / 4 = 300 s.
+    b = lower_bounds([(0, 10, 1), (100, 100, 4), (100, 100, 4)], 4)
+    assert b.makespan_lb_s == pytest.approx(300)
+    assert b.utilization_ub == pytest.approx(810 / (4 * 300))
+
+
+def test_summarize():
+    jobs = [Finished("a", 2, 0, 0, 10), Finished("a", 1, 0, 10, 15), Finished("b", 1, 5, 5, 105)]
+    m = summarize(jobs, capacity=2)
+    assert m["jobs"] == 3
+    assert (m["wait_mean_s"], m["wait_max_s"], m["jct_mean_s"]) == pytest.approx((10 / 3, 10, 125 / 3))
+    assert m["makespan_s"] == 105
+    assert m["utilization"] == pytest.approx((20 + 5 + 100) / (2 * 105))
+    # slowdowns: a 1 and 1.5 (mean 1.25); b 1 -> Jain of (1.25, 1)
+    assert m["bounded_slowdown_mean"] == pytest.approx(3.5 / 3)
+    assert m["jain_fairness"] == pytest.approx(2.25**2 / (2 * (1.25**2 + 1)))
+
+
+def test_time_average_of_a_step_function():
+    from evals.report import time_average
+
+    # 2 from t=0 to 3, then 6 until the end at 4: bins of 2 s average 2 and (2 + 6) / 2.
+    assert time_average([0, 3], [2, 6], end=4, bins=2) == pytest.approx([2, 4])
+    assert time_average([1], [5], end=2, bins=1) == pytest.approx([2.5])  # nothing before t=1

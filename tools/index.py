@@ -1,0 +1,316 @@
+"""The queue's index: the active jobs, kept ready for the scheduler and updated on every save.
+
+``JobQueue`` is the one writer of jobs, so it tells the index about every change (``put``). The
+scheduler then never scans or sorts the queue: a snapshot takes ``view()``, whose cost does not grow
+with the number of waiting jobs, and a policy walks the waiting jobs in its own order, already sorted,
+stopping as soon as nothing more can start.
+
+A view must stay as it was while the policy decides (the queue goes on changing meanwhile), so the
+big parts are persistent: a change builds a new version and leaves the old one intact, copying only
+O(sqrt n) pointers. ``JobTable`` maps ids to jobs, ``SortedRuns`` keeps one queue order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+
+from tools.models import HOLDS_GPUS, Job, JobStatus, PendingReason
+
+# What a waiting job that no policy looked at in the last pass shows (Slurm's "Priority"): a policy
+# stops examining the queue once nothing more can start, so most of a long queue waits for this.
+IN_LINE_REASON = PendingReason.PRIORITY
+IN_LINE_MESSAGE = "waits for its turn: jobs ahead of it in the policy's order go first"
+
+
+class JobTable:
+    """A persistent map from job id to job: ``set`` returns a new table, this one never changes.
+
+    Store ids are dense (1, 2, 3, ...), so the table is a list of fixed-size chunks; a change copies
+    one chunk and the list of chunks.
+    """
+
+    CHUNK = 512
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: tuple[tuple[Job | None, ...], ...] = ()) -> None:
+        self._chunks = chunks
+
+    def get(self, job_id: int) -> Job | None:
+        c, i = divmod(job_id, self.CHUNK)
+        return self._chunks[c][i] if 0 <= c < len(self._chunks) else None
+
+    def set(self, job_id: int, job: Job | None) -> JobTable:
+        c, i = divmod(job_id, self.CHUNK)
+        chunks = self._chunks
+        if c >= len(chunks):
+            chunks = chunks + ((None,) * self.CHUNK,) * (c + 1 - len(chunks))
+        chunk = chunks[c]
+        return JobTable(chunks[:c] + (chunk[:i] + (job,) + chunk[i + 1 :],) + chunks[c + 1 :])
+
+
+class SortedRuns:
+    """A persistent sorted sequence: ``add`` and ``remove`` return a new one, this one never changes.
+
+    Entries are kept in sorted runs of at most ``2 * RUN``; a change copies one run and the list of
+    runs, and iterating from the start costs only what is read.
+    """
+
+    RUN = 256
+    __slots__ = ("_runs", "_maxes", "_len")
+
+    def __init__(self, runs: tuple[tuple, ...] = (), maxes: tuple = (), length: int = 0) -> None:
+        self._runs, self._maxes, self._len = runs, maxes, length
+
+    @classmethod
+    def of(cls, entries: Iterable) -> SortedRuns:
+        ordered = sorted(entries)
+        runs = tuple(tuple(ordered[i : i + cls.RUN]) for i in range(0, len(ordered), cls.RUN))
+        return cls(runs, tuple(r[-1] for r in runs), len(ordered))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator:
+        for run in self._runs:
+            yield from run
+
+    def add(self, entry) -> SortedRuns:
+        runs, maxes = self._runs, self._maxes
+        if not runs:
+            return SortedRuns(((entry,),), (entry,), 1)
+        r = min(bisect.bisect_left(maxes, entry), len(runs) - 1)
+        run = list(runs[r])
+        bisect.insort(run, entry)
+        parts = (run,) if len(run) <= 2 * self.RUN else (run[: self.RUN], run[self.RUN :])
+        return self._replace(r, tuple(tuple(p) for p in parts), self._len + 1)
+
+    def remove(self, entry) -> SortedRuns:
+        r = bisect.bisect_left(self._maxes, entry)
+        run = self._runs[r] if r < len(self._runs) else ()
+        i = bisect.bisect_left(run, entry)
+        if i == len(run) or run[i] != entry:
+            raise KeyError(entry)
+        rest = run[:i] + run[i + 1 :]
+        return self._replace(r, (rest,) if rest else (), self._len - 1)
+
+    def _replace(self, r: int, parts: tuple[tuple, ...], length: int) -> SortedRuns:
+        runs = self._runs[:r] + parts + self._runs[r + 1 :]
+        maxes = self._maxes[:r] + tuple(p[-1] for p in parts) + self._maxes[r + 1 :]
+        return SortedRuns(runs, maxes, length)
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """An order of the waiting jobs: sorted by ``key`` (unique per job: end it with the id), split into
+    groups by ``group`` (e.g. GPU count, so a policy can skip every job of a size that cannot fit).
+
+    Compared by identity of the functions, so use module-level functions, not lambdas made per call.
+    """
+
+    key: Callable[[Job], tuple]
+    group: Callable[[Job], Hashable] | None = None
+
+    def entry(self, job: Job) -> tuple[tuple, int]:
+        return (self.key(job), job.id)
+
+    def group_of(self, job: Job) -> Hashable:
+        return self.group(job) if self.group is not None else None
+
+    def build(self, jobs: Iterable[Job]) -> dict[Hashable, SortedRuns]:
+        grouped: dict[Hashable, list] = {}
+        for job in jobs:
+            grouped.setdefault(self.group_of(job), []).append(self.entry(job))
+        return {g: SortedRuns.of(entries) for g, entries in grouped.items()}
+
+
+def _by_id(job: Job) -> tuple:
+    return (job.id,)
+
+
+BY_ID = Ordering(_by_id)  # always kept: lists the waiting jobs for whoever wants them all
+
+
+def explained(job: Job) -> bool:
+    """Whether a waiting job shows a reason of its own rather than the shared "in line" one."""
+    return job.status == JobStatus.QUEUED and (job.pending_reason, job.pending_message) != (
+        IN_LINE_REASON,
+        IN_LINE_MESSAGE,
+    )
+
+
+class ActiveJobs(Sequence[Job]):
+    """The active jobs at one moment, as a snapshot holds them; never changes.
+
+    A sequence in id order like the tuple it stands in for, but built lazily: a policy reads only the
+    groups of waiting jobs it needs (``groups``) and looks jobs up by id (``get``).
+    """
+
+    def __init__(
+        self,
+        table: JobTable,
+        holding: Mapping[int, Job],
+        held: Mapping[str, frozenset[int]],
+        queued_count: int,
+        orders: Mapping[Ordering, Mapping[Hashable, SortedRuns]],
+        version: int = 0,
+    ) -> None:
+        self.version = version  # the index's version it was taken at: equal versions, equal views
+        self._table = table
+        self._holding = holding
+        self.held = held  # node -> indices of the GPUs held there
+        self.queued_count = queued_count
+        self._orders = orders
+
+    @cached_property
+    def holding(self) -> tuple[Job, ...]:
+        """Scheduled and running jobs, in id order."""
+        return tuple(sorted(self._holding.values(), key=lambda j: j.id))
+
+    def get(self, job_id: int) -> Job | None:
+        return self._table.get(job_id)
+
+    def groups(self, ordering: Ordering) -> Mapping[Hashable, SortedRuns]:
+        """The waiting jobs' (key, id) entries in ``ordering``, by group; built now if not kept."""
+        kept = self._orders.get(ordering)
+        return kept if kept is not None else ordering.build(self.queued)
+
+    @cached_property
+    def queued(self) -> tuple[Job, ...]:
+        return tuple(self._table.get(job_id) for _, job_id in self._orders[BY_ID].get(None, ()))
+
+    @cached_property
+    def _all(self) -> tuple[Job, ...]:
+        return tuple(sorted(self.holding + self.queued, key=lambda j: j.id))
+
+    def __len__(self) -> int:
+        return len(self.holding) + self.queued_count
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(self._all)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._all[i]
+
+
+class JobIndex:
+    """Mutable, owned by ``JobQueue``; every method takes the index's own lock."""
+
+    def __init__(self, jobs: Iterable[Job] = ()) -> None:
+        self._lock = threading.Lock()
+        self._table = JobTable()
+        self._holding: dict[int, Job] = {}
+        self._held: dict[str, frozenset[int]] = {}
+        self._queued = 0
+        self._orders: dict[Ordering, dict[Hashable, SortedRuns]] = {BY_ID: {}}
+        self._explained: set[int] = set()  # waiting jobs whose reason is their own (see ``explained``)
+        self._timed: set[int] = set()  # running jobs with a time limit
+        self._shared = False  # whether a view holds ``_holding`` and ``_held``
+        self.version = 0  # counts changes
+        for job in jobs:
+            self.put(job)
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, job_id: int) -> Job | None:
+        return self._table.get(job_id)
+
+    @property
+    def queued_count(self) -> int:
+        return self._queued
+
+    def explained_ids(self) -> set[int]:
+        with self._lock:
+            return set(self._explained)
+
+    def timed(self) -> list[Job]:
+        """Jobs holding GPUs under a time limit."""
+        with self._lock:
+            return [self._holding[i] for i in self._timed]
+
+    def view(self) -> ActiveJobs:
+        with self._lock:
+            self._shared = True  # the view keeps these two dicts: copy them before the next change
+            return ActiveJobs(
+                table=self._table,
+                holding=self._holding,
+                held=self._held,
+                queued_count=self._queued,
+                orders={o: dict(groups) for o, groups in self._orders.items()},
+                version=self.version,
+            )
+
+    # -- changing ------------------------------------------------------------------------------
+    def keep(self, ordering: Ordering) -> None:
+        """Keep ``ordering`` up to date from now on (built once from the waiting jobs)."""
+        with self._lock:
+            if ordering not in self._orders:
+                queued = (self._table.get(i) for _, i in self._orders[BY_ID].get(None, ()))
+                self._orders[ordering] = ordering.build(queued)
+
+    def put(self, job: Job) -> None:
+        """Record the new version of ``job`` (inserted, changed, or ended)."""
+        with self._lock:
+            self.version += 1
+            old = self._table.get(job.id)
+            active = job.status in HOLDS_GPUS or job.status == JobStatus.QUEUED
+            self._table = self._table.set(job.id, job if active else None)
+            if (old is not None and old.status in HOLDS_GPUS) or job.status in HOLDS_GPUS:
+                if self._shared:
+                    self._holding, self._held, self._shared = dict(self._holding), dict(self._held), False
+                if old is not None and old.status in HOLDS_GPUS:
+                    self._release(old)
+                if job.status in HOLDS_GPUS:
+                    self._hold(job)
+            was_queued = old is not None and old.status == JobStatus.QUEUED
+            is_queued = job.status == JobStatus.QUEUED
+            self._queued += is_queued - was_queued
+            for ordering, groups in self._orders.items():
+                before = (ordering.group_of(old), ordering.entry(old)) if was_queued else None
+                after = (ordering.group_of(job), ordering.entry(job)) if is_queued else None
+                if before == after:
+                    continue  # the order is unchanged: the entry holds only the key and the id
+                if before is not None:
+                    self._drop(groups, *before)
+                if after is not None:
+                    group, entry = after
+                    groups[group] = groups.get(group, SortedRuns()).add(entry)
+            if explained(job):
+                self._explained.add(job.id)
+            else:
+                self._explained.discard(job.id)
+
+    @staticmethod
+    def _drop(groups: dict[Hashable, SortedRuns], group: Hashable, entry: tuple) -> None:
+        runs = groups[group].remove(entry)
+        if runs:
+            groups[group] = runs
+        else:
+            del groups[group]
+
+    def _hold(self, job: Job) -> None:
+        self._holding[job.id] = job
+        if job.time_limit_s is not None:
+            self._timed.add(job.id)
+        if job.allocation is not None:
+            for node, gpus in _by_node(job):
+                self._held[node] = self._held.get(node, frozenset()) | gpus
+
+    def _release(self, job: Job) -> None:
+        del self._holding[job.id]
+        self._timed.discard(job.id)
+        if job.allocation is not None:
+            for node, gpus in _by_node(job):
+                left = self._held[node] - gpus
+                if left:
+                    self._held[node] = left
+                else:
+                    del self._held[node]
+
+
+def _by_node(job: Job) -> list[tuple[str, frozenset[int]]]:
+    a = job.allocation
+    assert a is not None
+    return [(a.node, frozenset(a.gpus)), *((n, frozenset(g)) for n, g in a.more)]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from agent.loop import LoopResult
 
@@ -37,8 +38,7 @@ CREATE INDEX IF NOT EXISTS agent_turns_by_session ON agent_turns (session_id, id
 """
 
 
-@dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(BaseModel):
     id: int
     time: float
     kind: str
@@ -50,8 +50,8 @@ class AuditEntry:
     latency_s: float
     prompt_tokens: int | None
     completion_tokens: int | None
-    messages: list[dict[str, Any]]
     actions: list[dict[str, Any]]
+    messages: list[dict[str, Any]] | None  # the whole conversation; None where left out
 
 
 def _total(values: list[int | None]) -> int | None:
@@ -100,8 +100,11 @@ class AuditLog:
         args.append(limit)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
+        names = ("id", "time", "kind", "session_id", "user", "model", "stop", "error", "latency_s",
+                 "prompt_tokens", "completion_tokens")
         return [
-            AuditEntry(*row[:11], messages=json.loads(row[11]), actions=json.loads(row[12])) for row in rows
+            AuditEntry(**dict(zip(names, row[:11])), messages=json.loads(row[11]), actions=json.loads(row[12]))
+            for row in rows
         ]
 
     def session(self, session_id: str) -> tuple[str | None, list[dict[str, Any]]]:

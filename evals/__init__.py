@@ -1,1 +1,2 @@
-"""Evals: trace replay through the real scheduler, synthetic lab workloads, reports."""
+"""Evals: trace replays through the real scheduler and synthetic lab workloads (``evals.cli``), chat
+scenarios for the agent (``evals.chat_eval``)."""

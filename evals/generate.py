@@ -5,7 +5,7 @@ The model (every number is a field of ``LabModel``):
   at night, rising from 8:00, peaking 10:00-18:00 with a dip at lunch, tailing off in the evening;
   weekends at 30% of a weekday. t = 0 is midnight on a Monday.
 - Users: Zipf-like activity, share of jobs proportional to 1 / rank^1.1, so a few heavy users submit
-  most of the work (with 15 users the top three submit about 58% of the jobs).
+  most of the work (with 15 users the top three submit about 59% of the jobs).
 - Sizes: 1, 2, 4 or 8 GPUs with probability 0.55, 0.20, 0.15, 0.10, independent of duration (sizes
   above a node's GPUs are cut to a node).
 - Durations: heavy-tailed, a mixture of two log-normals: half are short runs (debugging, evaluation;

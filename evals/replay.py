@@ -10,10 +10,12 @@ A trace job of more GPUs than a node has needs whole free nodes; the orchestrato
 
 from __future__ import annotations
 
+import gc
 import time
 from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from policies.ordering import Policy, get_policy
 from policies.snapshot import Decisions, Snapshot
@@ -128,6 +130,21 @@ def _spec(job: TraceJob, estimate: float | None) -> JobSpec:
     )
 
 
+@contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """A replay keeps every job it made (the store's record) and many long-lived versions of running
+    ones; the cyclic collector re-scans them again and again, for about a fifth of the run, looking
+    for cycles that none of them form. Reference counting still frees everything. (``timeit`` turns
+    the collector off while it measures for the same reason.)"""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def replay(
     jobs: Sequence[TraceJob],
     *,
@@ -137,6 +154,18 @@ def replay(
     progress: Progress | None = None,
 ) -> Replay:
     """Replay ``jobs`` (in submission order) under ``policy``; every job runs for its trace duration."""
+    with _without_cyclic_gc():
+        return _replay(jobs, policy=policy, cluster=cluster, estimates=estimates, progress=progress)
+
+
+def _replay(
+    jobs: Sequence[TraceJob],
+    *,
+    policy: str,
+    cluster: Cluster,
+    estimates: Sequence[float | None] | None,
+    progress: Progress | None,
+) -> Replay:
     wall = time.perf_counter()
     estimates = estimates if estimates is not None else [None] * len(jobs)
     clock = SimClock()

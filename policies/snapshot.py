@@ -12,10 +12,9 @@ Every property answers the same either way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Hashable, Iterator, Mapping, Sequence
 
-from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns
+from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns, once
 from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, PendingReason
 
 
@@ -25,58 +24,58 @@ class Layout:
 
     nodes: tuple[Node, ...]
 
-    @cached_property
+    @once
     def usable(self) -> Mapping[str, tuple[int, ...]]:
         """Per node, the GPUs a job may ever get: healthy and not drained."""
         return {n.name: tuple(g.index for g in n.gpus if g.healthy and not g.drained) for n in self.nodes}
 
-    @cached_property
+    @once
     def usable_set(self) -> Mapping[str, frozenset[int]]:
         return {name: frozenset(u) for name, u in self.usable.items()}
 
-    @cached_property
+    @once
     def usable_count(self) -> Mapping[str, int]:
         return {name: len(u) for name, u in self.usable.items()}
 
-    @cached_property
+    @once
     def usable_total(self) -> int:
         return sum(self.usable_count.values())
 
-    @cached_property
+    @once
     def unusable(self) -> tuple[tuple[str, int], ...]:
         """(node, index) of every unhealthy or drained GPU."""
         return tuple((g.node, g.index) for n in self.nodes for g in n.gpus if not g.healthy or g.drained)
 
-    @cached_property
+    @once
     def size(self) -> Mapping[str, int]:
         return {n.name: len(n.gpus) for n in self.nodes}
 
-    @cached_property
+    @once
     def gpus(self) -> Mapping[tuple[str, int], Gpu]:
         return {(g.node, g.index): g for n in self.nodes for g in n.gpus}
 
-    @cached_property
+    @once
     def order(self) -> Mapping[str, int]:
         return {n.name: i for i, n in enumerate(self.nodes)}
 
-    @cached_property
+    @once
     def largest_usable_node(self) -> int:
         return max((len(u) for u in self.usable.values()), default=0)
 
-    @cached_property
+    @once
     def width(self) -> int:
         return max(self.size.values(), default=0)
 
-    @cached_property
+    @once
     def total_gpus(self) -> int:
         return sum(self.size.values())
 
-    @cached_property
+    @once
     def whole(self) -> frozenset[str]:
         """Nodes whose every GPU is usable: the only ones a multi-node job may take."""
         return frozenset(name for name, u in self.usable.items() if u and len(u) == self.size[name])
 
-    @cached_property
+    @once
     def whole_gpus(self) -> int:
         return sum(self.size[name] for name in self.whole)
 
@@ -91,16 +90,16 @@ class Snapshot:
     multi_node: bool = False  # a job larger than any node may take several whole nodes (replays)
     known_layout: Layout | None = field(default=None, compare=False, repr=False)  # reused if it is of ``nodes``
 
-    @cached_property
+    @once
     def layout(self) -> Layout:
         known = self.known_layout
         return known if known is not None and known.nodes is self.nodes else Layout(self.nodes)
 
-    @cached_property
+    @once
     def _index(self) -> ActiveJobs | None:
         return self.jobs if isinstance(self.jobs, ActiveJobs) else None
 
-    @cached_property
+    @once
     def queued(self) -> tuple[Job, ...]:
         if self._index is not None:
             return self._index.queued
@@ -110,25 +109,25 @@ class Snapshot:
     def queued_count(self) -> int:
         return self._index.queued_count if self._index is not None else len(self.queued)
 
-    @cached_property
+    @once
     def holding(self) -> tuple[Job, ...]:
         """Jobs that hold GPUs (scheduled or running)."""
         if self._index is not None:
             return self._index.holding
         return tuple(j for j in self.jobs if j.status in HOLDS_GPUS)
 
-    @cached_property
+    @once
     def jobs_by_id(self) -> Mapping[int, Job]:
         if self._index is not None:
             return _JobsById(self._index)
         return {j.id: j for j in self.jobs}
 
-    @cached_property
+    @once
     def holders(self) -> Mapping[tuple[str, int], int]:
         """(node, GPU index) -> the id of the job holding it."""
         return {ref: j.id for j in self.holding if j.allocation is not None for ref in j.allocation.pairs()}
 
-    @cached_property
+    @once
     def held(self) -> Mapping[str, frozenset[int]]:
         """Per node with held GPUs, their indices."""
         if self._index is not None:
@@ -138,7 +137,7 @@ class Snapshot:
             held.setdefault(node, set()).add(gpu)
         return {node: frozenset(gpus) for node, gpus in held.items()}
 
-    @cached_property
+    @once
     def free(self) -> Mapping[str, tuple[int, ...]]:
         """Per node, the GPUs a new job may take: healthy, not drained, not held."""
         return {name: self.free_on(name) for name in self.layout.usable}
@@ -147,7 +146,7 @@ class Snapshot:
         usable, held = self.layout.usable[node], self.held.get(node)
         return tuple(i for i in usable if i not in held) if held else usable
 
-    @cached_property
+    @once
     def free_count(self) -> Mapping[str, int]:
         """Per node, how many GPUs are free; cheaper than ``free`` when the indices are not needed."""
         layout, held = self.layout, self.held
@@ -160,7 +159,7 @@ class Snapshot:
                 counts[name] -= len(gpus & layout.usable_set[name])
         return counts
 
-    @cached_property
+    @once
     def free_total(self) -> int:
         """How many GPUs are free in all."""
         layout, held = self.layout, self.held
@@ -181,7 +180,7 @@ class Snapshot:
             self._groups[ordering] = ordering.build(self.queued)
         return self._groups[ordering]
 
-    @cached_property
+    @once
     def _groups(self) -> dict[Ordering, Mapping[Hashable, SortedRuns]]:
         return {}
 
@@ -189,7 +188,7 @@ class Snapshot:
         """GPU-seconds of ``user``: decayed finished attempts plus what running jobs used so far."""
         return self.usage.get(user, 0.0) + self._running_usage.get(user, 0.0)
 
-    @cached_property
+    @once
     def _running_usage(self) -> Mapping[str, float]:
         used: dict[str, float] = {}
         for j in self.holding:

@@ -155,3 +155,23 @@ def test_restart_adopts_running_and_records_ended(tmp_path):
     assert status(orch2, a.id) == S.RUNNING
     job_b = orch2.queue.get(b.id)
     assert (job_b.status, job_b.exit_code) == (S.QUEUED, None)  # a retry remains
+
+
+def test_a_stop_during_the_decision_starts_nothing(tmp_path):
+    orch, clock, sim = make(tmp_path)
+    job = orch.submit(spec())
+    policy = orch.policy
+
+    class StoppedMeanwhile:
+        name = policy.name
+
+        def order(self, snapshot):
+            return policy.order(snapshot)
+
+        def decide(self, snapshot):
+            orch.enabled = False  # POST /orchestrator/stop arrives while the policy decides
+            return policy.decide(snapshot)
+
+    orch.policy = StoppedMeanwhile()
+    assert orch.tick().started == ()
+    assert orch.queue.get(job.id).pending_reason == PendingReason.HELD

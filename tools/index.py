@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import threading
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from tools.models import HOLDS_GPUS, Job, JobStatus, PendingReason
@@ -24,6 +23,24 @@ from tools.models import HOLDS_GPUS, Job, JobStatus, PendingReason
 # stops examining the queue once nothing more can start, so most of a long queue waits for this.
 IN_LINE_REASON = PendingReason.PRIORITY
 IN_LINE_MESSAGE = "waits for its turn: jobs ahead of it in the policy's order go first"
+
+
+class once:
+    """``functools.cached_property`` without its lock: Python 3.11 takes a lock on every first read,
+    a real cost for snapshots, which are built each tick and read once or twice per property. Two
+    threads reading at once would both compute the same pure value, which is harmless."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)  # later reads find it in the instance
+        return value
 
 
 class JobTable:
@@ -152,7 +169,7 @@ class ActiveJobs(Sequence[Job]):
     def __init__(
         self,
         table: JobTable,
-        holding: Mapping[int, Job],
+        holding: SortedRuns,
         held: Mapping[str, frozenset[int]],
         queued_count: int,
         orders: Mapping[Ordering, Mapping[Hashable, SortedRuns]],
@@ -160,15 +177,15 @@ class ActiveJobs(Sequence[Job]):
     ) -> None:
         self.version = version  # the index's version it was taken at: equal versions, equal views
         self._table = table
-        self._holding = holding
+        self._holding = holding  # ids of the jobs holding GPUs
         self.held = held  # node -> indices of the GPUs held there
         self.queued_count = queued_count
         self._orders = orders
 
-    @cached_property
+    @once
     def holding(self) -> tuple[Job, ...]:
         """Scheduled and running jobs, in id order."""
-        return tuple(sorted(self._holding.values(), key=lambda j: j.id))
+        return tuple(self._table.get(job_id) for job_id in self._holding)
 
     def get(self, job_id: int) -> Job | None:
         return self._table.get(job_id)
@@ -178,16 +195,16 @@ class ActiveJobs(Sequence[Job]):
         kept = self._orders.get(ordering)
         return kept if kept is not None else ordering.build(self.queued)
 
-    @cached_property
+    @once
     def queued(self) -> tuple[Job, ...]:
         return tuple(self._table.get(job_id) for _, job_id in self._orders[BY_ID].get(None, ()))
 
-    @cached_property
+    @once
     def _all(self) -> tuple[Job, ...]:
         return tuple(sorted(self.holding + self.queued, key=lambda j: j.id))
 
     def __len__(self) -> int:
-        return len(self.holding) + self.queued_count
+        return len(self._holding) + self.queued_count
 
     def __iter__(self) -> Iterator[Job]:
         return iter(self._all)
@@ -202,13 +219,13 @@ class JobIndex:
     def __init__(self, jobs: Iterable[Job] = ()) -> None:
         self._lock = threading.Lock()
         self._table = JobTable()
-        self._holding: dict[int, Job] = {}
+        self._holding = SortedRuns()  # ids of scheduled and running jobs
         self._held: dict[str, frozenset[int]] = {}
         self._queued = 0
         self._orders: dict[Ordering, dict[Hashable, SortedRuns]] = {BY_ID: {}}
         self._explained: set[int] = set()  # waiting jobs whose reason is their own (see ``explained``)
         self._timed: set[int] = set()  # running jobs with a time limit
-        self._shared = False  # whether a view holds ``_holding`` and ``_held``
+        self._shared = False  # whether a view holds ``_held``
         self.version = 0  # counts changes
         for job in jobs:
             self.put(job)
@@ -228,11 +245,11 @@ class JobIndex:
     def timed(self) -> list[Job]:
         """Jobs holding GPUs under a time limit."""
         with self._lock:
-            return [self._holding[i] for i in self._timed]
+            return [self._table.get(i) for i in self._timed]
 
     def view(self) -> ActiveJobs:
         with self._lock:
-            self._shared = True  # the view keeps these two dicts: copy them before the next change
+            self._shared = True  # the view keeps ``_held``: copy it before the next change
             return ActiveJobs(
                 table=self._table,
                 holding=self._holding,
@@ -257,17 +274,21 @@ class JobIndex:
             old = self._table.get(job.id)
             active = job.status in HOLDS_GPUS or job.status == JobStatus.QUEUED
             self._table = self._table.set(job.id, job if active else None)
-            if (old is not None and old.status in HOLDS_GPUS) or job.status in HOLDS_GPUS:
-                if self._shared:
-                    self._holding, self._held, self._shared = dict(self._holding), dict(self._held), False
-                if old is not None and old.status in HOLDS_GPUS:
-                    self._release(old)
-                if job.status in HOLDS_GPUS:
-                    self._hold(job)
+            held_before = old is not None and old.status in HOLDS_GPUS
+            if held_before or job.status in HOLDS_GPUS:
+                if held_before and job.status in HOLDS_GPUS and old.allocation == job.allocation:
+                    pass  # e.g. scheduled -> running: the same GPUs, and the table has the new version
+                else:
+                    if self._shared:
+                        self._held, self._shared = dict(self._held), False
+                    if held_before:
+                        self._release(old)
+                    if job.status in HOLDS_GPUS:
+                        self._hold(job)
             was_queued = old is not None and old.status == JobStatus.QUEUED
             is_queued = job.status == JobStatus.QUEUED
             self._queued += is_queued - was_queued
-            for ordering, groups in self._orders.items():
+            for ordering, groups in self._orders.items() if was_queued or is_queued else ():
                 before = (ordering.group_of(old), ordering.entry(old)) if was_queued else None
                 after = (ordering.group_of(job), ordering.entry(job)) if is_queued else None
                 if before == after:
@@ -291,7 +312,7 @@ class JobIndex:
             del groups[group]
 
     def _hold(self, job: Job) -> None:
-        self._holding[job.id] = job
+        self._holding = self._holding.add(job.id)
         if job.time_limit_s is not None:
             self._timed.add(job.id)
         if job.allocation is not None:
@@ -299,7 +320,7 @@ class JobIndex:
                 self._held[node] = self._held.get(node, frozenset()) | gpus
 
     def _release(self, job: Job) -> None:
-        del self._holding[job.id]
+        self._holding = self._holding.remove(job.id)
         self._timed.discard(job.id)
         if job.allocation is not None:
             for node, gpus in _by_node(job):

@@ -201,15 +201,13 @@ class Orchestrator:
                 self._enforce_time_limits(t)
                 t = lap("enforce", t)
                 if not self.enabled:
-                    waiting = self._hold_all(t)
-                    t = lap("explain", t)
-                    self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name,
-                                                finished=finished, waiting=waiting, phases_s=phases)
-                    return self.last_tick
+                    return self._held(t0, phases, finished)
                 seen = self.snapshot()
             decisions = self.policy.decide(seen)
             t = lap("decide", t)
             with self.lock:
+                if not self.enabled:  # stopped while the policy was deciding: start nothing
+                    return self._held(t0, phases, finished)
                 snapshot = seen if self._still(seen) else self.snapshot()
                 verdict = validate(snapshot, decisions.starts)
                 for kind, message in decisions.notes:
@@ -224,6 +222,16 @@ class Orchestrator:
                                         started=tuple(started), rejected=verdict.rejected,
                                         waiting=waiting, phases_s=phases)
             return self.last_tick
+
+    def _held(self, t0: float, phases: dict[str, float], finished: tuple[int, ...]) -> TickReport:
+        """The pass of a stopped scheduler: nothing starts, every waiting job says why it waits."""
+        since = self.clock.now()
+        waiting = self._hold_all(since)
+        t = self.clock.now()
+        phases["explain"] = t - since
+        self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
+                                    waiting=waiting, phases_s=phases)
+        return self.last_tick
 
     def _collect(self, now: float) -> tuple[int, ...]:
         finished = []

@@ -168,7 +168,7 @@ class JobQueue:
             message=message or f"{job.display_name}: {job.status.value} -> {to.value}",
             data={"from": job.status.value, "to": to.value}
             | ({"allocation": new.allocation.model_dump()} if new.allocation and to in HOLDS_GPUS else {}),
-        )
+        ) if self.store.keeps_events else None
         self.store.save_job(new, event)
         self.index.put(new)
         return new
@@ -178,7 +178,8 @@ class JobQueue:
         if "status" in changes:
             raise ValueError("use transition() to change a job's status")
         new = job.model_copy(update=changes)
-        self.store.save_job(new, Event(time=now, kind=kind, job_id=job.id, message=message))
+        event = Event(time=now, kind=kind, job_id=job.id, message=message) if self.store.keeps_events else None
+        self.store.save_job(new, event)
         self.index.put(new)
         return new
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.deps import ServiceDep
+from agent.audit import AuditEntry
 from tools.models import UserName
 
 router = APIRouter(tags=["agent"])
@@ -39,22 +40,6 @@ async def chat(body: ChatRequest, service: ServiceDep) -> ChatResponse:
     return ChatResponse(reply=reply.reply, actions=reply.actions, session_id=reply.session_id, stop=reply.stop)
 
 
-class AuditRecord(BaseModel):
-    id: int
-    time: float
-    kind: str
-    session_id: str | None
-    user: str | None
-    model: str
-    stop: str
-    error: str | None
-    latency_s: float
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    actions: list[dict[str, Any]]
-    messages: list[dict[str, Any]] | None
-
-
 @router.get("/agent/turns")
 def agent_turns(
     service: ServiceDep,
@@ -62,9 +47,7 @@ def agent_turns(
     kind: str | None = Query(None, pattern="^(chat|schedule)$"),
     limit: int = Query(20, ge=1, le=500),
     messages: bool = Query(False, description="Include the whole conversation of each record."),
-) -> list[AuditRecord]:
+) -> list[AuditEntry]:
     """The agent's conversations, newest first: tool calls, verdicts, latency and token counts."""
-    return [
-        AuditRecord(**{**e.__dict__, "messages": e.messages if messages else None})
-        for e in service.audit.entries(session_id=session_id, kind=kind, limit=limit)
-    ]
+    entries = service.audit.entries(session_id=session_id, kind=kind, limit=limit)
+    return entries if messages else [e.model_copy(update={"messages": None}) for e in entries]

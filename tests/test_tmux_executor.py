@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from uuid import uuid4
@@ -223,3 +224,12 @@ def test_end_is_noticed_within_a_second(ex, tmp_path):
     print(f"\nend-detection latency (job end -> poll reports it): "
           + ", ".join(f"{x * 1000:.1f} ms" for x in latencies))
     assert max(latencies) < 1.0
+
+
+def test_a_start_after_the_tmux_server_died_starts_it_again(ex):
+    ex.start(job(1, "true"), Allocation(node="local", gpus=(0,)), now=0.0)
+    wait_exit(ex, 1)
+    subprocess.run(["tmux", "-L", ex.socket_name, "kill-server"], capture_output=True)
+    ex.start(job(2, "echo again"), Allocation(node="local", gpus=(0,)), now=0.0)
+    assert wait_exit(ex, 2).exit_code == 0
+    assert "again" in ex.log_path(2).read_text()

@@ -171,6 +171,7 @@ class TmuxExecutor:
             self._tmux_env["TMUX_TMPDIR"] = os.environ["TMUX_TMPDIR"]
 
         self._socket_path: str | None = None
+        self._session_seen = False
         self._jobs: dict[int, _Running] = {}
         self._next_window_check = float("-inf")
         self._woken = threading.Event()
@@ -231,10 +232,15 @@ class TmuxExecutor:
         # The window runs the wrapper with an empty environment (tmux would hand it TMUX, TERM, the
         # client's PATH...); the wrapper sets what it needs itself.
         cmd = shlex.join([self._env_bin, "-i", self._bash, "--noprofile", "--norc", str(wrapper)])
-        result = self._tmux(
+        new_window = (
             "new-window", "-d", "-t", f"={self.session_name}:", "-n", self.window_name(job.id),
             "-c", str(self.workdir), f"exec {cmd}",
         )
+        result = self._tmux(*new_window)
+        if result.returncode != 0 and any(g in result.stderr for g in _GONE):
+            self._session_seen = False  # the server went away since we last looked: start it again
+            self._ensure_session()
+            result = self._tmux(*new_window)
         if result.returncode != 0:
             raise StartError(f"job {job.id}: tmux new-window failed: {result.stderr.strip()}")
         self._jobs[job.id] = _Running()
@@ -319,6 +325,7 @@ class TmuxExecutor:
         self.close()
         socket_path = self._socket_path or self._query_socket_path()
         self._tmux("kill-server")
+        self._session_seen = False
         if socket_path:  # tmux leaves its socket file behind
             Path(socket_path).unlink(missing_ok=True)
 
@@ -335,6 +342,10 @@ class TmuxExecutor:
             return subprocess.CompletedProcess(cmd, 124, "", f"tmux {args[0]} timed out")
 
     def _ensure_session(self) -> None:
+        # Once seen, the session is assumed to live: asking tmux before every start costs a process
+        # per job; a start that finds it gone comes back here.
+        if self._session_seen:
+            return
         if self._tmux("has-session", "-t", f"={self.session_name}").returncode != 0:
             result = self._tmux(
                 "new-session", "-d", "-s", self.session_name, "-n", PLACEHOLDER_WINDOW,
@@ -349,6 +360,7 @@ class TmuxExecutor:
             self._socket_path = self._query_socket_path()
             if self._socket_path is None:
                 raise StartError(f"cannot find the socket of tmux server {self.socket_name!r}")
+        self._session_seen = True
 
     def _query_socket_path(self) -> str | None:
         result = self._tmux("display-message", "-p", "-t", f"={self.session_name}:", "#{socket_path}")

@@ -113,12 +113,7 @@ class FairSharePolicy:
                 per_user.setdefault(user, []).append((first, gpus, it))
         for sizes in per_user.values():
             heapq.heapify(sizes)
-        held: dict[str, int] = {}
-        for job in snapshot.holding:
-            held[job.user] = held.get(job.user, 0) + job.gpu_count
-        # Rank: recent GPU-seconds, then GPUs held right now (so equals take turns), then name.
-        users = [(snapshot.usage_now(u), held.get(u, 0), u) for u in per_user]
-        heapq.heapify(users)
+        users = _user_ranks(snapshot, per_user)
         while users:
             usage, holding, user = users[0]
             started = self._next_start(placer, jobs, per_user[user])
@@ -151,12 +146,7 @@ class FairSharePolicy:
         per_user: dict[str, list[Job]] = {}
         for job in sorted(snapshot.queued, key=priority_key, reverse=True):
             per_user.setdefault(job.user, []).append(job)  # each list's best job is at its end
-        held: dict[str, int] = {}
-        for job in snapshot.holding:
-            held[job.user] = held.get(job.user, 0) + job.gpu_count
-        # Rank: recent GPU-seconds, then GPUs held right now (so equals take turns), then name.
-        heap = [(snapshot.usage_now(u), held.get(u, 0), u) for u in per_user]
-        heapq.heapify(heap)
+        heap = _user_ranks(snapshot, per_user)
         while heap:
             usage, holding, user = heapq.heappop(heap)
             job = per_user[user].pop()
@@ -165,6 +155,16 @@ class FairSharePolicy:
                 holding += job.gpu_count
             if per_user[user]:
                 heapq.heappush(heap, (usage, holding, user))
+
+
+def _user_ranks(snapshot: Snapshot, users) -> list[tuple[float, int, str]]:
+    """A heap of users by recent GPU-seconds, then GPUs held right now (so equals take turns), then name."""
+    held: dict[str, int] = {}
+    for job in snapshot.holding:
+        held[job.user] = held.get(job.user, 0) + job.gpu_count
+    ranks = [(snapshot.usage_now(u), held.get(u, 0), u) for u in users]
+    heapq.heapify(ranks)
+    return ranks
 
 
 POLICIES: dict[str, Policy] = {

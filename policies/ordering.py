@@ -4,6 +4,9 @@
   and later ones may start. The fallback that must always work.
 - ``fcfs``: strict submission order; the first job that does not fit blocks the rest (head-of-line).
 - ``sjf``: shortest ``est_duration_s`` first; jobs without an estimate after all with one.
+- ``backfill``: submission order with EASY backfill: the first job that does not fit is planned
+  from the running jobs' expected ends, and a later job starts now only if it does not delay that plan.
+- ``multifactor`` (the default, ``policies/multifactor.py``): Slurm-like weighted priority with backfill.
 - ``fair_share``: the user with the least recent GPU-time first; among one user's jobs, priority then
   submission order. Users are re-ranked after every start in the pass, so one user's burst cannot take
   every free GPU while another user with equal usage waits.
@@ -19,9 +22,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 from tools.index import Ordering
-from tools.models import Job, PendingReason
+from tools.models import Job
 
-from policies.placement import Placer
+from policies.multifactor import MultifactorPolicy
+from policies.placement import Offer, Placer
 from policies.snapshot import Decisions, Snapshot
 
 
@@ -68,6 +72,7 @@ class OrderedPolicy:
     name: str
     key: Callable[[Job], tuple]
     head_of_line: bool = False
+    backfill: bool = False
 
     @property
     def orderings(self) -> tuple[Ordering, ...]:
@@ -79,7 +84,7 @@ class OrderedPolicy:
         return [jobs[job_id] for _, job_id in heapq.merge(*groups)]  # already sorted: merge, never sort
 
     def decide(self, snapshot: Snapshot) -> Decisions:
-        placer = Placer(snapshot, head_of_line=self.head_of_line)
+        placer = Placer(snapshot, head_of_line=self.head_of_line, backfill=self.backfill)
         placer.offer_groups(snapshot.queued_groups(Ordering(self.key, by_gpus)))
         return placer.decisions()
 
@@ -129,10 +134,11 @@ class FairSharePolicy:
         while sizes:
             (_, job_id), gpus, it = sizes[0]
             job = jobs[job_id]
-            started = placer.offer(job)
-            if not started and placer.waiting[job_id].reason == PendingReason.RESOURCES:
+            offer = placer.offer(job)
+            if offer == Offer.SIZE_FULL:
                 heapq.heappop(sizes)
                 continue
+            started = offer == Offer.STARTED
             after = next(it, None)
             if after is None:
                 heapq.heappop(sizes)
@@ -172,6 +178,8 @@ POLICIES: dict[str, Policy] = {
     "fcfs": OrderedPolicy("fcfs", fcfs_key, head_of_line=True),
     "sjf": OrderedPolicy("sjf", sjf_key),
     "fair_share": FairSharePolicy(),
+    "backfill": OrderedPolicy("backfill", fcfs_key, backfill=True),
+    "multifactor": MultifactorPolicy(),
 }
 FALLBACK_POLICY = "priority"
 

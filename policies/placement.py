@@ -5,29 +5,52 @@ most tightly) costs O(GPUs per node), not O(nodes). A job of up to one node's us
 node. With ``snapshot.multi_node`` (eval replays) a larger job takes whole free nodes, the largest
 first; all of them but the last are used whole.
 
+Before placing a job, ``offer`` checks in turn: its begin time, the jobs it runs after, whether it can
+ever fit, strict order (``head_of_line``), its user's and group's quotas, then the free GPUs. Some
+GPUs are closed to some jobs: those of a reservation the job is not admitted to, from the moment the
+job would still be running at the window's start, and, under ``backfill``, the GPUs planned for the
+first job that must wait, for any job that would still be running when that job is planned to start
+(EASY backfill: a later job may start now only if it does not delay that plan).
+
 ``offer_groups`` walks waiting jobs in a policy's order, already sorted and split by GPU count. Free
-GPUs only shrink during a pass, so once a size does not fit, no later job of that size will: its first
-job records why, and the jobs behind it are never read (they wait in line). A pass therefore reads
-the queue only as far as something can still start, however long the queue is.
+GPUs only shrink during a pass, so once a size does not fit the free GPUs at all, no later job of that
+size will: its first job records why, and the jobs behind it are never read (they wait in line). A
+job kept out only by closed GPUs, a quota or its begin time says so and the pass reads on, since the
+next job of its size may be someone else's or shorter. A pass therefore reads the queue only as far as
+something can still start, and with backfill at most ``rules.backfill_depth`` jobs past the first one
+that must wait.
 """
 
 from __future__ import annotations
 
 import heapq
+from enum import Enum
 from typing import Iterable, Mapping
 
-from tools.models import Allocation, Job, PendingReason
+from tools.models import Allocation, Job, JobStatus, PendingReason
+from tools.queue import local_time
 
+from policies.plan import Slot, Timeline
+from policies.preemption import choose_preemptions
 from policies.snapshot import Decisions, Proposal, Reasons, Snapshot, Wait, begin_time_wait
 
 Entries = Iterable[tuple[tuple, int]]  # (sort key, job id), in order
+Closed = Mapping[str, frozenset[int]]  # node -> GPUs a job may not take
+
+
+class Offer(Enum):
+    STARTED = "started"
+    WAITS = "waits"  # this job waits; the next job of its size may still start
+    SIZE_FULL = "size_full"  # no job of this size can start in this pass
 
 
 class Placer:
-    def __init__(self, snapshot: Snapshot, *, head_of_line: bool = False) -> None:
+    def __init__(self, snapshot: Snapshot, *, head_of_line: bool = False, backfill: bool = False) -> None:
         self.snapshot = snapshot
         self.head_of_line = head_of_line  # strict order: once a job waits for GPUs, all later jobs wait
+        self.backfill = backfill  # EASY: plan the first job that must wait; later ones may not delay it
         layout = self._layout = snapshot.layout
+        self._rules = snapshot.rules
         # Built on first need (a pass over an empty queue or a full cluster needs none of it):
         self._count: dict[str, int] | None = None  # free GPUs per node
         self._by_free: list[set[str]] = []  # nodes by their number of free GPUs (not 0), once one is taken
@@ -41,6 +64,13 @@ class Placer:
         cap = snapshot.max_gpus_per_job
         self.limit = most if cap is None else min(most, cap)  # a job asking for more can never start
         self._blocked_by: int | None = None
+        self._user_use, self._group_use = (dict(m) for m in snapshot.in_use)
+        self._reservations = tuple(r for r in snapshot.reservations if r.end > snapshot.now)
+        self.head: Job | None = None  # backfill: the first job that must wait for GPUs
+        self.head_slot: Slot | None = None  # and where and when it is planned to start
+        self._head_gpus: dict[str, frozenset[int]] = {}
+        self._after_head = 0  # jobs examined since the head was planned
+        self._started_jobs: list[tuple[Job, tuple[tuple[str, int], ...]]] = []
         self.starts: list[Proposal] = []
         self.waiting: dict[int, Wait] = {}
 
@@ -48,8 +78,17 @@ class Placer:
     def free_gpus(self) -> int:
         return self._free_total
 
+    @property
+    def done(self) -> bool:
+        """Whether no later job of the pass may start: strict order is blocked, or backfill has
+        examined as many jobs past its plan as the rules allow."""
+        return self._blocked_by is not None or (
+            self.head_slot is not None and self._after_head >= self._rules.backfill_depth
+        )
+
     def fits(self, count: int) -> bool:
-        """Whether a job of ``count`` GPUs could start now; the same for every job of that size."""
+        """Whether a job of ``count`` GPUs could start now if no GPU were closed to it; the same for
+        every job of that size."""
         if count > self._layout.largest_usable_node:
             return self.snapshot.multi_node and count <= self._whole_free()[1]
         if count > self._free_total:
@@ -77,31 +116,202 @@ class Placer:
                     self._by_free[count].add(name)
         return self._by_free
 
-    def offer(self, job: Job) -> bool:
-        """Start ``job`` now if it may and fits; otherwise record why it waits. True if it starts."""
-        wait = begin_time_wait(job, self.snapshot.now)
+    def _free_on(self, node: str) -> list[int]:
+        free = self._free.get(node)
+        return free if free is not None else list(self.snapshot.free_on(node))
+
+    def offer(self, job: Job) -> Offer:
+        """Start ``job`` now if it may and fits; otherwise record why it waits."""
+        if self.head_slot is not None:
+            self._after_head += 1
+        wait = begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job)
         if wait is not None:
             self.waiting[job.id] = wait
-            return False
-        if job.gpu_count > self.limit:
+            return Offer.WAITS
+        count = job.gpu_count
+        if count > self.limit:
             self.waiting[job.id] = Wait(PendingReason.INFEASIBLE, self._infeasible(job))
-            return False
+            return Offer.WAITS
         if self._blocked_by is not None:
             self.waiting[job.id] = Wait(PendingReason.PRIORITY, f"waits behind job {self._blocked_by}, first in line")
+            return Offer.WAITS
+        over = self._quota_excess(job)
+        if over is not None:
+            self.waiting[job.id] = Wait(PendingReason.QUOTA_EXCEEDED, over)
+            return Offer.WAITS
+        if not self.fits(count):
+            self.waiting[job.id] = Wait(PendingReason.RESOURCES, self._missing(count))
+            self._must_wait(job)
+            return Offer.SIZE_FULL
+        end = self.snapshot.now + self._rules.runtime(job)
+        reserved = self._reserved_for_others(job, end)
+        if reserved and not self._place(job, reserved, dry_run=True):
+            self.waiting[job.id] = Wait(PendingReason.RESERVATION, self._reserved_message(job, end))
+            self._must_wait(job)
+            return Offer.WAITS
+        closed = reserved
+        if self.head_slot is not None and end > self.head_slot.start:
+            closed = _union(reserved, self._head_gpus)
+        if not self._place(job, closed):
+            head = self.head
+            assert head is not None
+            self.waiting[job.id] = Wait(
+                PendingReason.PRIORITY,
+                f"the GPUs it would fit on are planned for job {head.id}, first in line, and it would not end "
+                "before that job's planned start",
+            )
+            return Offer.WAITS
+        return Offer.STARTED
+
+    def _must_wait(self, job: Job) -> None:
+        """``job`` cannot start now: under strict order it blocks the rest; under backfill, the first
+        such job is planned and later jobs may not delay it."""
+        if self.head_of_line:
+            self._blocked_by = job.id
+        if not self.backfill or self.head is not None:
+            return
+        self.head = job
+        slot = Timeline(self.snapshot, self._started_jobs).earliest(job)
+        if slot is None:
+            return
+        self.head_slot = slot
+        gpus: dict[str, set[int]] = {}
+        for node, gpu in slot.gpus:
+            gpus.setdefault(node, set()).add(gpu)
+        self._head_gpus = {node: frozenset(g) for node, g in gpus.items()}
+        wait = self.waiting[job.id]
+        self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; planned to start by {local_time(slot.start)}")
+
+    def _dependency_wait(self, job: Job) -> Wait | None:
+        if not job.after and not job.after_any:
+            return None
+        active = self.snapshot.jobs_by_id
+        ended = self.snapshot.ended
+        waiting_for = []
+        for dep in job.depends_on:
+            other = active.get(dep)
+            if other is not None:
+                waiting_for.append(f"{dep} ({other.status.value})")
+                continue
+            status = ended.get(dep)
+            if status is None:
+                return Wait(PendingReason.DEPENDENCY_NEVER, f"job {dep} does not exist")
+            if dep in job.after and status != JobStatus.COMPLETED:
+                return Wait(PendingReason.DEPENDENCY_NEVER,
+                            f"runs only after job {dep} completes, but it {status.value}; cancel or resubmit it")
+        if waiting_for:
+            return Wait(PendingReason.DEPENDENCY, "waits for job(s) " + ", ".join(waiting_for))
+        return None
+
+    def _quota_excess(self, job: Job) -> str | None:
+        rules = self._rules
+        count = job.gpu_count
+        quota = rules.quota_of_user(job.user)
+        if quota is not None:
+            using = self._user_use.get(job.user, 0)
+            if using + count > quota:
+                return (f"user {job.user} uses {using} of a quota of {quota} GPUs; this job's {count} "
+                        f"would be {using + count - quota} over")
+        group = rules.group_of(job.user)
+        quota = rules.group_quota.get(group) if group is not None else None
+        if quota is not None:
+            using = self._group_use.get(group, 0)
+            if using + count > quota:
+                return (f"group {group} uses {using} of a quota of {quota} GPUs; this job's {count} "
+                        f"would be {using + count - quota} over")
+        return None
+
+    def _reserved_for_others(self, job: Job, end: float) -> dict[str, frozenset[int]]:
+        """GPUs of reservations ``job`` is not admitted to whose window overlaps its run."""
+        if not self._reservations:
+            return {}
+        group = self._rules.group_of(job.user)
+        closed: dict[str, frozenset[int]] = {}
+        for r in self._reservations:
+            if r.covers(self.snapshot.now, end) and not r.admits(job.user, group):
+                closed[r.node] = closed.get(r.node, frozenset()) | frozenset(r.gpus)
+        return closed
+
+    def _reserved_message(self, job: Job, end: float) -> str:
+        group = self._rules.group_of(job.user)
+        r = min((r for r in self._reservations if r.covers(self.snapshot.now, end) and not r.admits(job.user, group)),
+                key=lambda r: r.start)
+        return (f"the free GPUs that would fit it are reserved for {r.holder()} from {local_time(r.start)} "
+                f"to {local_time(r.end)} (reservation {r.id}), and it would still run then")
+
+    def _place(self, job: Job, closed: Closed, *, dry_run: bool = False) -> bool:
+        """Take GPUs for ``job`` on the best node that fits it without ``closed`` GPUs."""
+        count = job.gpu_count
+        if count > self._layout.largest_usable_node:
+            nodes = self._whole_nodes(count, closed)
+            if nodes is None:
+                return False
+            if not dry_run:
+                self._take_whole(job, nodes)
+            return True
+        node = self._best_fit(count, closed) if count <= self._free_total else None
+        if node is None:
             return False
-        if not self.fits(job.gpu_count):
-            self.waiting[job.id] = Wait(PendingReason.RESOURCES, self._missing(job.gpu_count))
-            if self.head_of_line:
-                self._blocked_by = job.id
-            return False
-        self._take(job)
+        if not dry_run:
+            gpus = self._take_from(node, count, closed.get(node, frozenset()))
+            self._started(job, Allocation(node=node, gpus=gpus))
         return True
+
+    def _best_fit(self, count: int, closed: Closed) -> str | None:
+        """The node with the fewest open GPUs that still holds ``count``, first in node order."""
+        order = self._layout.order.__getitem__
+        best: tuple[int, int, str] | None = None
+        for name, shut in closed.items():  # few: the nodes of reservations and of the backfill plan
+            if self._counts().get(name, 0) < count:
+                continue
+            open_ = sum(1 for g in self._free_on(name) if g not in shut)
+            if open_ >= count and (best is None or (open_, order(name)) < best[:2]):
+                best = (open_, order(name), name)
+        by_free = self._buckets()
+        for free_count in range(count, len(by_free)):
+            bucket = by_free[free_count] - closed.keys() if closed else by_free[free_count]
+            if bucket:
+                name = min(bucket, key=order)
+                if best is None or (free_count, order(name)) < best[:2]:
+                    best = (free_count, order(name), name)
+                break
+        return best[2] if best is not None else None
+
+    def _whole_nodes(self, count: int, closed: Closed) -> list[str] | None:
+        whole, gpus = self._whole_free()
+        if closed:
+            whole = whole - closed.keys()
+        size, order = self._layout.size, self._layout.order
+        nodes, total = [], 0
+        for node in sorted(whole, key=lambda n: (-size[n], order[n])):
+            nodes.append(node)
+            total += size[node]
+            if total >= count:
+                return nodes
+        return None
+
+    def _take_whole(self, job: Job, nodes: list[str]) -> None:
+        size, count, parts = self._layout.size, job.gpu_count, []
+        for node in nodes:
+            parts.append((node, self._take_from(node, min(count, size[node]), frozenset())))
+            count -= len(parts[-1][1])
+        (node, gpus), *more = parts
+        self._started(job, Allocation(node=node, gpus=gpus, more=tuple(more)))
+
+    def _started(self, job: Job, allocation: Allocation) -> None:
+        proposal = Proposal.on(job.id, allocation)
+        self.starts.append(proposal)
+        self._started_jobs.append((job, proposal.gpus))
+        self._user_use[job.user] = self._user_use.get(job.user, 0) + job.gpu_count
+        group = self._rules.group_of(job.user)
+        if group is not None:
+            self._group_use[group] = self._group_use.get(group, 0) + job.gpu_count
 
     def offer_groups(self, groups: Mapping[int, Entries]) -> None:
         """Offer waiting jobs in the order of their entries, merged across groups (one per GPU count).
 
-        A size that no longer fits is left after its first job; under ``head_of_line`` the pass ends
-        there. Sizes that can never fit are read through, so each such job says so.
+        A size that no longer fits is left after its first job; the pass ends when ``done``. Sizes
+        that can never fit are read through, so each such job says so.
         """
         jobs = self.snapshot.jobs_by_id
         heap = []
@@ -115,20 +325,18 @@ class Placer:
             if first is not None:
                 heap.append((first, gpus, it))
         heapq.heapify(heap)
-        while heap and self._blocked_by is None:
-            (_, job_id), gpus, it = heap[0]
-            if not self.offer(jobs[job_id]) and self.waiting[job_id].reason == PendingReason.RESOURCES:
-                heapq.heappop(heap)
-                continue
-            after = next(it, None)
-            if after is None:
-                heapq.heappop(heap)
-            else:
-                heapq.heapreplace(heap, (after, gpus, it))
+        offer_in_order(self, heap)
 
     def decisions(self) -> Decisions:
+        """What this pass decided, with the preemptions that make room for jobs that must wait."""
         started = frozenset(p.job_id for p in self.starts)
-        return Decisions(starts=tuple(self.starts), waiting=Reasons(self.snapshot, self.waiting, started))
+        planned = {self.head.id: self.head_slot.start} if self.head is not None and self.head_slot is not None else {}
+        return Decisions(
+            starts=tuple(self.starts),
+            waiting=Reasons(self.snapshot, self.waiting, started),
+            preemptions=choose_preemptions(self.snapshot, self.waiting, self._counts(), started),
+            planned=planned,
+        )
 
     def _infeasible(self, job: Job) -> str:
         cap = self.snapshot.max_gpus_per_job
@@ -151,38 +359,12 @@ class Placer:
         most = max(self._counts().values(), default=0)
         return f"needs {count} free GPU(s) on one node; the most free on any node is {most}"
 
-    def _best_fit(self, count: int) -> str | None:
-        by_free = self._buckets()
-        for free_count in range(count, len(by_free)):
-            bucket = by_free[free_count]
-            if bucket:
-                return min(bucket, key=self._layout.order.__getitem__)
-        return None
-
-    def _take(self, job: Job) -> None:
-        count = job.gpu_count
-        if count <= self._layout.largest_usable_node:
-            node = self._best_fit(count)
-            assert node is not None  # fits() said so
-            parts = [(node, self._take_from(node, count))]
-        else:
-            size, order = self._layout.size, self._layout.order
-            parts = []
-            for node in sorted(self._whole_free()[0], key=lambda n: (-size[n], order[n])):
-                parts.append((node, self._take_from(node, min(count, size[node]))))
-                count -= len(parts[-1][1])
-                if count == 0:
-                    break
-        (node, gpus), *more = parts
-        self.starts.append(Proposal.on(job.id, Allocation(node=node, gpus=gpus, more=tuple(more))))
-
-    def _take_from(self, node: str, count: int) -> tuple[int, ...]:
+    def _take_from(self, node: str, count: int, shut: frozenset[int]) -> tuple[int, ...]:
         by_free, counts = self._buckets(), self._counts()
-        free = self._free.get(node)
-        if free is None:
-            free = list(self.snapshot.free_on(node))
+        free = self._free_on(node)
         by_free[len(free)].discard(node)
-        taken, self._free[node] = free[:count], free[count:]
+        taken = [g for g in free if g not in shut][:count]
+        self._free[node] = [g for g in free if g not in taken]
         counts[node] = len(free) - count
         if counts[node]:
             by_free[counts[node]].add(node)
@@ -191,3 +373,26 @@ class Placer:
             self._whole.discard(node)
             self._whole_gpus -= self._layout.size[node]
         return tuple(taken)
+
+
+def offer_in_order(placer: Placer, heap: list) -> None:
+    """Offer jobs from a heap of ``(entry, size, rest of the entries)`` streams in entry order,
+    dropping a stream once its size no longer fits and stopping when the placer is done."""
+    jobs = placer.snapshot.jobs_by_id
+    while heap and not placer.done:
+        (_, job_id), gpus, it = heap[0]
+        if placer.offer(jobs[job_id]) == Offer.SIZE_FULL:
+            heapq.heappop(heap)
+            continue
+        after = next(it, None)
+        if after is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (after, gpus, it))
+
+
+def _union(a: Closed, b: Closed) -> dict[str, frozenset[int]]:
+    out = dict(a)
+    for node, gpus in b.items():
+        out[node] = out.get(node, frozenset()) | gpus
+    return out

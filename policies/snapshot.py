@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Hashable, Iterator, Mapping, Sequence
 
 from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns, once
-from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, PendingReason
+from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, PendingReason, Reservation
+
+from policies.rules import DEFAULT_RULES, Rules
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +90,9 @@ class Snapshot:
     usage: Mapping[str, float] = field(default_factory=dict)  # decayed GPU-seconds per user
     max_gpus_per_job: int | None = None
     multi_node: bool = False  # a job larger than any node may take several whole nodes (replays)
+    rules: Rules = DEFAULT_RULES
+    reservations: tuple[Reservation, ...] = ()  # those not yet over
+    ended: Mapping[int, JobStatus] = field(default_factory=dict)  # how the ended jobs that waiting jobs depend on ended
     known_layout: Layout | None = field(default=None, compare=False, repr=False)  # reused if it is of ``nodes``
 
     @once
@@ -183,6 +188,19 @@ class Snapshot:
     @once
     def _groups(self) -> dict[Ordering, Mapping[Hashable, SortedRuns]]:
         return {}
+
+    @once
+    def in_use(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """GPUs held right now, per user and per group (quotas count these)."""
+        users: dict[str, int] = {}
+        groups: dict[str, int] = {}
+        group_of = self.rules.group_of
+        for j in self.holding:
+            users[j.user] = users.get(j.user, 0) + j.gpu_count
+            group = group_of(j.user)
+            if group is not None:
+                groups[group] = groups.get(group, 0) + j.gpu_count
+        return users, groups
 
     def usage_now(self, user: str) -> float:
         """GPU-seconds of ``user``: decayed finished attempts plus what running jobs used so far."""
@@ -283,7 +301,18 @@ class Reasons(Mapping[int, Wait]):
 
 
 @dataclass(frozen=True)
+class Preemption:
+    """Stop running job ``job_id`` (SIGTERM, grace, SIGKILL) and requeue it, for ``why``."""
+
+    job_id: int
+    why: str
+    for_job: int | None = None  # the waiting job it makes room for; None when a reservation begins
+
+
+@dataclass(frozen=True)
 class Decisions:
     starts: tuple[Proposal, ...]
     waiting: Mapping[int, Wait]  # a reason for every queued job that does not start (often ``Reasons``)
     notes: tuple[tuple[str, str], ...] = ()  # (event kind, message) for the audit log, e.g. a fallback
+    preemptions: tuple[Preemption, ...] = ()
+    planned: Mapping[int, float] = field(default_factory=dict)  # job id -> planned start (the backfill plan)

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from tools.models import Allocation, Job, JobStatus
 
-from policies.snapshot import Proposal, Snapshot
+from policies.snapshot import Preemption, Proposal, Snapshot
 
 
 class Violation(StrEnum):
@@ -29,6 +29,9 @@ class Violation(StrEnum):
     GPU_DRAINED = "gpu_drained"
     GPU_BUSY = "gpu_busy"
     TOO_MANY_GPUS = "too_many_gpus"  # over the per-job limit
+    QUOTA_EXCEEDED = "quota_exceeded"  # would take its user or group over a GPU quota
+    RESERVED = "reserved"  # a GPU is reserved for someone else while the job would run
+    DEPENDENCY = "dependency"  # a job it runs after has not ended as required
 
 
 @dataclass(frozen=True)
@@ -65,18 +68,79 @@ class Verdict:
 def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal]) -> Verdict:
     taken: dict[tuple[str, int], int] = {}  # GPUs given to earlier proposals of this batch
     seen_jobs: set[int] = set()
+    user_use, group_use = (dict(m) for m in snapshot.in_use)  # GPUs in use, with this batch's
     accepted: list[Accepted] = []
     rejected: list[Rejection] = []
     for proposal in proposals:
         problems = _check(snapshot, proposal, taken, seen_jobs)
+        job = snapshot.jobs_by_id.get(proposal.job_id)
+        if job is not None:
+            problems += _rule_problems(snapshot, job, proposal, user_use, group_use)
         if problems:
             rejected.append(Rejection(proposal, tuple(problems)))
             continue
         seen_jobs.add(proposal.job_id)
         for ref in proposal.gpus:
             taken[ref] = proposal.job_id
+        user_use[job.user] = user_use.get(job.user, 0) + job.gpu_count
+        group = snapshot.rules.group_of(job.user)
+        if group is not None:
+            group_use[group] = group_use.get(group, 0) + job.gpu_count
         accepted.append(Accepted(proposal, _allocation(proposal)))
     return Verdict(tuple(accepted), tuple(rejected))
+
+
+def _rule_problems(snapshot: Snapshot, job: Job, proposal: Proposal, user_use: dict[str, int],
+                   group_use: dict[str, int]) -> list[Problem]:
+    """The cluster's rules: quotas, reservations and dependencies."""
+    rules, problems = snapshot.rules, []
+    quota = rules.quota_of_user(job.user)
+    if quota is not None and user_use.get(job.user, 0) + job.gpu_count > quota:
+        problems.append(Problem(Violation.QUOTA_EXCEEDED, f"user {job.user} would hold "
+                                f"{user_use.get(job.user, 0) + job.gpu_count} GPUs; the quota is {quota}"))
+    group = rules.group_of(job.user)
+    quota = rules.group_quota.get(group) if group is not None else None
+    if quota is not None and group_use.get(group, 0) + job.gpu_count > quota:
+        problems.append(Problem(Violation.QUOTA_EXCEEDED, f"group {group} would hold "
+                                f"{group_use.get(group, 0) + job.gpu_count} GPUs; the quota is {quota}"))
+    end = snapshot.now + rules.runtime(job)
+    for r in snapshot.reservations:
+        if r.covers(snapshot.now, end) and not r.admits(job.user, group):
+            kept = sorted(i for n, i in proposal.gpus if n == r.node and i in r.gpus)
+            if kept:
+                problems.append(Problem(Violation.RESERVED, f"GPU(s) {','.join(map(str, kept))} on {r.node} are reserved "
+                                        f"for {r.holder()} (reservation {r.id}) while job {job.id} would run"))
+    for dep in job.depends_on:
+        active = snapshot.jobs_by_id.get(dep)
+        ended = snapshot.ended.get(dep)
+        if active is not None or ended is None or (dep in job.after and ended != JobStatus.COMPLETED):
+            problems.append(Problem(Violation.DEPENDENCY, f"job {job.id} runs after job {dep}, which "
+                                    + (f"is {active.status.value}" if active else
+                                       f"{ended.value}" if ended else "does not exist")))
+    return problems
+
+
+def check_preemption(snapshot: Snapshot, preemption: Preemption) -> str | None:
+    """Why ``preemption`` may not go ahead, or None: the victim must be running and not already
+    stopping; for a waiting job, the victim must be preemptible, have run its minimum time, and be
+    far enough below that job in priority."""
+    job = snapshot.jobs_by_id.get(preemption.job_id)
+    if job is None or job.status != JobStatus.RUNNING:
+        return f"job {preemption.job_id} is not running"
+    if job.stop_reason is not None:
+        return f"job {job.id} is already being stopped ({job.stop_reason.value})"
+    if preemption.for_job is None:
+        return None  # a reservation's window began on its GPUs
+    rules, waiting = snapshot.rules, snapshot.jobs_by_id.get(preemption.for_job)
+    if waiting is None or waiting.status != JobStatus.QUEUED:
+        return f"job {preemption.for_job}, which it would make room for, is not waiting"
+    if not job.preemptible:
+        return f"job {job.id} is not preemptible"
+    if rules.preempt_priority_gap is None or waiting.priority - job.priority < rules.preempt_priority_gap:
+        return f"job {job.id}'s priority {job.priority} is not far enough below job {waiting.id}'s {waiting.priority}"
+    if job.start_time is None or snapshot.now - job.start_time < rules.preempt_min_runtime_s:
+        return f"job {job.id} has run less than the minimum {rules.preempt_min_runtime_s:g} s"
+    return None
 
 
 def _allocation(proposal: Proposal) -> Allocation:

@@ -22,6 +22,7 @@ def job(
     on: tuple[str, tuple[int, ...]] | None = None,
     start: float | None = None,
     not_before: float | None = None,
+    **extra,
 ) -> Job:
     return Job(
         id=next(_ids) if id is None else id,
@@ -35,6 +36,7 @@ def job(
         allocation=Allocation(node=on[0], gpus=on[1]) if on else None,
         start_time=start if start is not None else (submit if on else None),
         not_before=not_before,
+        **extra,
     )
 
 
@@ -55,7 +57,7 @@ def node(name: str, count: int, *, drained: tuple[int, ...] = (), unhealthy: tup
 
 def snap(
     *jobs: Job, nodes: tuple[Node, ...] = (), now: float = 100.0, usage=None, max_gpus_per_job=None,
-    multi_node: bool = False,
+    multi_node: bool = False, **extra,
 ) -> Snapshot:
     return Snapshot(
         now=now,
@@ -64,6 +66,7 @@ def snap(
         usage=usage or {},
         max_gpus_per_job=max_gpus_per_job,
         multi_node=multi_node,
+        **extra,
     )
 
 

@@ -144,12 +144,14 @@ def test_a_snapshot_from_the_index_decides_like_one_from_a_tuple(state):
 def _every_job_offered(policy, snapshot):
     """The starts of the plain algorithm, which offers every waiting job in the policy's order: what
     skipping the sizes that no longer fit must not change."""
+    from policies.multifactor import MultifactorPolicy
     from policies.ordering import FairSharePolicy
-    from policies.placement import Placer
+    from policies.placement import Offer, Placer
 
-    placer = Placer(snapshot, head_of_line=getattr(policy, "head_of_line", False))
+    backfill = isinstance(policy, MultifactorPolicy) or getattr(policy, "backfill", False)
+    placer = Placer(snapshot, head_of_line=getattr(policy, "head_of_line", False), backfill=backfill)
     if isinstance(policy, FairSharePolicy):
-        for _ in policy._turns(snapshot, started=placer.offer):
+        for _ in policy._turns(snapshot, started=lambda job: placer.offer(job) == Offer.STARTED):
             pass
     else:
         for queued in policy.order(snapshot):

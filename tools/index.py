@@ -225,6 +225,7 @@ class JobIndex:
         self._orders: dict[Ordering, dict[Hashable, SortedRuns]] = {BY_ID: {}}
         self._explained: set[int] = set()  # waiting jobs whose reason is their own (see ``explained``)
         self._timed: set[int] = set()  # running jobs with a time limit
+        self._dependent: set[int] = set()  # waiting jobs that run after other jobs
         self._shared = False  # whether a view holds ``_held``
         self.version = 0  # counts changes
         for job in jobs:
@@ -246,6 +247,11 @@ class JobIndex:
         """Jobs holding GPUs under a time limit."""
         with self._lock:
             return [self._table.get(i) for i in self._timed]
+
+    def dependent(self) -> list[Job]:
+        """Waiting jobs that run after other jobs."""
+        with self._lock:
+            return [self._table.get(i) for i in self._dependent]
 
     def view(self) -> ActiveJobs:
         with self._lock:
@@ -298,6 +304,10 @@ class JobIndex:
                 if after is not None:
                     group, entry = after
                     groups[group] = groups.get(group, SortedRuns()).add(entry)
+            if is_queued and job.depends_on:
+                self._dependent.add(job.id)
+            else:
+                self._dependent.discard(job.id)
             if explained(job):
                 self._explained.add(job.id)
             else:

@@ -48,6 +48,10 @@ class PendingReason(StrEnum):
     PRIORITY = "Priority"  # jobs ahead of it in the policy's order go first
     RESOURCES = "Resources"  # not enough free GPUs on any one node
     BEGIN_TIME = "BeginTime"  # not before a given time (retry backoff, deferred start)
+    DEPENDENCY = "Dependency"  # waits for the jobs it runs after
+    DEPENDENCY_NEVER = "DependencyNeverSatisfied"  # a job it runs after ended in a way that rules it out
+    QUOTA_EXCEEDED = "QuotaExceeded"  # starting it would take its user or group over a GPU quota
+    RESERVATION = "Reservation"  # the GPUs that would fit it are reserved for someone else
     HELD = "Held"  # the scheduler is stopped, so nothing new starts
     INFEASIBLE = "Infeasible"  # asks for more GPUs than any node has usable
 
@@ -57,6 +61,7 @@ class StopReason(StrEnum):
 
     CANCEL = "cancel"
     TIME_LIMIT = "time_limit"
+    PREEMPT = "preempt"  # makes room for a job of higher priority, or a reservation: requeued
 
 
 class Allocation(BaseModel):
@@ -113,6 +118,10 @@ class JobSpec(BaseModel):
     est_duration_s: float | None = Field(None, gt=0, description="The user's estimate of run time.")
     time_limit_s: float | None = Field(None, gt=0, description="Run time after which the job is stopped.")
     max_retries: int = Field(1, ge=0, le=10, description="Retries after a failed attempt.")
+    begin_at: float | None = Field(None, ge=0, description="Not started before this time (Unix seconds).")
+    after: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs completed (exit 0).")
+    after_any: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs ended, however.")
+    preemptible: bool = Field(False, description="May be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of higher priority.")
 
     @field_validator("command")
     @classmethod
@@ -131,6 +140,10 @@ class JobSpec(BaseModel):
                 raise ValueError(f"{key} is set by gpuherd for each job and cannot be overridden")
         return v
 
+    @property
+    def depends_on(self) -> tuple[int, ...]:
+        return (*self.after, *self.after_any)
+
 
 class Job(JobSpec):
     """A job as the queue knows it: the request plus everything that happened to it."""
@@ -138,6 +151,7 @@ class Job(JobSpec):
     id: int
     status: JobStatus = JobStatus.QUEUED
     attempts: int = 0  # attempts started so far
+    preemptions: int = 0  # attempts that ended by preemption (they do not use up retries)
     pending_reason: PendingReason | None = None
     pending_message: str | None = None
     allocation: Allocation | None = None
@@ -145,13 +159,39 @@ class Job(JobSpec):
     submit_time: float
     start_time: float | None = None  # start of the current or last attempt
     end_time: float | None = None
-    not_before: float | None = None  # earliest start (retry backoff)
+    not_before: float | None = None  # earliest start (begin_at, or a retry's backoff)
     stop_reason: StopReason | None = None  # set while the orchestrator is stopping it
     log_path: str | None = None
 
     @property
     def display_name(self) -> str:
         return self.name or f"job-{self.id}"
+
+
+class Reservation(BaseModel):
+    """GPUs of one node kept for a user or a group from ``start`` to ``end``: nobody else may run on
+    them in that window, and a job that would still run at ``start`` may not start on them before."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int = 0
+    node: str
+    gpus: tuple[int, ...]
+    user: str | None = None
+    group: str | None = None
+    start: float
+    end: float
+    note: str = ""
+
+    def holder(self) -> str:
+        return f"user {self.user}" if self.user else f"group {self.group}"
+
+    def admits(self, user: str, group: str | None) -> bool:
+        return user == self.user or (group is not None and group == self.group)
+
+    def covers(self, start: float, end: float) -> bool:
+        """Whether ``[start, end)`` overlaps the window."""
+        return start < self.end and end > self.start
 
 
 class GpuProcess(BaseModel):

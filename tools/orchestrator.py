@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from policies.ordering import Policy
-from policies.snapshot import IN_LINE, Decisions, Layout, Reasons, Snapshot, Wait, begin_time_wait
-from policies.validator import Rejection, validate
+from policies.rules import DEFAULT_RULES, Rules
+from policies.snapshot import IN_LINE, Decisions, Layout, Preemption, Reasons, Snapshot, Wait, begin_time_wait
+from policies.validator import Rejection, check_preemption, validate
 from tools.clock import Clock
 from tools.executor import Executor, StartError
 from tools.index import ActiveJobs
-from tools.models import TERMINAL, Event, Job, JobSpec, JobStatus, Node, PendingReason, StopReason
+from tools.models import TERMINAL, Event, Job, JobSpec, JobStatus, Node, PendingReason, Reservation, StopReason
 from tools.queue import IllegalTransition, JobQueue
 from tools.store import GpuConflict
 
@@ -34,6 +35,10 @@ class Inventory(Protocol):
 
 class InvalidJob(ValueError):
     """A submission that can never run on this cluster (e.g. more GPUs than any node has)."""
+
+
+class InvalidReservation(ValueError):
+    """A reservation that cannot be kept (unknown GPUs, an empty window, an overlap)."""
 
 
 HELD_MESSAGE = "the scheduler is stopped; nothing new starts until it is started again"
@@ -64,6 +69,8 @@ class Orchestrator:
         max_gpus_per_job: int | None = None,
         enabled: bool = True,
         multi_node: bool = False,
+        rules: Rules = DEFAULT_RULES,
+        preempt_grace_s: float = 30.0,
     ) -> None:
         self.queue = queue
         self.inventory = inventory
@@ -76,6 +83,11 @@ class Orchestrator:
         # A job larger than any node takes whole free nodes. Only the eval harness's simulated executor
         # can run such a job; the live executors refuse it, so the service leaves this off.
         self.multi_node = multi_node
+        self.rules = rules
+        self.preempt_grace_s = preempt_grace_s  # SIGTERM to SIGKILL for a preempted job: time to checkpoint
+        self._reservations = tuple(queue.store.reservations())
+        self._ended: dict[int, JobStatus] = {}  # terminal states of jobs others depend on (they never change)
+        self.planned: dict[int, float] = {}  # the last pass's backfill plan: job id -> planned start
         self._layout: Layout | None = None
         self.last_tick: TickReport | None = None
         self.lock = threading.RLock()  # every change of jobs, from any door
@@ -95,8 +107,22 @@ class Orchestrator:
             usage=self.queue.usage(now),
             max_gpus_per_job=self.max_gpus_per_job,
             multi_node=self.multi_node,
+            rules=self.rules,
+            reservations=tuple(r for r in self._reservations if r.end > now),
+            ended=self._ended_dependencies(),
             known_layout=self._layout,
         )
+
+    def _ended_dependencies(self) -> dict[int, JobStatus]:
+        """How the ended jobs that waiting jobs run after ended (a job that never existed is left out)."""
+        index = self.queue.index
+        for job in index.dependent():
+            for dep in job.depends_on:
+                if dep not in self._ended and index.get(dep) is None:
+                    ended = self.queue.store.get_job(dep)
+                    if ended is not None and ended.status in TERMINAL:
+                        self._ended[dep] = ended.status
+        return self._ended
 
     def _still(self, seen: Snapshot) -> bool:
         """Whether a fresh snapshot would equal ``seen``: no job changed, same time, same inventory
@@ -108,6 +134,8 @@ class Orchestrator:
             and seen.now == self.clock.now()
             and seen.nodes is self.inventory.nodes()
             and (seen.max_gpus_per_job, seen.multi_node) == (self.max_gpus_per_job, self.multi_node)
+            and seen.rules is self.rules
+            and seen.reservations == tuple(r for r in self._reservations if r.end > seen.now)
         )
 
     def _current_layout(self) -> Layout:
@@ -126,8 +154,69 @@ class Orchestrator:
             raise InvalidJob(f"asks for {spec.gpu_count} GPUs but the cluster has {layout.total_gpus}")
         if self.max_gpus_per_job is not None and spec.gpu_count > self.max_gpus_per_job:
             raise InvalidJob(f"asks for {spec.gpu_count} GPUs; a job may have at most {self.max_gpus_per_job}")
+        self._check_quota(spec)
         with self.lock:
+            self._check_dependencies(spec)
             return self.queue.submit(spec, now=self.clock.now())
+
+    def _check_quota(self, spec: JobSpec) -> None:
+        quota = self.rules.quota_of_user(spec.user)
+        if quota is not None and spec.gpu_count > quota:
+            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but user {spec.user}'s quota is {quota} GPUs at once")
+        group = self.rules.group_of(spec.user)
+        quota = self.rules.group_quota.get(group) if group is not None else None
+        if quota is not None and spec.gpu_count > quota:
+            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but group {group}'s quota is {quota} GPUs at once")
+
+    def _check_dependencies(self, spec: JobSpec) -> None:
+        for dep in spec.depends_on:
+            job = self.queue.store.get_job(dep)
+            if job is None:
+                raise InvalidJob(f"runs after job {dep}, which does not exist")
+            if dep in spec.after and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise InvalidJob(f"runs after job {dep} completes, but it {job.status.value}; it would never start")
+
+    # -- reservations (an administrator's) ---------------------------------------------------------
+    @property
+    def reservations(self) -> tuple[Reservation, ...]:
+        return self._reservations
+
+    def reserve(self, reservation: Reservation) -> Reservation:
+        """Keep GPUs for a user or group in a time window; refused if it overlaps another one."""
+        now = self.clock.now()
+        if reservation.end <= reservation.start:
+            raise InvalidReservation("a reservation must end after it starts")
+        if reservation.end <= now:
+            raise InvalidReservation("the reservation's window is already over")
+        if not reservation.gpus:
+            raise InvalidReservation("a reservation keeps at least one GPU")
+        layout = self._current_layout()
+        for gpu in reservation.gpus:
+            if (reservation.node, gpu) not in layout.gpus:
+                raise InvalidReservation(f"there is no GPU {gpu} on node {reservation.node!r}")
+        with self.lock:
+            for other in self._reservations:
+                shared = set(other.gpus) & set(reservation.gpus)
+                if other.node == reservation.node and shared and other.covers(reservation.start, reservation.end) and other.end > now:
+                    raise InvalidReservation(
+                        f"GPU(s) {','.join(map(str, sorted(shared)))} of {other.node} are already reserved for "
+                        f"{other.holder()} then (reservation {other.id})")
+            saved = self.queue.store.add_reservation(reservation)
+            self._reservations = (*self._reservations, saved)
+            self.queue.store.add_event(Event(time=now, kind="reserved", message=f"reservation {saved.id}: "
+                                             f"{saved.node} GPU(s) {','.join(map(str, saved.gpus))} for {saved.holder()}"))
+            return saved
+
+    def unreserve(self, reservation_id: int) -> Reservation:
+        with self.lock:
+            found = next((r for r in self._reservations if r.id == reservation_id), None)
+            if found is None:
+                raise LookupError(f"no reservation {reservation_id}")
+            self.queue.store.delete_reservation(reservation_id)
+            self._reservations = tuple(r for r in self._reservations if r.id != reservation_id)
+            self.queue.store.add_event(Event(time=self.clock.now(), kind="unreserved",
+                                             message=f"reservation {reservation_id} removed"))
+            return found
 
     def cancel(self, job_id: int) -> Job:
         """A queued job is cancelled at once; a running one is stopped and ends as cancelled."""
@@ -178,7 +267,8 @@ class Orchestrator:
                 if job.id in ended:
                     self.queue.finish(job, ended[job.id].exit_code, now=ended[job.id].end_time, note="ended while the service was down")
                 elif job.stop_reason is not None:
-                    self.executor.stop(job.id, now, self.grace_s)  # the stop may have been cut short by the restart
+                    grace = self.preempt_grace_s if job.stop_reason == StopReason.PREEMPT else self.grace_s
+                    self.executor.stop(job.id, now, grace)  # the stop may have been cut short by the restart
 
     # -- the tick --------------------------------------------------------------------------------
     def tick(self) -> TickReport:
@@ -214,6 +304,8 @@ class Orchestrator:
                     self.queue.store.add_event(Event(time=snapshot.now, kind=kind, message=message))
                 t = lap("validate", t)
                 started = self._apply(snapshot, verdict.accepted, t)
+                self._preempt(snapshot, decisions.preemptions, t)
+                self.planned = dict(decisions.planned)
                 t = lap("apply", t)
                 accepted = {acc.proposal.job_id for acc in verdict.accepted}
                 waiting = self._explain(seen, decisions, verdict.rejected, accepted, now=snapshot.now)
@@ -277,6 +369,21 @@ class Orchestrator:
                                   message=f"{job.display_name}: running on {where}")
             started.append(job.id)
         return started
+
+    def _preempt(self, snapshot: Snapshot, preemptions: tuple[Preemption, ...], now: float) -> None:
+        """Stop each victim the validator agrees to (SIGTERM, grace to checkpoint, SIGKILL); it is
+        requeued with the same id when its process ends (``JobQueue.finish``)."""
+        for p in preemptions:
+            problem = check_preemption(snapshot, p)
+            if problem is not None:
+                self.queue.store.add_event(Event(time=now, kind="rejected", job_id=p.job_id,
+                                                 message=f"preemption refused: {problem}"))
+                continue
+            job = snapshot.jobs_by_id[p.job_id]
+            self.queue.update(job, now=now, kind="preempting", stop_reason=StopReason.PREEMPT,
+                              message=f"{job.display_name}: {p.why}; SIGTERM, then SIGKILL after "
+                              f"{self.preempt_grace_s:g} s, then requeued")
+            self.executor.stop(job.id, now, self.preempt_grace_s)
 
     def _explain(self, seen: Snapshot, decisions: Decisions, rejected: tuple[Rejection, ...], accepted: set[int],
                  *, now: float) -> int:

@@ -8,6 +8,7 @@ saves the job with an event row in one store transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Iterator, Mapping
 
 from tools.index import JobIndex
@@ -25,6 +26,11 @@ from tools.models import (
 from tools.store import Store
 
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
+
+
+def local_time(t: float) -> str:
+    """A time as people on this machine read it: ``2026-11-29 22:00``."""
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
 
 
 class JobNotFound(LookupError):
@@ -126,12 +132,14 @@ class JobQueue:
     # -- changing ------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, *, now: float) -> Job:
         """Persist a new queued job; raises ``store.QueueFull`` when the queue is at its limit."""
+        deferred = spec.begin_at is not None and spec.begin_at > now
         job = Job(
             **spec.model_dump(),
             id=0,
             submit_time=now,
-            pending_reason=PendingReason.PRIORITY,
-            pending_message=WAITING_FOR_PASS,
+            not_before=spec.begin_at if deferred else None,
+            pending_reason=PendingReason.BEGIN_TIME if deferred else PendingReason.PRIORITY,
+            pending_message=f"deferred: not before {local_time(spec.begin_at)}" if deferred else WAITING_FOR_PASS,
         )
         job = self.store.add_job(job, max_queued=self.max_queued)
         self.index.put(job)
@@ -218,6 +226,10 @@ class JobQueue:
         if job.stop_reason == StopReason.CANCEL:
             return self.transition(job, JobStatus.CANCELLED, now=now, message=f"{detail}; cancelled",
                                    exit_code=exit_code, stop_reason=None)
+        if job.stop_reason == StopReason.PREEMPT:
+            return self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, preemptions=job.preemptions + 1,
+                                   message=f"{detail}; preempted and requeued (attempt {job.attempts} counted, "
+                                   "no retry used)")
         if job.stop_reason == StopReason.TIME_LIMIT:
             return self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, stop_reason=None,
                                    message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s")
@@ -226,10 +238,12 @@ class JobQueue:
         return self.fail_attempt(job, now=now, exit_code=exit_code, why=detail)
 
     def fail_attempt(self, job: Job, *, now: float, exit_code: int | None, why: str) -> Job:
-        """A failed attempt (or a failed start): retry after a backoff, or fail for good."""
-        if job.attempts <= job.max_retries:
-            delay = self.backoff.delay(job.attempts)
-            retry = f"retry {job.attempts}/{job.max_retries} after {delay:g} s backoff ({why})"
+        """A failed attempt (or a failed start): retry after a backoff, or fail for good. Attempts
+        ended by preemption were not the job's failure and use up no retry."""
+        failures = job.attempts - job.preemptions
+        if failures <= job.max_retries:
+            delay = self.backoff.delay(failures)
+            retry = f"retry {failures}/{job.max_retries} after {delay:g} s backoff ({why})"
             return self.transition(job, JobStatus.QUEUED, now=now, message=retry, exit_code=exit_code,
                                    not_before=now + delay, pending_reason=PendingReason.BEGIN_TIME,
                                    pending_message=retry)

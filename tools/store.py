@@ -25,6 +25,7 @@ from tools.models import (
     Job,
     JobStatus,
     Node,
+    Reservation,
 )
 
 
@@ -55,6 +56,11 @@ class Store(Protocol):
     def load_inventory(self) -> list[Node]: ...
     def get_usage(self) -> dict[str, tuple[float, float]]: ...
     def set_usage(self, user: str, gpu_seconds: float, as_of: float) -> None: ...
+    def add_reservation(self, reservation: Reservation) -> Reservation:
+        """Insert it (its ``id`` is assigned here)."""
+        ...
+    def delete_reservation(self, reservation_id: int) -> bool: ...
+    def reservations(self) -> list[Reservation]: ...
     def get_setting(self, key: str) -> str | None: ...
     def set_setting(self, key: str, value: str) -> None: ...
     def close(self) -> None: ...
@@ -103,6 +109,11 @@ CREATE TABLE IF NOT EXISTS usage (
     user        TEXT PRIMARY KEY,
     gpu_seconds REAL NOT NULL,
     as_of       REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS reservations (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    data    TEXT    NOT NULL              -- the Reservation as JSON
 );
 
 CREATE TABLE IF NOT EXISTS settings (
@@ -292,6 +303,22 @@ class SqliteStore:
                 (user, gpu_seconds, as_of),
             )
 
+    def add_reservation(self, reservation: Reservation) -> Reservation:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO reservations (data) VALUES ('')")
+            reservation = reservation.model_copy(update={"id": cur.lastrowid})
+            db.execute("UPDATE reservations SET data = ? WHERE id = ?", (reservation.model_dump_json(), reservation.id))
+        return reservation
+
+    def delete_reservation(self, reservation_id: int) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount > 0
+
+    def reservations(self) -> list[Reservation]:
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM reservations ORDER BY id").fetchall()
+        return [Reservation.model_validate_json(data) for (data,) in rows]
+
     def get_setting(self, key: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
@@ -357,6 +384,8 @@ class MemoryStore:
         self._inventory: list[Node] = []
         self._usage: dict[str, tuple[float, float]] = {}
         self._settings: dict[str, str] = {}
+        self._reservations: dict[int, Reservation] = {}
+        self._next_reservation = 0
         self._queued = 0
 
     def add_job(self, job: Job, *, max_queued: int | None) -> Job:
@@ -440,6 +469,18 @@ class MemoryStore:
 
     def set_usage(self, user: str, gpu_seconds: float, as_of: float) -> None:
         self._usage[user] = (gpu_seconds, as_of)
+
+    def add_reservation(self, reservation: Reservation) -> Reservation:
+        self._next_reservation += 1
+        reservation = reservation.model_copy(update={"id": self._next_reservation})
+        self._reservations[reservation.id] = reservation
+        return reservation
+
+    def delete_reservation(self, reservation_id: int) -> bool:
+        return self._reservations.pop(reservation_id, None) is not None
+
+    def reservations(self) -> list[Reservation]:
+        return list(self._reservations.values())
 
     def get_setting(self, key: str) -> str | None:
         return self._settings.get(key)

@@ -1,0 +1,154 @@
+"""The backfill plan: when each GPU is expected to be free, and the earliest start of a waiting job.
+
+A ``Timeline`` knows, per node, the time each usable GPU is expected to come free: now if it is
+free, else the expected end of the job holding it (time limit, else estimate, else the rules'
+default). ``earliest`` finds the first time a job fits on one node (or, where allowed, on whole
+nodes), keeping clear of reservations it is not admitted to; ``book`` then holds those GPUs for the
+job's expected run time. EASY backfill plans the first job that must wait; ``estimate_starts`` plans
+every waiting job in a policy's order, each after the ones before it.
+
+The plan is an estimate: jobs end early, estimates are wrong and new jobs arrive. A GPU booked until
+``t`` counts as busy until then, even if it is idle for a while before its booking starts, so
+estimates err late, never early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from tools.models import Job, JobStatus, Reservation
+
+from policies.rules import Rules
+from policies.snapshot import Snapshot
+
+NEVER = float("inf")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where and when a job is planned: ``gpus`` are (node, index) pairs, all free by ``start``."""
+
+    start: float
+    end: float
+    gpus: tuple[tuple[str, int], ...]
+
+
+class Timeline:
+    def __init__(self, snapshot: Snapshot, started: Iterable[tuple[Job, tuple[tuple[str, int], ...]]] = ()) -> None:
+        now, rules, layout = snapshot.now, snapshot.rules, snapshot.layout
+        self.now = now
+        self.rules = rules
+        self.multi_node = snapshot.multi_node
+        self._layout = layout
+        self._reservations: dict[str, list[Reservation]] = {}
+        for r in snapshot.reservations:
+            if r.end > now:
+                self._reservations.setdefault(r.node, []).append(r)
+        free_at: dict[str, dict[int, float]] = {name: dict.fromkeys(usable, now) for name, usable in layout.usable.items()}
+        for job in snapshot.holding:
+            if job.allocation is not None:
+                end = rules.expected_end(job, now)
+                for node, gpu in job.allocation.pairs():
+                    if gpu in free_at.get(node, {}):
+                        free_at[node][gpu] = end
+        for job, gpus in started:
+            end = now + rules.runtime(job)
+            for node, gpu in gpus:
+                free_at[node][gpu] = end
+        self._free_at = free_at
+
+    def earliest(self, job: Job, *, not_before: float | None = None) -> Slot | None:
+        """The first slot where ``job`` fits, or None if it never does (e.g. too large)."""
+        start = max(self.now, not_before or self.now)
+        duration = self.rules.runtime(job)
+        group = self.rules.group_of(job.user)
+        if job.gpu_count > self._layout.largest_usable_node:
+            return self._earliest_whole_nodes(job, start, duration) if self.multi_node else None
+        best: Slot | None = None
+        for node, free_at in self._free_at.items():
+            if len(free_at) < job.gpu_count:
+                continue
+            slot = self._earliest_on(node, free_at, job, group, start, duration)
+            if slot is not None and (best is None or slot.start < best.start):
+                best = slot
+        return best
+
+    def _earliest_on(self, node: str, free_at: Mapping[int, float], job: Job, group: str | None,
+                     start: float, duration: float) -> Slot | None:
+        count = job.gpu_count
+        blocking = [r for r in self._reservations.get(node, ()) if not r.admits(job.user, group)]
+        times = sorted(free_at.values())
+        if not blocking:  # the usual case: the count-th GPU to come free decides
+            t = max(start, times[count - 1])
+            return Slot(t, t + duration, self._pick(node, free_at, t, count, ()))
+        candidates = sorted({max(start, t) for t in times} | {r.end for r in blocking if r.end > start})
+        for t in candidates:
+            kept = {g for r in blocking if r.covers(t, t + duration) for g in r.gpus}
+            ready = [g for g, at in free_at.items() if at <= t and g not in kept]
+            if len(ready) >= count:
+                return Slot(t, t + duration, self._pick(node, free_at, t, count, kept))
+        return None
+
+    @staticmethod
+    def _pick(node: str, free_at: Mapping[int, float], t: float, count: int, kept) -> tuple[tuple[str, int], ...]:
+        """The ``count`` GPUs free by ``t`` that came free last: the ones freed earlier stay for others."""
+        ready = sorted((g for g, at in free_at.items() if at <= t and g not in kept), key=lambda g: (-free_at[g], g))
+        return tuple(sorted((node, g) for g in ready[:count]))
+
+    def _earliest_whole_nodes(self, job: Job, start: float, duration: float) -> Slot | None:
+        """A multi-node job: whole nodes, every GPU usable, none kept by a reservation it may not use."""
+        group = self.rules.group_of(job.user)
+        nodes = []
+        for name in self._layout.whole:
+            if any(not r.admits(job.user, group) for r in self._reservations.get(name, ())):
+                continue
+            nodes.append((max(start, *self._free_at[name].values()), name))
+        nodes.sort()
+        size, total, chosen = self._layout.size, 0, []
+        for t, name in nodes:
+            chosen.append(name)
+            total += size[name]
+            if total >= job.gpu_count:
+                gpus = tuple((n, g) for n in chosen for g in sorted(self._free_at[n]))
+                return Slot(t, t + duration, gpus[: job.gpu_count])
+        return None
+
+    def book(self, slot: Slot) -> None:
+        for node, gpu in slot.gpus:
+            self._free_at[node][gpu] = slot.end
+
+
+def estimate_starts(snapshot: Snapshot, order: Iterable[Job], *, limit: int = 500) -> dict[int, float]:
+    """Planned start of each waiting job, taking them in ``order`` (the policy's), each planned as
+    early as it fits after the ones before it (and after the jobs it depends on). Jobs that cannot be
+    planned (never fit, a dependency that will never be met, past ``limit``) are left out."""
+    timeline = Timeline(snapshot)
+    planned_end: dict[int, float] = {j.id: snapshot.rules.expected_end(j, snapshot.now) for j in snapshot.holding}
+    starts: dict[int, float] = {}
+    for i, job in enumerate(order):
+        if i >= limit:
+            break
+        after = _dependencies_end(snapshot, job, planned_end)
+        if after is None:
+            continue
+        slot = timeline.earliest(job, not_before=max(job.not_before or 0.0, after))
+        if slot is None:
+            continue
+        timeline.book(slot)
+        starts[job.id] = slot.start
+        planned_end[job.id] = slot.end
+    return starts
+
+
+def _dependencies_end(snapshot: Snapshot, job: Job, planned_end: Mapping[int, float]) -> float | None:
+    """When the jobs ``job`` runs after are expected to have ended; None if unknown or never."""
+    latest = 0.0
+    for dep in job.depends_on:
+        if dep in planned_end:
+            latest = max(latest, planned_end[dep])
+            continue
+        status = snapshot.ended.get(dep)
+        if status is None or (dep in job.after and status != JobStatus.COMPLETED):
+            return None
+    return latest

@@ -1,0 +1,67 @@
+"""The cluster's scheduling rules: quotas, groups, backfill and preemption settings, priority weights.
+
+Plain data, set by configuration and handed to every policy inside the ``Snapshot``, so a decision
+still depends on nothing but its snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from tools.models import Job
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The multifactor priority: ``priority * P + age * A + fair_share * F + size * S``.
+
+    P = (priority - 1) / 9, in [0, 1]; A = time waited / ``age_unit_s``, growing without bound so
+    that every job eventually outranks any newcomer (nothing starves); F, in (0, 1], is 1 for a user
+    and group that used nothing lately and halves each time their share of the recent GPU-time
+    exceeds their fair share once more; S = 1 / (1 + GPU-hours asked / ``size_unit_gpu_hours``), so
+    a small, short job ranks above a large, long one.
+    """
+
+    priority: float = 1000.0
+    age: float = 500.0
+    fair_share: float = 1000.0
+    size: float = 1000.0
+    age_unit_s: float = 86_400.0
+    size_unit_gpu_hours: float = 8.0
+
+
+@dataclass(frozen=True)
+class Rules:
+    groups: Mapping[str, str] = field(default_factory=dict)  # user -> group
+    user_quota: Mapping[str, int] = field(default_factory=dict)  # GPUs in use at once, per user
+    group_quota: Mapping[str, int] = field(default_factory=dict)  # GPUs in use at once, per group
+    default_user_quota: int | None = None  # for users without a quota of their own; None: no limit
+    default_runtime_s: float = 3600.0  # expected run time of a job with no time limit and no estimate
+    backfill_depth: int = 1000  # jobs examined for backfill after the first one that must wait
+    preempt_priority_gap: int | None = 2  # a job preempts only jobs this much lower in priority; None: never
+    preempt_min_runtime_s: float = 600.0  # a job that started less than this ago is not preempted
+
+    def group_of(self, user: str) -> str | None:
+        return self.groups.get(user)
+
+    def quota_of_user(self, user: str) -> int | None:
+        return self.user_quota.get(user, self.default_user_quota)
+
+    def runtime(self, job: Job) -> float:
+        """How long ``job`` is expected to run: its time limit, else its estimate, else the default."""
+        if job.time_limit_s is not None:
+            return job.time_limit_s
+        if job.est_duration_s is not None:
+            return job.est_duration_s
+        return self.default_runtime_s
+
+    def expected_end(self, job: Job, now: float) -> float:
+        """When a job holding GPUs is expected to free them; one past its expected end is expected to
+        end any moment (``now``)."""
+        if job.start_time is None:
+            return now + self.runtime(job)
+        return max(now, job.start_time + self.runtime(job))
+
+
+DEFAULT_RULES = Rules()

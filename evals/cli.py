@@ -61,7 +61,8 @@ def build_parser(subparsers: Any) -> None:
     p.add_argument("--policies", type=_policies, default=list(POLICIES),
                    help=f"comma-separated (default all: {','.join(POLICIES)})")
     p.add_argument("--estimate", choices=[m.value for m in EstimateMode], default=EstimateMode.NOISY.value,
-                   help="duration estimates sjf sees: true durations, Helios-like noise (default), or none")
+                   help="duration estimates the policies see (sjf's order, the backfill plan, multifactor's size): "
+                   "true durations, Helios-like noise (default), or none")
     p.add_argument("--time-scale", type=_positive_float, default=1.0,
                    help="multiply inter-arrival gaps (0.5 halves them: twice the load)")
     p.add_argument("--max-jobs", type=_positive_int, help="only the first K jobs (after --vc)")

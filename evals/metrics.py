@@ -63,6 +63,45 @@ def jain(values: Iterable[float]) -> float:
     return math.fsum(xs) ** 2 / (len(xs) * squares) if squares > 0 else 1.0
 
 
+def max_min_shares(demands: dict[str, int], capacity: int) -> dict[str, float]:
+    """Water-filling: each user gets an equal part of ``capacity``, no more than it asks for; what a
+    user does not need is split among the others."""
+    shares: dict[str, float] = {}
+    left, users = float(capacity), sorted(demands, key=demands.__getitem__)
+    for i, user in enumerate(users):
+        shares[user] = min(float(demands[user]), left / (len(users) - i))
+        left -= shares[user]
+    return shares
+
+
+def share_fairness(jobs: Sequence[Finished], capacity: int) -> float:
+    """Jain's index over users of the GPU-time each received while users competed, relative to the
+    GPU-time its max-min fair share entitled it to. Competing: a job waits and two or more users have
+    jobs in the system; entitlement: at each such moment, the user's water-filling share of the GPUs
+    given what its jobs ask for. 1 when every user got what it was entitled to over the trace (also
+    when users never competed)."""
+    events: list[tuple[float, str, int, int]] = []  # (time, user, change in demand, change in held)
+    for j in jobs:
+        events += [(j.submit, j.tenant, j.gpus, 0), (j.start, j.tenant, 0, j.gpus), (j.end, j.tenant, -j.gpus, -j.gpus)]
+    events.sort(key=lambda e: e[0])
+    demand: dict[str, int] = {}
+    held: dict[str, int] = {}
+    received: dict[str, float] = {}
+    entitled: dict[str, float] = {}
+    for i, (t, user, d_demand, d_held) in enumerate(events):
+        demand[user] = demand.get(user, 0) + d_demand
+        held[user] = held.get(user, 0) + d_held
+        if not demand[user]:
+            del demand[user]
+        dt = events[i + 1][0] - t if i + 1 < len(events) else 0.0
+        if dt <= 0 or len(demand) < 2 or sum(demand.values()) == sum(held.get(u, 0) for u in demand):
+            continue
+        for u, share in max_min_shares(demand, capacity).items():
+            entitled[u] = entitled.get(u, 0.0) + share * dt
+            received[u] = received.get(u, 0.0) + held.get(u, 0) * dt
+    return jain(received[u] / entitled[u] for u in entitled if entitled[u] > 0)
+
+
 def summarize(jobs: Sequence[Finished], capacity: int) -> dict[str, float]:
     """The per-policy metrics of the report; ``capacity`` is the cluster's GPU count."""
     waits = [j.wait for j in jobs]
@@ -89,6 +128,7 @@ def summarize(jobs: Sequence[Finished], capacity: int) -> dict[str, float]:
         "utilization": busy / (capacity * makespan) if makespan > 0 else 0.0,
         "bounded_slowdown_mean": mean(slowdowns),
         "jain_fairness": jain(mean(s) for s in per_tenant.values()),
+        "share_fairness": share_fairness(jobs, capacity),
     }
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from policies.ordering import Policy, get_policy
+from policies.rules import DEFAULT_RULES, Rules
 from policies.snapshot import Decisions, Snapshot
 from tools.clock import SimClock
 from tools.gpus import NodeDeclaration, ResourceManager
@@ -148,23 +149,26 @@ def _without_cyclic_gc() -> Iterator[None]:
 def replay(
     jobs: Sequence[TraceJob],
     *,
-    policy: str,
+    policy: str | Policy,
     cluster: Cluster,
     estimates: Sequence[float | None] | None = None,
     progress: Progress | None = None,
+    rules: Rules = DEFAULT_RULES,
 ) -> Replay:
-    """Replay ``jobs`` (in submission order) under ``policy``; every job runs for its trace duration."""
+    """Replay ``jobs`` (in submission order) under ``policy`` (a name, or a policy of one's own) and
+    ``rules``; every job runs for its trace duration."""
     with _without_cyclic_gc():
-        return _replay(jobs, policy=policy, cluster=cluster, estimates=estimates, progress=progress)
+        return _replay(jobs, policy=policy, cluster=cluster, estimates=estimates, progress=progress, rules=rules)
 
 
 def _replay(
     jobs: Sequence[TraceJob],
     *,
-    policy: str,
+    policy: str | Policy,
     cluster: Cluster,
     estimates: Sequence[float | None] | None,
     progress: Progress | None,
+    rules: Rules,
 ) -> Replay:
     wall = time.perf_counter()
     estimates = estimates if estimates is not None else [None] * len(jobs)
@@ -174,7 +178,7 @@ def _replay(
     resources.initialize(0.0, declared=cluster.declarations())
     duration: dict[int, float] = {}  # store job id -> trace duration
     executor = SimExecutor(duration_of=lambda job: duration[job.id])
-    timed = _Timed(get_policy(policy))
+    timed = _Timed(get_policy(policy) if isinstance(policy, str) else policy)
     orch = Orchestrator(
         queue=JobQueue(store, max_queued=len(jobs) + 1),  # the whole trace may wait at once
         inventory=resources,
@@ -182,6 +186,7 @@ def _replay(
         clock=clock,
         policy=timed,
         multi_node=True,
+        rules=rules,
     )
     gpus_of: dict[int, int] = {}
     skipped: list[TraceJob] = []
@@ -213,7 +218,7 @@ def _replay(
         if progress is not None:
             progress(i, n, now)
     return Replay(
-        policy=policy,
+        policy=timed.name,
         cluster=cluster,
         finished=_finished(store.list_jobs()),
         skipped=skipped,

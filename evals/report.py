@@ -30,6 +30,7 @@ COLUMNS = (
     ("utilization", "util", "ratio"),
     ("bounded_slowdown_mean", "slowdown", "number"),
     ("jain_fairness", "Jain", "ratio"),
+    ("share_fairness", "share", "ratio"),
     ("replay_seconds", "replay", "seconds"),
 )
 # The bounds sit under the metric they bound.

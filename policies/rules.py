@@ -23,9 +23,12 @@ class Weights:
     a small, short job ranks above a large, long one.
     """
 
+    # Defaults chosen with the replay harness (docs/evals.md): a larger age weight lets big, long jobs
+    # climb over the small ones too soon and costs mean JCT; fair share above priority keeps the lab's
+    # GPU-time shares even without idling GPUs.
     priority: float = 1000.0
-    age: float = 500.0
-    fair_share: float = 1000.0
+    age: float = 100.0
+    fair_share: float = 2000.0
     size: float = 1000.0
     age_unit_s: float = 86_400.0
     size_unit_gpu_hours: float = 8.0
@@ -39,6 +42,10 @@ class Rules:
     default_user_quota: int | None = None  # for users without a quota of their own; None: no limit
     default_runtime_s: float = 3600.0  # expected run time of a job with no time limit and no estimate
     backfill_depth: int = 1000  # jobs examined for backfill after the first one that must wait
+    # A job is planned (GPUs held back for it) only once it has waited this long, as Slurm's
+    # bf_min_age_reserve: draining GPUs for every large newcomer would idle them for nothing when
+    # small jobs keep coming, while a large job that has waited this long is guaranteed its turn.
+    backfill_min_age_s: float = 0.0
     preempt_priority_gap: int | None = 2  # a job preempts only jobs this much lower in priority; None: never
     preempt_min_runtime_s: float = 600.0  # a job that started less than this ago is not preempted
 

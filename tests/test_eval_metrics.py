@@ -2,7 +2,10 @@
 
 import pytest
 
-from evals.metrics import Finished, bounded_slowdown, jain, lower_bounds, percentile, srpt_completions, summarize
+from evals.metrics import (
+    Finished, bounded_slowdown, jain, lower_bounds, max_min_shares, percentile, share_fairness, srpt_completions,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(
@@ -89,3 +92,28 @@ def test_time_average_of_a_step_function():
     # 2 from t=0 to 3, then 6 until the end at 4: bins of 2 s average 2 and (2 + 6) / 2.
     assert time_average([0, 3], [2, 6], end=4, bins=2) == pytest.approx([2, 4])
     assert time_average([1], [5], end=2, bins=1) == pytest.approx([2.5])  # nothing before t=1
+
+
+@pytest.mark.parametrize(
+    "demands, capacity, want",
+    [
+        ({"a": 8, "b": 8}, 8, {"a": 4, "b": 4}),
+        ({"a": 1, "b": 8}, 8, {"a": 1, "b": 7}),  # what a does not need goes to b
+        ({"a": 2, "b": 2, "c": 8}, 6, {"a": 2, "b": 2, "c": 2}),
+        ({"a": 3, "b": 3}, 8, {"a": 3, "b": 3}),
+    ],
+)
+def test_max_min_shares(demands, capacity, want):
+    assert max_min_shares(demands, capacity) == pytest.approx(want)
+
+
+def test_share_fairness_compares_gpu_time_received_with_the_fair_share():
+    # 2 GPUs. From t=0 to 10 both users wait with 2-GPU demands while a holds both GPUs: a is entitled
+    # to 1 GPU x 10 s and got 20 GPU-s, b was entitled to 10 and got 0.
+    unfair = [Finished("a", 2, 0, 0, 10), Finished("b", 2, 0, 10, 20)]
+    assert share_fairness(unfair, capacity=2) == pytest.approx(jain([2.0, 0.0]))  # 0.5
+    # Each holds one GPU throughout: exactly the fair share.
+    fair = [Finished("a", 1, 0, 0, 10), Finished("a", 1, 0, 10, 20), Finished("b", 1, 0, 0, 10),
+            Finished("b", 1, 0, 10, 20)]
+    assert share_fairness(fair, capacity=2) == pytest.approx(1.0)
+    assert share_fairness([Finished("a", 1, 0, 0, 10)], capacity=2) == 1.0  # nobody competed

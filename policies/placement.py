@@ -170,8 +170,6 @@ class Placer:
             self._blocked_by = job.id
         if not self.backfill or self.head is not None:
             return
-        if self.snapshot.now - job.submit_time < self._rules.backfill_min_age_s:
-            return
         self.head = job
         slot = Timeline(self.snapshot, self._started_jobs).earliest(job)
         if slot is None:

@@ -42,10 +42,6 @@ class Rules:
     default_user_quota: int | None = None  # for users without a quota of their own; None: no limit
     default_runtime_s: float = 3600.0  # expected run time of a job with no time limit and no estimate
     backfill_depth: int = 1000  # jobs examined for backfill after the first one that must wait
-    # A job is planned (GPUs held back for it) only once it has waited this long, as Slurm's
-    # bf_min_age_reserve: draining GPUs for every large newcomer would idle them for nothing when
-    # small jobs keep coming, while a large job that has waited this long is guaranteed its turn.
-    backfill_min_age_s: float = 0.0
     preempt_priority_gap: int | None = 2  # a job preempts only jobs this much lower in priority; None: never
     preempt_min_runtime_s: float = 600.0  # a job that started less than this ago is not preempted
 

@@ -60,8 +60,10 @@ class Rules:
         return self.default_runtime_s
 
     def expected_end(self, job: Job, now: float) -> float:
-        """When a job holding GPUs is expected to free them; one past its expected end is expected to
-        end any moment (``now``)."""
+        """When a job holding GPUs is expected to free them; one past its expected end, or being
+        stopped, is expected to end any moment (``now``)."""
+        if job.stop_reason is not None:
+            return now
         if job.start_time is None:
             return now + self.runtime(job)
         return max(now, job.start_time + self.runtime(job))

@@ -153,3 +153,12 @@ def test_estimates_follow_dependencies_and_skip_what_never_fits():
         now=0.0,
     )
     assert estimate_starts(s, get_policy("fcfs").order(s)) == {1: HOUR}
+
+
+def test_a_job_being_stopped_is_expected_to_free_its_gpus_now():
+    from tools.models import StopReason
+
+    stopping = running(9, "n1", (0, 1, 2, 3), est=10 * HOUR, start=0.0).model_copy(
+        update={"stop_reason": StopReason.PREEMPT})
+    s = snap(stopping, job(1, gpus=4, submit=0), now=60.0)
+    assert get_policy("backfill").decide(s).planned == {1: 60.0}

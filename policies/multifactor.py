@@ -124,7 +124,7 @@ class MultifactorPolicy:
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, backfill=True)
-        offer_in_order(placer, self._streams(snapshot, placer))
+        offer_in_order(placer, self._streams(snapshot, placer), per_user=True)
         return placer.decisions()
 
     def explain(self, snapshot: Snapshot, job: Job) -> Explanation:

@@ -135,7 +135,7 @@ class FairSharePolicy:
             (_, job_id), gpus, it = sizes[0]
             job = jobs[job_id]
             offer = placer.offer(job)
-            if offer == Offer.SIZE_FULL:
+            if offer in (Offer.SIZE_FULL, Offer.USER_FULL):
                 heapq.heappop(sizes)
                 continue
             started = offer == Offer.STARTED

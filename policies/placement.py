@@ -27,7 +27,7 @@ import heapq
 from enum import Enum
 from typing import Iterable, Mapping
 
-from tools.models import Allocation, Job, JobStatus, PendingReason
+from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
 from tools.queue import local_time
 
 from policies.plan import Slot, Timeline
@@ -41,6 +41,7 @@ Closed = Mapping[str, frozenset[int]]  # node -> GPUs a job may not take
 class Offer(Enum):
     STARTED = "started"
     WAITS = "waits"  # this job waits; the next job of its size may still start
+    USER_FULL = "user_full"  # no later job of this size and user can start in this pass (quota, reservation)
     SIZE_FULL = "size_full"  # no job of this size can start in this pass
 
 
@@ -66,6 +67,10 @@ class Placer:
         self._blocked_by: int | None = None
         self._user_use, self._group_use = (dict(m) for m in snapshot.in_use)
         self._reservations = tuple(r for r in snapshot.reservations if r.end > snapshot.now)
+        self._refused_around: dict[frozenset[int], int] = {}  # reservation ids -> smallest size that did not fit
+        self._messages: dict[int, str] = {}  # reservation id -> why a job it keeps out waits
+        self._user_full: dict[tuple[str, int], Wait] = {}  # (user, size) that cannot start in this pass, and why
+        self._most_free: int | None = None  # most free GPUs on one node, until this pass takes any
         self.head: Job | None = None  # backfill: the first job that must wait for GPUs
         self.head_slot: Slot | None = None  # and where and when it is planned to start
         self._head_gpus: dict[str, frozenset[int]] = {}
@@ -94,7 +99,9 @@ class Placer:
         if count > self._free_total:
             return False
         if not self._by_free:  # no GPU taken yet in this pass: a C-level max beats building buckets
-            return max(self._counts().values(), default=0) >= count
+            if self._most_free is None:
+                self._most_free = max(self._counts().values(), default=0)
+            return self._most_free >= count
         return any(self._by_free[c] for c in range(count, len(self._by_free)))
 
     def _whole_free(self) -> tuple[set[str], int]:
@@ -135,19 +142,28 @@ class Placer:
         if self._blocked_by is not None:
             self.waiting[job.id] = Wait(PendingReason.PRIORITY, f"waits behind job {self._blocked_by}, first in line")
             return Offer.WAITS
+        full = self._user_full.get((job.user, count))
+        if full is not None:  # an earlier job of this user and size could not start, and nor can this one
+            self.waiting[job.id] = full
+            return Offer.USER_FULL
         over = self._quota_excess(job)
-        if over is not None:
-            self.waiting[job.id] = Wait(PendingReason.QUOTA_EXCEEDED, over)
-            return Offer.WAITS
+        if over is not None:  # the user's and group's use only grow during a pass
+            self.waiting[job.id] = self._user_full[(job.user, count)] = Wait(PendingReason.QUOTA_EXCEEDED, over)
+            return Offer.USER_FULL
         if not self.fits(count):
             self.waiting[job.id] = Wait(PendingReason.RESOURCES, self._missing(count))
             self._must_wait(job)
             return Offer.SIZE_FULL
         end = self.snapshot.now + self._rules.runtime(job)
-        reserved = self._reserved_for_others(job, end)
-        if reserved and not self._place(job, reserved, dry_run=True):
-            self.waiting[job.id] = Wait(PendingReason.RESERVATION, self._reserved_message(job, end))
+        keeping = self._reservations_against(job, end)
+        reserved = self._closed_by(keeping) if keeping else {}
+        if keeping and not self._fits_around(job, keeping, reserved):
+            self.waiting[job.id] = Wait(PendingReason.RESERVATION, self._reserved_message(keeping))
             self._must_wait(job)
+            # Windows that have begun keep the user's later jobs out however short they are.
+            if all(r.start <= self.snapshot.now for r in keeping):
+                self._user_full[(job.user, count)] = self.waiting[job.id]
+                return Offer.USER_FULL
             return Offer.WAITS
         closed = reserved
         if self.head_slot is not None and end > self.head_slot.start:
@@ -221,23 +237,41 @@ class Placer:
                         f"would be {using + count - quota} over")
         return None
 
-    def _reserved_for_others(self, job: Job, end: float) -> dict[str, frozenset[int]]:
-        """GPUs of reservations ``job`` is not admitted to whose window overlaps its run."""
+    def _reservations_against(self, job: Job, end: float) -> tuple[Reservation, ...]:
+        """The reservations ``job`` is not admitted to whose window overlaps its run."""
         if not self._reservations:
-            return {}
+            return ()
         group = self._rules.group_of(job.user)
+        now = self.snapshot.now
+        return tuple(r for r in self._reservations if r.covers(now, end) and not r.admits(job.user, group))
+
+    def _closed_by(self, keeping: tuple[Reservation, ...]) -> dict[str, frozenset[int]]:
         closed: dict[str, frozenset[int]] = {}
-        for r in self._reservations:
-            if r.covers(self.snapshot.now, end) and not r.admits(job.user, group):
-                closed[r.node] = closed.get(r.node, frozenset()) | frozenset(r.gpus)
+        for r in keeping:
+            closed[r.node] = closed.get(r.node, frozenset()) | frozenset(r.gpus)
         return closed
 
-    def _reserved_message(self, job: Job, end: float) -> str:
-        group = self._rules.group_of(job.user)
-        r = min((r for r in self._reservations if r.covers(self.snapshot.now, end) and not r.admits(job.user, group)),
-                key=lambda r: r.start)
-        return (f"the free GPUs that would fit it are reserved for {r.holder()} from {local_time(r.start)} "
+    def _fits_around(self, job: Job, keeping: tuple[Reservation, ...], closed: Closed) -> bool:
+        """Whether ``job`` fits on GPUs outside ``keeping``. Free GPUs only shrink during a pass, so
+        once a size does not fit around a set of reservations, no larger or equal one will: many
+        waiting jobs kept out by the same reservations cost one try."""
+        key = frozenset(r.id for r in keeping)
+        smallest_refused = self._refused_around.get(key)
+        if smallest_refused is not None and job.gpu_count >= smallest_refused:
+            return False
+        if self._place(job, closed, dry_run=True):
+            return True
+        self._refused_around[key] = job.gpu_count
+        return False
+
+    def _reserved_message(self, keeping: tuple[Reservation, ...]) -> str:
+        r = min(keeping, key=lambda r: r.start)
+        message = self._messages.get(r.id)
+        if message is None:
+            message = self._messages[r.id] = (
+                f"the free GPUs that would fit it are reserved for {r.holder()} from {local_time(r.start)} "
                 f"to {local_time(r.end)} (reservation {r.id}), and it would still run then")
+        return message
 
     def _place(self, job: Job, closed: Closed, *, dry_run: bool = False) -> bool:
         """Take GPUs for ``job`` on the best node that fits it without ``closed`` GPUs."""
@@ -356,7 +390,12 @@ class Placer:
         if count > self._layout.largest_usable_node:
             whole, gpus = self._whole_free()
             return f"needs {count} GPUs on whole free nodes; {len(whole)} whole node(s) with {gpus} GPUs are free"
-        most = max(self._counts().values(), default=0)
+        if self._by_free:
+            most = next((c for c in range(len(self._by_free) - 1, 0, -1) if self._by_free[c]), 0)
+        else:
+            if self._most_free is None:
+                self._most_free = max(self._counts().values(), default=0)
+            most = self._most_free
         return f"needs {count} free GPU(s) on one node; the most free on any node is {most}"
 
     def _take_from(self, node: str, count: int, shut: frozenset[int]) -> tuple[int, ...]:
@@ -375,13 +414,15 @@ class Placer:
         return tuple(taken)
 
 
-def offer_in_order(placer: Placer, heap: list) -> None:
+def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> None:
     """Offer jobs from a heap of ``(entry, size, rest of the entries)`` streams in entry order,
-    dropping a stream once its size no longer fits and stopping when the placer is done."""
+    dropping a stream once its size no longer fits (or, for streams of one user's jobs of one size,
+    once that user's jobs of that size cannot start) and stopping when the placer is done."""
     jobs = placer.snapshot.jobs_by_id
+    drop = {Offer.SIZE_FULL, Offer.USER_FULL} if per_user else {Offer.SIZE_FULL}
     while heap and not placer.done:
         (_, job_id), gpus, it = heap[0]
-        if placer.offer(jobs[job_id]) == Offer.SIZE_FULL:
+        if placer.offer(jobs[job_id]) in drop:
             heapq.heappop(heap)
             continue
         after = next(it, None)

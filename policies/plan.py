@@ -57,32 +57,44 @@ class Timeline:
             for node, gpu in gpus:
                 free_at[node][gpu] = end
         self._free_at = free_at
+        self._times = {name: sorted(at.values()) for name, at in free_at.items()}  # each node's, in order
 
     def earliest(self, job: Job, *, not_before: float | None = None) -> Slot | None:
         """The first slot where ``job`` fits, or None if it never does (e.g. too large)."""
         start = max(self.now, not_before or self.now)
         duration = self.rules.runtime(job)
-        group = self.rules.group_of(job.user)
-        if job.gpu_count > self._layout.largest_usable_node:
-            return self._earliest_whole_nodes(job, start, duration) if self.multi_node else None
-        best: Slot | None = None
-        for node, free_at in self._free_at.items():
-            if len(free_at) < job.gpu_count:
-                continue
-            slot = self._earliest_on(node, free_at, job, group, start, duration)
-            if slot is not None and (best is None or slot.start < best.start):
-                best = slot
-        return best
-
-    def _earliest_on(self, node: str, free_at: Mapping[int, float], job: Job, group: str | None,
-                     start: float, duration: float) -> Slot | None:
         count = job.gpu_count
-        blocking = [r for r in self._reservations.get(node, ()) if not r.admits(job.user, group)]
-        times = sorted(free_at.values())
-        if not blocking:  # the usual case: the count-th GPU to come free decides
-            t = max(start, times[count - 1])
-            return Slot(t, t + duration, self._pick(node, free_at, t, count, ()))
-        candidates = sorted({max(start, t) for t in times} | {r.end for r in blocking if r.end > start})
+        if count > self._layout.largest_usable_node:
+            return self._earliest_whole_nodes(job, start, duration) if self.multi_node else None
+        group = self.rules.group_of(job.user)
+        best: tuple[float, str] | None = None
+        kept_best: Slot | None = None
+        for node, times in self._times.items():  # in inventory order, so ties go to the first node
+            if len(times) < count:
+                continue
+            if node in self._reservations:
+                slot = self._earliest_around(node, job, group, start, duration)
+                if slot is not None and (best is None or slot.start < best[0]):
+                    best, kept_best = (slot.start, node), slot
+            else:
+                t = max(start, times[count - 1])  # the count-th GPU to come free decides
+                if best is None or t < best[0]:
+                    best, kept_best = (t, node), None
+            if best is not None and best[0] == start:
+                break  # nothing starts earlier than now
+        if best is None:
+            return None
+        if kept_best is not None:
+            return kept_best
+        t, node = best
+        return Slot(t, t + duration, self._pick(node, self._free_at[node], t, count, ()))
+
+    def _earliest_around(self, node: str, job: Job, group: str | None, start: float, duration: float) -> Slot | None:
+        """On a node with reservations: the first time enough GPUs are free and kept by none of the
+        reservations ``job`` is not admitted to, for the whole of its run."""
+        free_at, count = self._free_at[node], job.gpu_count
+        blocking = [r for r in self._reservations[node] if not r.admits(job.user, group)]
+        candidates = sorted({max(start, t) for t in self._times[node]} | {r.end for r in blocking if r.end > start})
         for t in candidates:
             kept = {g for r in blocking if r.covers(t, t + duration) for g in r.gpus}
             ready = [g for g, at in free_at.items() if at <= t and g not in kept]
@@ -117,6 +129,8 @@ class Timeline:
     def book(self, slot: Slot) -> None:
         for node, gpu in slot.gpus:
             self._free_at[node][gpu] = slot.end
+        for node in {node for node, _ in slot.gpus}:
+            self._times[node] = sorted(self._free_at[node].values())
 
 
 def estimate_starts(snapshot: Snapshot, order: Iterable[Job], *, limit: int = 500) -> dict[int, float]:

@@ -22,7 +22,6 @@ from tools.queue import local_time
 from policies.snapshot import Preemption, Snapshot, Wait
 
 MAX_WAITING_EXAMINED = 16  # waiting jobs considered per pass; each costs a search over the running ones
-MAX_SUBSET_SEARCH = 12  # victims per node above which the search is greedy instead of exhaustive
 
 
 def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait], free: Mapping[str, int],
@@ -57,8 +56,9 @@ def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait], f
         node, chosen = choice
         freed = sum(v.gpu_count for v in chosen)
         free[node] = free.get(node, 0) + stopping.pop(node, 0) + freed - job.gpu_count
+        chosen_ids = {v.id for v in chosen}
+        victims = [v for v in victims if v.id not in chosen_ids]
         for v in chosen:
-            victims.remove(v)
             out.append(Preemption(v.id, f"preempted for job {job.id} (priority {job.priority} over "
                                         f"{v.priority})", for_job=job.id))
         _note(waiting, job, "preempting job(s) " + ", ".join(str(v.id) for v in chosen) + " to make room")
@@ -67,11 +67,12 @@ def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait], f
 
 def _reservation_preemptions(snapshot: Snapshot):
     now, group_of = snapshot.now, snapshot.rules.group_of
+    begun = [r for r in snapshot.reservations if r.start <= now < r.end]
+    if not begun:
+        return
     jobs, holders = snapshot.jobs_by_id, snapshot.holders
     seen: set[int] = set()
-    for r in snapshot.reservations:
-        if not r.start <= now < r.end:
-            continue
+    for r in begun:
         for gpu in r.gpus:
             holder = holders.get((r.node, gpu))
             job = jobs.get(holder) if holder is not None else None
@@ -95,40 +96,42 @@ def _candidates(snapshot: Snapshot, taken: set[int]) -> list[Job]:
 
 def _cheapest(job: Job, eligible: list[Job], free: Mapping[str, int], stopping: Mapping[str, int],
               snapshot: Snapshot) -> tuple[str, tuple[Job, ...]] | None:
+    """The node where the fewest victims free enough GPUs, then the lowest in priority, then the
+    least excess, then the first node."""
     by_node: dict[str, list[Job]] = {}
     for v in eligible:
         by_node.setdefault(v.allocation.node, []).append(v)  # type: ignore[union-attr]
-    order = snapshot.layout.order
-    best = None
+    needs: dict[str, tuple[int, int]] = {}  # node -> (fewest victims, GPUs needed)
     for node, here in by_node.items():
         need = job.gpu_count - free.get(node, 0) - stopping.get(node, 0)
-        if need <= 0 or sum(v.gpu_count for v in here) < need:
-            continue
-        chosen = _fewest(here, need)
-        cost = (len(chosen), sum(v.priority for v in chosen), sum(v.gpu_count for v in chosen) - need, order[node])
+        fewest = _fewest_count(here, need)
+        if need > 0 and fewest is not None:
+            needs[node] = (fewest, need)
+    if not needs:
+        return None
+    least = min(k for k, _ in needs.values())
+    order = snapshot.layout.order
+    best = None
+    for node, (k, need) in needs.items():
+        if k != least:
+            continue  # only the nodes needing the fewest victims are searched
+        chosen = min((c for c in combinations(by_node[node], k) if sum(v.gpu_count for v in c) >= need),
+                     key=lambda c: (sum(v.priority for v in c), sum(v.gpu_count for v in c), tuple(v.id for v in c)))
+        cost = (sum(v.priority for v in chosen), sum(v.gpu_count for v in chosen) - need, order[node])
         if best is None or cost < best[0]:
             best = (cost, node, chosen)
     return (best[1], best[2]) if best is not None else None
 
 
-def _fewest(jobs: list[Job], need: int) -> tuple[Job, ...]:
-    """The smallest set of ``jobs`` freeing ``need`` GPUs, then the lowest in priority, then the
-    least excess; greedy (largest first) when there are too many to try every set."""
-    def cost(chosen: tuple[Job, ...]) -> tuple:
-        return (sum(v.priority for v in chosen), sum(v.gpu_count for v in chosen), tuple(v.id for v in chosen))
-
-    if len(jobs) > MAX_SUBSET_SEARCH:
-        chosen: list[Job] = []
-        for v in sorted(jobs, key=lambda v: (-v.gpu_count, v.priority, v.id)):
-            chosen.append(v)
-            if sum(c.gpu_count for c in chosen) >= need:
-                break
-        return tuple(chosen)
-    for size in range(1, len(jobs) + 1):
-        fitting = [c for c in combinations(jobs, size) if sum(v.gpu_count for v in c) >= need]
-        if fitting:
-            return min(fitting, key=cost)
-    return ()
+def _fewest_count(jobs: list[Job], need: int) -> int | None:
+    """How many of ``jobs`` at least must stop to free ``need`` GPUs (the largest first); None if all
+    of them are not enough."""
+    freed = 0
+    for k, gpus in enumerate(sorted((v.gpu_count for v in jobs), reverse=True), start=1):
+        freed += gpus
+        if freed >= need:
+            return k
+    return None
 
 
 def _note(waiting: MutableMapping[int, Wait], job: Job, what: str) -> None:

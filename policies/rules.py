@@ -41,7 +41,7 @@ class Rules:
     group_quota: Mapping[str, int] = field(default_factory=dict)  # GPUs in use at once, per group
     default_user_quota: int | None = None  # for users without a quota of their own; None: no limit
     default_runtime_s: float = 3600.0  # expected run time of a job with no time limit and no estimate
-    backfill_depth: int = 1000  # jobs examined for backfill after the first one that must wait
+    backfill_depth: int = 500  # jobs examined for backfill after the first one that must wait (Slurm's bf_max_job_test)
     preempt_priority_gap: int | None = 2  # a job preempts only jobs this much lower in priority; None: never
     preempt_min_runtime_s: float = 600.0  # a job that started less than this ago is not preempted
 

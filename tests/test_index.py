@@ -112,7 +112,17 @@ def cluster_states(draw):
                         submit=draw(st.integers(0, 5)), est=draw(st.sampled_from([None, 10.0, 50.0])),
                         user=draw(st.sampled_from("xy")), not_before=draw(st.sampled_from([None, 50.0, 500.0]))))
         next_id += 1
-    return nodes, jobs, draw(st.booleans())
+    from policies.rules import Rules
+    from tools.models import Reservation
+
+    rules = Rules(user_quota=draw(st.sampled_from([{}, {"x": 3}, {"x": 1, "y": 4}])),
+                  groups={"x": "g", "y": "g"}, group_quota=draw(st.sampled_from([{}, {"g": 5}])))
+    reservations = tuple(
+        Reservation(id=i + 1, node=draw(st.sampled_from("abc")), gpus=(0, 1), user=draw(st.sampled_from("xy")),
+                    start=draw(st.sampled_from([0.0, 120.0, 1000.0])), end=2000.0)
+        for i in range(draw(st.integers(0, 2)))
+    )
+    return nodes, jobs, draw(st.booleans()), rules, reservations
 
 
 @settings(max_examples=80, deadline=None)
@@ -122,13 +132,15 @@ def test_a_snapshot_from_the_index_decides_like_one_from_a_tuple(state):
     from policies.snapshot import Snapshot
     from policies.validator import validate
 
-    nodes, jobs, multi_node = state
+    nodes, jobs, multi_node, rules, reservations = state
     index = JobIndex(jobs)
     for policy in POLICIES.values():
         for o in getattr(policy, "orderings", ()):
             index.keep(o)
-    plain = Snapshot(now=100.0, nodes=nodes, jobs=tuple(jobs), multi_node=multi_node)
-    live = Snapshot(now=100.0, nodes=nodes, jobs=index.view(), multi_node=multi_node)
+    plain = Snapshot(now=100.0, nodes=nodes, jobs=tuple(jobs), multi_node=multi_node, rules=rules,
+                     reservations=reservations)
+    live = Snapshot(now=100.0, nodes=nodes, jobs=index.view(), multi_node=multi_node, rules=rules,
+                    reservations=reservations)
     assert live.free == plain.free
     assert live.free_count == plain.free_count == {n: len(g) for n, g in plain.free.items()}
     assert live.free_total == plain.free_total == sum(len(g) for g in plain.free.values())

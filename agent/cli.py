@@ -12,7 +12,6 @@ import getpass
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -22,6 +21,7 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from agent.settings import POLICY_NAMES
+from tools import timespec
 
 DEFAULT_URL = "http://127.0.0.1:10000"
 TERMINAL = ("completed", "failed", "cancelled")
@@ -38,20 +38,12 @@ class CliError(Exception):
 
 # -- durations -----------------------------------------------------------------------------------
 
-_UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
-
-
 def parse_duration(text: str) -> float:
     """``2h``, ``90m``, ``30s``, ``1h30m``, ``1.5h`` -> seconds. A unit is required: ``90`` is ambiguous."""
-    text = text.strip().lower()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write e.g. 2h, 90m, 30s or 1h30m")
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError("a duration must be longer than 0 s")
-    return seconds
+    try:
+        return timespec.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def format_duration(seconds: float | None) -> str:
@@ -121,11 +113,12 @@ def cmd_serve(args: argparse.Namespace, client: Client | None) -> int:
 
     from agent.api import create_app
     from agent.api.errors import describe_errors
-    from agent.settings import Settings
+    from agent.settings import ConfigError, Settings
 
     given = {
         key: getattr(args, key)
-        for key in ("host", "port", "workdir", "gpus", "policy", "max_queue_size")
+        for key in ("host", "port", "workdir", "gpus", "policy", "max_queue_size", "config", "default_user_quota",
+                    "default_runtime_s", "preempt_priority_gap", "preempt_grace_s")
         if getattr(args, key) is not None
     }
     if args.stopped:
@@ -134,6 +127,8 @@ def cmd_serve(args: argparse.Namespace, client: Client | None) -> int:
         settings = Settings(**given)
     except ValidationError as exc:
         raise CliError(describe_errors(exc.errors())) from None
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
     if shutil.which("tmux") is None:
         raise CliError("gpuherd runs every job in tmux, which is not installed: e.g. sudo apt-get install tmux")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -165,6 +160,8 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         "run_id": args.name, "user": args.user, "command": command, "gpu_count": args.gpus,
         "priority": args.priority, "cwd": os.path.abspath(args.cwd), "env": env or None,
         "est_duration_s": args.estimate, "time_limit_s": args.time, "max_retries": args.retries,
+        "begin_at": args.begin, "after": _flatten(args.after), "after_any": _flatten(args.after_any),
+        "preemptible": args.preemptible or None,
     }
     result = client.call("POST", "/queue/submit", json={k: v for k, v in body.items() if v is not None})
     if args.json:
@@ -185,6 +182,19 @@ def _where_or_why(job: dict, position: int | None) -> str:
     return f"#{position} {reason}: {message}" if position else f"{reason}: {message}"
 
 
+def clock(t: float, now: float) -> str:
+    """``22:00`` on the day of ``now``, ``11-30 22:00`` on another day."""
+    at = time.localtime(t)
+    return time.strftime("%H:%M" if at[:3] == time.localtime(now)[:3] else "%m-%d %H:%M", at)
+
+
+def when(t: float | None, now: float) -> str:
+    """An estimated start in a table: ``now``, a clock time, or ``-`` when it cannot be planned."""
+    if t is None:
+        return "-"
+    return "now" if t <= now else clock(t, now)
+
+
 def cmd_queue(args: argparse.Namespace, client: Client) -> int:
     view = client.call("GET", "/queue", params={"user": args.user} if args.user else None)
     if args.json:
@@ -194,13 +204,16 @@ def cmd_queue(args: argparse.Namespace, client: Client) -> int:
     rows = []
     for entry in view["jobs"]:
         job = entry["job"]
-        since = job["start_time"] if job["status"] == "running" and job["start_time"] else job["submit_time"]
+        running = job["status"] == "running" and job["start_time"]
+        since = job["start_time"] if running else job["submit_time"]
+        # Running: when it started; waiting: when the plan expects it to start.
+        start = clock(job["start_time"], now) if running else when(entry["estimated_start"], now)
         rows.append([
             job["id"], job["name"] or "-", job["user"], job["gpu_count"], job["priority"], job["status"],
-            format_duration(now - since), _where_or_why(job, entry["position"]),
+            format_duration(now - since), start, _where_or_why(job, entry["position"]),
         ])
     if rows:
-        print(table(["ID", "NAME", "USER", "GPUS", "PRIO", "STATE", "FOR", "WHERE / WHY WAITING"], rows))
+        print(table(["ID", "NAME", "USER", "GPUS", "PRIO", "STATE", "FOR", "START", "WHERE / WHY WAITING"], rows))
     else:
         print("The queue is empty.")
     stats = view["stats"]
@@ -252,6 +265,12 @@ def cmd_show(args: argparse.Namespace, client: Client) -> int:
         ("user", job["user"]),
         ("status", job["status"] + (f" (stopping: {job['stop_reason']})" if job.get("stop_reason") else "")),
         ("waiting", f"{job['pending_reason']}: {job['pending_message']}" if job["pending_reason"] else None),
+        ("position", job["position"]),
+        ("starts", _ts(job["estimated_start"]) + " (estimated)" if job["estimated_start"] else None),
+        ("not before", _ts(job["begin_at"]) if job["begin_at"] else None),
+        ("after", ", ".join(map(str, job["after"])) + " (completed)" if job["after"] else None),
+        ("after any", ", ".join(map(str, job["after_any"])) + " (ended)" if job["after_any"] else None),
+        ("preemptible", f"yes (preempted {job['preemptions']} time(s))" if job["preemptible"] else None),
         ("command", job["command"]),
         ("cwd", job["cwd"]),
         ("gpus", f"{job['gpu_count']}" + (f" on {alloc['node']}:{','.join(map(str, alloc['gpus']))}" if alloc else "")),
@@ -369,6 +388,100 @@ def cmd_jobs(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace, client: Client) -> int:
+    data = client.call("GET", f"/jobs/{args.job}/explain")
+    if args.json:
+        print_json(data)
+        return 0
+    head = f"job {data['job_id']} ({data['user']}, {data['gpu_count']} GPU(s)): {data['status']}"
+    if data["status"] != "queued":
+        print(f"{head}; {data['message']}")
+        return 0
+    place = f", #{data['position']} in line" if data["position"] else ""
+    print(f"{head}{place}; policy {data['policy']}")
+    quota = _quota_use("user", data["user_quota"])
+    if data["group_quota"]:
+        quota += "; " + _quota_use("group", data["group_quota"])
+    fields = [
+        ("waiting", f"{data['reason']}: {data['message']}" if data["reason"] else data["message"]),
+        ("starts", _ts(data["estimated_start"]) + " (estimated)" if data["estimated_start"] else "- (cannot plan it yet)"),
+        ("quota", quota),
+        ("note", data["note"]),
+    ]
+    for key, value in fields:
+        if value:
+            print(f"{key.ljust(8)}  {value}")
+    rows = [[f["name"], f"{f['value']:.3f}", f"{f['weight']:g}", f"{f['points']:.1f}", f["detail"]] for f in data["factors"]]
+    rows.append(["total", "", "", f"{data['total']:.1f}", "higher starts first"])
+    print()
+    print(table(["FACTOR", "VALUE", "WEIGHT", "POINTS", "DETAIL"], rows))
+    return 0
+
+
+def _quota_use(kind: str, use: dict) -> str:
+    limit = f"of {use['quota']}" if use["quota"] is not None else "(no limit)"
+    return f"{kind} {use['name']} holds {use['in_use']} GPU(s) {limit}"
+
+
+def cmd_quotas(args: argparse.Namespace, client: Client) -> int:
+    data = client.call("GET", "/quotas")
+    if args.json:
+        print_json(data)
+        return 0
+    users = [[u["user"], u["group"], u["quota"], u["in_use"], u["waiting_gpus"]] for u in data["users"]]
+    print(table(["USER", "GROUP", "QUOTA", "IN USE", "WAITING"], users) if users else "No user holds or waits for GPUs.")
+    groups = [[g["group"], ",".join(g["members"]) or "-", g["quota"], g["in_use"], g["waiting_gpus"]] for g in data["groups"]]
+    if groups:
+        print()
+        print(table(["GROUP", "MEMBERS", "QUOTA", "IN USE", "WAITING"], groups))
+    default = data["default_user_quota"]
+    print(f"\nQuotas are GPUs held at once; - is no limit. Users without a quota of their own: "
+          f"{'no limit' if default is None else f'{default} GPU(s)'}.")
+    return 0
+
+
+def _describe_reservation(r: dict) -> str:
+    holder = f"user {r['user']}" if r["user"] else f"group {r['group']}"
+    return f"{r['node']} GPU(s) {','.join(map(str, r['gpus']))} for {holder} from {_minute(r['start'])} to {_minute(r['end'])}"
+
+
+def _minute(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+
+def cmd_reserve(args: argparse.Namespace, client: Client) -> int:
+    body = {
+        "user": args.user, "group": args.group, "start": args.start, "end": args.end, "node": args.node,
+        "gpus": args.gpu_ids, "gpu_count": args.gpus, "note": args.note,
+    }
+    reservation = client.call("POST", "/reservations", json={k: v for k, v in body.items() if v is not None})
+    if args.json:
+        print_json(reservation)
+    else:
+        print(f"Reserved {_describe_reservation(reservation)} (reservation {reservation['id']}).")
+    return 0
+
+
+def cmd_reservations(args: argparse.Namespace, client: Client) -> int:
+    reservations = client.call("GET", "/reservations")
+    if args.json:
+        print_json(reservations)
+        return 0
+    rows = [[r["id"], r["node"], ",".join(map(str, r["gpus"])), f"user {r['user']}" if r["user"] else f"group {r['group']}",
+             _minute(r["start"]), _minute(r["end"]), r["note"] or "-"] for r in reservations]
+    print(table(["ID", "NODE", "GPUS", "FOR", "FROM", "TO", "NOTE"], rows) if rows else "No reservations.")
+    return 0
+
+
+def cmd_unreserve(args: argparse.Namespace, client: Client) -> int:
+    reservation = client.call("DELETE", f"/reservations/{args.reservation}")
+    if args.json:
+        print_json(reservation)
+    else:
+        print(f"Removed reservation {reservation['id']} ({_describe_reservation(reservation)}).")
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -412,6 +525,22 @@ def _job_id(text: str) -> int:
     return value
 
 
+def _job_ids(text: str) -> list[int]:
+    """``3`` or ``3,4``: job ids (the option may also be repeated)."""
+    return [_job_id(part) for part in text.split(",")]
+
+
+def _flatten(lists: list[list[int]] | None) -> list[int] | None:
+    return [item for part in lists for item in part] if lists else None
+
+
+def _gpu_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of GPU indices; write e.g. 0,1") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("HERD_URL", DEFAULT_URL),
@@ -436,6 +565,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help=" | ".join(POLICY_NAMES))
     p.add_argument("--max-queue-size", type=int, dest="max_queue_size", help="most waiting jobs (default 100)")
     p.add_argument("--stopped", action="store_true", help="start with the scheduler stopped (no job starts)")
+    p.add_argument("--config", help="a YAML file of settings: quotas, groups, weights, ... ($HERD_CONFIG)")
+    p.add_argument("--default-user-quota", type=int, dest="default_user_quota",
+                   help="GPUs at once for users without a quota of their own (default: no limit)")
+    p.add_argument("--default-runtime", type=parse_duration, dest="default_runtime_s",
+                   help="expected run time of a job with no time limit or estimate (default 1h)")
+    p.add_argument("--preempt-priority-gap", dest="preempt_priority_gap", metavar="N|off",
+                   help="a job preempts preemptible jobs N priority levels lower (default 2); off: never")
+    p.add_argument("--preempt-grace", type=parse_duration, dest="preempt_grace_s",
+                   help="SIGTERM to SIGKILL for a preempted job (default 30s)")
 
     p = add("submit", cmd_submit, "queue a job: herd submit --gpus 2 -- python train.py --lr 3e-4")
     p.add_argument("--gpus", type=int, default=1, help="whole GPUs on one node (default 1)")
@@ -447,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cwd", default=os.getcwd(), help="working directory on the server (default: here)")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra environment variable (repeat)")
     p.add_argument("--retries", type=int, help="retries after a failure (default 1)")
+    p.add_argument("--begin", help="not before: 22:00, '2026-11-30 22:00', +3h")
+    p.add_argument("--after", type=_job_ids, action="append", metavar="JOB[,JOB]",
+                   help="start only after these jobs completed successfully (repeat or comma-separate)")
+    p.add_argument("--after-any", type=_job_ids, action="append", dest="after_any", metavar="JOB[,JOB]",
+                   help="start only after these jobs ended, however they ended")
+    p.add_argument("--preemptible", action="store_true",
+                   help="may be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of higher priority")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
 
     p = add("queue", cmd_queue, "running and waiting jobs in scheduling order, with reasons")
@@ -467,6 +612,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", help="e.g. running or completed,failed")
     p.add_argument("--user")
     p.add_argument("--limit", type=int, help="only the newest N")
+    p = add("explain", cmd_explain, "why a job waits: pending reason, place, estimated start, priority factors, quotas")
+    p.add_argument("job", type=_job_id)
+    add("quotas", cmd_quotas, "GPU quotas per user and group: quota, GPUs in use, GPUs waiting")
+    p = add("reserve", cmd_reserve, "keep GPUs for a user or group: herd reserve --gpus 2 --user ana --start 22:00 --end +8h")
+    p.add_argument("--gpus", type=int, help="how many GPUs (on --node, or the first node with room)")
+    p.add_argument("--node", help="the node (default: the first with room)")
+    p.add_argument("--gpu-ids", type=_gpu_ids, dest="gpu_ids", metavar="0,1", help="exactly these GPUs of --node")
+    holder = p.add_mutually_exclusive_group(required=True)
+    holder.add_argument("--user", help="keep them for this user")
+    holder.add_argument("--group", help="keep them for this group")
+    p.add_argument("--start", default="now", help="22:00, '2026-11-30 22:00', +1h or now (default)")
+    p.add_argument("--end", required=True, help="as --start; +8h and 06:00 count from the start")
+    p.add_argument("--note", help="why, for the people who see it")
+    add("reservations", cmd_reservations, "GPU reservations not over yet")
+    p = add("unreserve", cmd_unreserve, "remove a reservation")
+    p.add_argument("reservation", type=int)
     p = add("policy", cmd_policy, "show the scheduling policy, or set it: herd policy fair_share")
     p.add_argument("name", nargs="?", help=" | ".join(POLICY_NAMES))
     p = add("ask", cmd_ask, 'ask the agent in plain language: herd ask "4 GPUs for 3 hours -- python ft.py"')

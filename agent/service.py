@@ -24,7 +24,9 @@ from agent.llm import Model, ModelSettings, OpenAIModel
 from agent.loop import Bounds
 from agent.scheduler import AgentPolicy
 from agent.settings import AGENT_POLICY, POLICY_NAMES, Settings
+from policies.multifactor import MultifactorPolicy
 from policies.ordering import FALLBACK_POLICY, Policy, get_policy
+from policies.rules import Rules, Weights
 from tools.clock import Clock, RealClock
 from tools.executor import Executor
 from tools.gpus import GpuProbe, NodeDeclaration, NvmlProbe, ProbeUnavailable, ResourceManager
@@ -131,6 +133,27 @@ def _tail_start(f, size: int, lines: int) -> int:
     return max(pos, size - MAX_LOG_CHUNK)
 
 
+def build_rules(settings: Settings) -> Rules:
+    return Rules(
+        groups={user: group for group, members in settings.groups.items() for user in members},
+        user_quota=dict(settings.user_quotas),
+        group_quota=dict(settings.group_quotas),
+        default_user_quota=settings.default_user_quota,
+        default_runtime_s=settings.default_runtime_s,
+        backfill_depth=settings.backfill_depth,
+        preempt_priority_gap=settings.preempt_priority_gap,
+        preempt_min_runtime_s=settings.preempt_min_runtime_s,
+    )
+
+
+def build_multifactor(settings: Settings) -> MultifactorPolicy:
+    weights = Weights(
+        priority=settings.weight_priority, age=settings.weight_age, fair_share=settings.weight_fair_share,
+        size=settings.weight_size, age_unit_s=settings.age_unit_s, size_unit_gpu_hours=settings.size_unit_gpu_hours,
+    )
+    return MultifactorPolicy(weights=weights, default_runtime_s=settings.default_runtime_s)
+
+
 class Service:
     """The core of one node, wired for real use; tests may pass a simulated clock and executor."""
 
@@ -151,13 +174,14 @@ class Service:
         self.store = SqliteStore(self.workdir / "herd.db")
         self.probe = probe if probe is not None else local_probe(settings.node_name)
         self.resources = ResourceManager(self.store, self.probe)
-        self.queue = JobQueue(self.store, max_queued=settings.max_queue_size)
+        self.queue = JobQueue(self.store, max_queued=settings.max_queue_size, usage_half_life_s=settings.usage_half_life_s)
         self.executor = executor or TmuxExecutor(self.workdir, socket_name=settings.tmux_socket)
         self.model = model or (OpenAIModel(ModelSettings(
             model=settings.model, base_url=settings.openai_base_url, api_key=settings.openai_api_key,
             timeout_s=settings.model_timeout_s,
         )) if settings.model_configured else None)
         self.audit = AuditLog(self.workdir / "agent.db")
+        self.multifactor = build_multifactor(settings)  # also explains any job's priority, whatever the policy
         self.orchestrator = Orchestrator(
             queue=self.queue,
             inventory=self.resources,
@@ -166,6 +190,8 @@ class Service:
             policy=get_policy(FALLBACK_POLICY),
             grace_s=settings.grace_s,
             enabled=self._saved_enabled(),
+            rules=build_rules(settings),
+            preempt_grace_s=settings.preempt_grace_s,
         )
         self.orchestrator.policy = self.make_policy(self._saved_policy())
         self.inventory_notice = ""
@@ -188,7 +214,10 @@ class Service:
         return saved
 
     def make_policy(self, name: str) -> Policy:
-        """A policy by name; ``agent`` wraps the model around the pure-priority fallback."""
+        """A policy by name; ``multifactor`` with the configured weights; ``agent`` wraps the model around
+        the pure-priority fallback."""
+        if name == self.multifactor.name:
+            return self.multifactor
         if name != AGENT_POLICY:
             return get_policy(name)  # ValueError naming the choices
         if self.model is None:
@@ -203,7 +232,7 @@ class Service:
             raise ModelNotConfigured(f"chat needs a model: {NO_MODEL}")
         return ChatAgent(
             self.model, context_for=lambda user: ToolContext(self.orchestrator, self.resources, actor=user,
-                                                              own_jobs_only=True),
+                                                              own_jobs_only=True, multifactor=self.multifactor),
             audit=self.audit, clock=self.clock, bounds=Bounds(budget_s=max(15.0, self.settings.model_timeout_s)),
         )
 
@@ -292,7 +321,8 @@ class Service:
 
     # -- what the views call -----------------------------------------------------------------------
     def tools(self, actor: str | None = None) -> ToolContext:
-        return ToolContext(orchestrator=self.orchestrator, resources=self.resources, actor=actor)
+        return ToolContext(orchestrator=self.orchestrator, resources=self.resources, actor=actor,
+                           multifactor=self.multifactor)
 
     @staticmethod
     def check_cwd(cwd: str | None) -> None:

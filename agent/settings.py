@@ -1,25 +1,44 @@
 """The service's settings: flags, then ``HERD_*`` environment variables, then the seed's
-``RESEARCH_AGENT_*`` variables, then the defaults below.
+``RESEARCH_AGENT_*`` variables, then a YAML config file (``--config`` / ``HERD_CONFIG``), then the
+defaults below.
 
 Flags reach here as keyword arguments (``Settings(port=8080)``), which pydantic-settings ranks above
-the environment. Where two variables name one setting, the ``HERD_*`` one wins.
+the environment. Where two variables name one setting, the ``HERD_*`` one wins. Maps are JSON in a
+variable (``HERD_USER_QUOTAS='{"alice": 4}'``); the config file holds the same keys as YAML, which
+suits quotas and groups better.
 
 The policy and the started/stopped state are also kept in the database, so that ``herd policy`` and
-``herd stop`` survive a restart. A value given explicitly at start-up (flag or variable) wins over the
-saved one and is saved in turn; ``Settings.explicit`` says which were given.
+``herd stop`` survive a restart. A value given explicitly at start-up (flag, variable or config file)
+wins over the saved one and is saved in turn; ``Settings.explicit`` says which were given.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import yaml
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.ordering import POLICIES
 
 AGENT_POLICY = "agent"  # the LLM proposes, the validator decides; needs a model endpoint
 POLICY_NAMES = (*POLICIES, AGENT_POLICY)
+
+GpuQuota = Annotated[int, Field(ge=0)]
+# Maps come as JSON from a variable; decoded by the field's own validator, whose error names the field.
+QuotaMap = Annotated[dict[str, GpuQuota], NoDecode]
+GroupMap = Annotated[dict[str, list[str]], NoDecode]
+OFF = ("off", "never", "none", "null", "")  # how a person turns preemption off
+
+
+class ConfigError(ValueError):
+    """The config file cannot be read, or names a key that is not a setting."""
 
 
 def _env(field: str, *names: str) -> AliasChoices:
@@ -27,8 +46,49 @@ def _env(field: str, *names: str) -> AliasChoices:
     return AliasChoices(field, *names)
 
 
+def read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
+    """The settings in a YAML file, refused whole if it is unreadable or names an unknown key (a typo
+    must not silently leave a quota unset)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of setting: value, got {type(data).__name__}")
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config file {path}: unknown key {key!r}{hint}")
+    return data
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The YAML file named by the ``config`` flag or ``HERD_CONFIG``; below flags and variables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | os.PathLike | None) -> None:
+        super().__init__(settings_cls)
+        self.path = Path(path) if path else None
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # the whole file is read at once, in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        return read_config_file(self.path, set(self.settings_cls.model_fields) - {"config"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HERD_", populate_by_name=True, extra="ignore")
+
+    config: Path | None = Field(None, description="A YAML file with any of these settings (HERD_CONFIG).")
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(10000, ge=1, le=65535, description="Port to listen on (the seed's 10000).")
@@ -38,7 +98,7 @@ class Settings(BaseSettings):
     )
     node_name: str = Field("local", description="This node's name in the inventory.")
     policy: str = Field(
-        "priority",
+        "multifactor",
         validation_alias=_env("policy", "HERD_POLICY", "RESEARCH_AGENT_SCHEDULING_POLICY"),
         description="Scheduling policy: " + " | ".join(POLICY_NAMES),
     )
@@ -69,6 +129,42 @@ class Settings(BaseSettings):
     model_timeout_s: float = Field(20.0, gt=0, description="Longest wait for one model reply.")
     agent_budget_s: float = Field(10.0, gt=0, description="Wall-clock budget of one agent scheduling decision.")
 
+    # The scheduling rules (policies/rules.py): quotas count GPUs held at once.
+    user_quotas: QuotaMap = Field(default_factory=dict, description="GPU quota per user.")
+    group_quotas: QuotaMap = Field(default_factory=dict, description="GPU quota per group.")
+    default_user_quota: GpuQuota | None = Field(None, description="Quota of users without one; none: no limit.")
+    groups: GroupMap = Field(default_factory=dict, description="Group -> its members; one group per user.")
+    default_runtime_s: float = Field(3600.0, gt=0, description="Expected run time of a job without limit or estimate.")
+    backfill_depth: int = Field(1000, ge=0, description="Jobs examined for backfill after the first that must wait.")
+    preempt_priority_gap: int | None = Field(
+        2, ge=1, description="A job preempts preemptible jobs this much lower in priority; off: never."
+    )
+    preempt_min_runtime_s: float = Field(600.0, ge=0, description="A job running less than this is not preempted.")
+    preempt_grace_s: float = Field(
+        30.0, ge=0, validation_alias=_env("preempt_grace_s", "HERD_PREEMPT_GRACE", "HERD_PREEMPT_GRACE_S"),
+        description="SIGTERM to SIGKILL for a preempted job: its time to checkpoint.",
+    )
+    usage_half_life_s: float = Field(7 * 86_400.0, gt=0, description="Fair share: past GPU-time halves this often.")
+    # The multifactor priority (policies/rules.py Weights).
+    weight_priority: float = Field(1000.0, ge=0)
+    weight_age: float = Field(500.0, ge=0)
+    weight_fair_share: float = Field(1000.0, ge=0)
+    weight_size: float = Field(1000.0, ge=0)
+    age_unit_s: float = Field(86_400.0, gt=0, description="Waiting this long adds one whole age factor.")
+    size_unit_gpu_hours: float = Field(8.0, gt=0, description="A job of this many GPU-hours has size factor 1/2.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = getattr(init_settings, "init_kwargs", {}).get("config") or os.environ.get("HERD_CONFIG")
+        return init_settings, env_settings, ConfigFileSource(settings_cls, path)
+
     @property
     def model_configured(self) -> bool:
         return bool(self.openai_base_url or self.openai_api_key)
@@ -79,6 +175,43 @@ class Settings(BaseSettings):
         if v not in POLICY_NAMES:
             raise ValueError(f"unknown policy {v!r}; choose one of: {', '.join(POLICY_NAMES)}")
         return v
+
+    @field_validator("user_quotas", "group_quotas", "groups", mode="before")
+    @classmethod
+    def _json_map(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'not valid JSON ({exc.msg}); write an object, e.g. {{"alice": 4}}') from None
+
+    @field_validator("preempt_priority_gap", mode="before")
+    @classmethod
+    def _preemption_off(cls, v: Any) -> Any:
+        if v is None or v is False or (isinstance(v, str) and v.strip().lower() in OFF):
+            return None
+        if v is True:
+            raise ValueError("give the priority gap as a number, or off to never preempt")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _one_group_per_user(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        seen: dict[str, str] = {}
+        for group, members in v.items():
+            for user in members:
+                if user in seen and seen[user] != group:
+                    raise ValueError(f"user {user} is in two groups, {seen[user]} and {group}; a user has one group")
+                seen[user] = group
+        return v
+
+    @model_validator(mode="after")
+    def _quotas_of_known_groups(self) -> Settings:
+        unknown = sorted(set(self.group_quotas) - set(self.groups))
+        if unknown:
+            raise ValueError(f"group_quotas: no group {', '.join(unknown)} in groups (give its members there)")
+        return self
 
     @property
     def explicit(self) -> set[str]:

@@ -278,7 +278,7 @@ def test_tool_schemas_match_the_golden_snapshot(request):
     schemas = [t.schema() for t in ALL_TOOLS]
     assert [s["function"]["name"] for s in schemas] == [
         "get_cluster_state", "list_queue", "get_job", "submit_job", "cancel_job", "set_priority", "explain_job",
-        "propose_allocation"]
+        "get_quotas", "list_reservations", "propose_allocation"]
     text = json.dumps(schemas, indent=2, sort_keys=True) + "\n"
     if request.config.getoption("--update-golden"):
         with open(GOLDEN, "w") as f:
@@ -289,3 +289,12 @@ def test_tool_schemas_match_the_golden_snapshot(request):
         params = s["function"]["parameters"]
         assert s["function"]["strict"] is True and params["additionalProperties"] is False
         assert set(params["required"]) == set(params["properties"])
+
+
+def test_the_rules_preemptions_still_apply_under_the_agent():
+    from tools.models import Reservation, StopReason
+
+    c = busy_cluster(ScriptedModel(say("nothing to do")))
+    c.orch.reserve(Reservation(node="a", gpus=(0, 1), user="kim", start=c.clock.now(), end=c.clock.now() + 3600))
+    c.orch.tick()
+    assert c.job(1).stop_reason == StopReason.PREEMPT  # ana's job runs on GPUs now reserved for kim

@@ -57,7 +57,7 @@ class Api:
 @pytest.fixture
 def make_api(tmp_path, monkeypatch):
     for name in ("HERD_POLICY", "RESEARCH_AGENT_SCHEDULING_POLICY", "RESEARCH_AGENT_MAX_QUEUE_SIZE",
-                 "RESEARCH_AGENT_GPU_ORCHESTRATION_ENABLED", "HERD_ORCHESTRATION_ENABLED", "HERD_GPUS"):
+                 "RESEARCH_AGENT_GPU_ORCHESTRATION_ENABLED", "HERD_ORCHESTRATION_ENABLED", "HERD_GPUS", "HERD_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     opened: list[TestClient] = []
 
@@ -119,8 +119,10 @@ def test_queue_lists_holders_then_waiting_jobs_in_order_with_reasons(api):
     ]
     waiting = view["jobs"][2]["job"]
     assert waiting["pending_reason"] == "Resources"
-    assert waiting["pending_message"] == "needs 4 free GPU(s) on one node; the most free on any node is 2"
-    assert view["policy"] == "priority"
+    assert waiting["pending_message"].startswith("needs 4 free GPU(s) on one node; the most free on any node is 2")
+    # Both running jobs are expected to run the default hour; then the big one starts.
+    assert [e["estimated_start"] for e in view["jobs"]] == [None, None, T0 + 3600]
+    assert view["policy"] == "multifactor"
     assert view["stats"]["counts"]["running"] == 2 and view["stats"]["queued_gpus"] == 4
     assert view["stats"]["running_gpus"] == 4 and view["stats"]["max_queued"] == 100
     assert [e["job"]["id"] for e in api.http.get("/queue", params={"user": "nobody"}).json()["jobs"]] == []
@@ -353,7 +355,7 @@ def test_orchestrator_status_reports_the_last_pass(api):
     api.submit_ok()
     api.tick()
     status = api.http.get("/orchestrator/status").json()
-    assert status["policy"] == "priority" and status["policies"] == ["priority", "fcfs", "sjf", "fair_share", "agent"]
+    assert status["policy"] == "multifactor" and status["policies"] == ["priority", "fcfs", "sjf", "fair_share", "backfill", "multifactor", "agent"]
     assert status["last_tick"]["started"] == [1] and status["last_tick"]["time"] == T0
     assert status["counts"]["running"] == 1 and status["last_error"] is None
 
@@ -363,7 +365,7 @@ def test_set_policy(api):
     assert api.http.get("/queue").json()["policy"] == "sjf"
     response = api.http.put("/orchestrator/policy", json={"policy": "lottery"})
     assert (response.status_code, response.json()["detail"]) == (
-        422, "unknown policy 'lottery'; choose one of: priority, fcfs, sjf, fair_share"
+        422, "unknown policy 'lottery'; choose one of: priority, fcfs, sjf, fair_share, backfill, multifactor"
     )
 
 
@@ -380,7 +382,7 @@ def test_policy_and_stopped_state_survive_a_restart_unless_given_explicitly(make
 
 # -- settings --------------------------------------------------------------------------------------
 def test_settings_take_flags_then_herd_variables_then_the_seeds(monkeypatch):
-    assert (Settings().policy, Settings().max_queue_size, Settings().orchestration_enabled) == ("priority", 100, True)
+    assert (Settings().policy, Settings().max_queue_size, Settings().orchestration_enabled) == ("multifactor", 100, True)
     monkeypatch.setenv("RESEARCH_AGENT_SCHEDULING_POLICY", "sjf")
     monkeypatch.setenv("RESEARCH_AGENT_MAX_QUEUE_SIZE", "7")
     monkeypatch.setenv("RESEARCH_AGENT_GPU_ORCHESTRATION_ENABLED", "false")

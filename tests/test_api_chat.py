@@ -11,7 +11,7 @@ def test_without_a_model_chat_is_503_and_nothing_else_breaks(make_api):
     assert "OPENAI_BASE_URL" in response.json()["detail"]
     response = api.http.put("/orchestrator/policy", json={"policy": "agent"})
     assert response.status_code == 503
-    assert api.http.get("/orchestrator/status").json()["policy"] == "priority"
+    assert api.http.get("/orchestrator/status").json()["policy"] == "multifactor"
     assert api.submit().status_code == 201
 
 

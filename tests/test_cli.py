@@ -9,19 +9,30 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
-from agent.cli import format_duration, main, parse_duration, table
+from agent.cli import format_duration, main, parse_duration, table, when
 from tests.herd_server import HerdServer, free_port, herd_command
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 
+CONFIG = """\
+groups:
+  lab: [ana, ben]
+user_quotas: {ana: 1}
+group_quotas: {lab: 2}
+"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server for the module (a start costs a second or two); tests make their own jobs."""
-    srv = HerdServer(tmp_path_factory.mktemp("cli") / "herd", "--gpus", "2").start()
+    root = tmp_path_factory.mktemp("cli")
+    (root / "herd.yaml").write_text(CONFIG)
+    srv = HerdServer(root / "herd", "--gpus", "2", "--config", str(root / "herd.yaml")).start()
     yield srv
     srv.stop(signal.SIGKILL)
     srv.http.close()
@@ -58,6 +69,17 @@ def test_parse_duration_refuses(text):
 @pytest.mark.parametrize("seconds, want", [(5, "5s"), (75, "1m15s"), (3660, "1h01m"), (90000, "1d01h"), (None, "-")])
 def test_format_duration(seconds, want):
     assert format_duration(seconds) == want
+
+
+NOON = time.mktime((2026, 11, 29, 12, 0, 0, 0, 0, -1))
+
+
+@pytest.mark.parametrize("t, want", [
+    (None, "-"), (NOON - 60, "now"), (NOON, "now"), (NOON + 3600, "13:00"),
+    (time.mktime((2026, 11, 30, 9, 5, 0, 0, 0, -1)), "11-30 09:05"),
+])
+def test_when_a_job_starts(t, want):
+    assert when(t, NOON) == want
 
 
 def test_table_aligns_columns():
@@ -102,9 +124,11 @@ def test_queue_table_and_json(herd, server):
         code, out, _ = herd("queue")
         assert code == 0
         lines = out.splitlines()
-        assert lines[0].split() == ["ID", "NAME", "USER", "GPUS", "PRIO", "STATE", "FOR", "WHERE", "/", "WHY", "WAITING"]
+        assert lines[0].split() == ["ID", "NAME", "USER", "GPUS", "PRIO", "STATE", "FOR", "START", "WHERE", "/", "WHY", "WAITING"]
         row = next(line for line in lines if line.startswith(f"{waiting} "))
         assert "queued" in row and "#1" in row and "Resources" in row
+        planned = server.job(waiting)["estimated_start"]  # when the blocker's default hour is up
+        assert planned > time.time() and when(planned, time.time()) in row.split()
         assert "local:0,1" in next(line for line in lines if line.startswith(f"{blocker} "))
 
         code, out, _ = herd("queue", "--json")
@@ -157,9 +181,20 @@ def test_policy_stop_and_start(herd, server):
         (("submit", "--priority", "11", "--", "true"), "priority: Input should be less than or equal to 10 (HTTP 422)"),
         (("submit", "--cwd", "/no/such/dir", "--", "true"), "cwd /no/such/dir is not an existing directory on this server (HTTP 422)"),
         (("submit",), "no command given; e.g. herd submit --gpus 2 -- python train.py"),
-        (("policy", "random"), "unknown policy 'random'; choose one of: priority, fcfs, sjf, fair_share (HTTP 422)"),
+        (("policy", "random"), "unknown policy 'random'; choose one of: priority, fcfs, sjf, fair_share, backfill, multifactor (HTTP 422)"),
+        (("submit", "--begin", "soon", "--", "true"),
+         "begin_at: 'soon' is not a time; write e.g. 22:00, 2026-11-30 22:00, +3h or now (HTTP 422)"),
+        (("submit", "--after", "999999", "--", "true"), "runs after job 999999, which does not exist (HTTP 422)"),
+        (("submit", "--user", "ana", "--gpus", "2", "--", "true"), "asks for 2 GPUs but user ana's quota is 1 GPUs at once (HTTP 422)"),
+        (("explain", "999999"), "no job 999999 (HTTP 404)"),
+        (("reserve", "--gpus", "1", "--group", "physics", "--end", "+1h"),
+         "there is no group 'physics'; the groups are: lab (HTTP 422)"),
+        (("reserve", "--gpus", "1", "--user", "ana", "--end", "+1"),
+         "end: '+1' is not a time from now: '1' is not a duration; write e.g. 2h, 90m, 30s or 1h30m (HTTP 422)"),
+        (("unreserve", "999999"), "no reservation 999999 (HTTP 404)"),
     ],
-    ids=["cancel-unknown", "priority-unknown", "too-many-gpus", "bad-priority", "bad-cwd", "no-command", "bad-policy"],
+    ids=["cancel-unknown", "priority-unknown", "too-many-gpus", "bad-priority", "bad-cwd", "no-command", "bad-policy",
+         "bad-begin", "unknown-after", "over-quota", "explain-unknown", "unknown-group", "bad-end", "unreserve-unknown"],
 )
 def test_failures_exit_non_zero_with_the_servers_message(herd, args, want_message):
     code, out, err = herd(*args)
@@ -175,10 +210,122 @@ def test_cancel_a_finished_job_is_a_conflict(herd, server):
     assert code == 1 and f"job {job_id} is completed; there is nothing to cancel (HTTP 409)" in err
 
 
+@needs_tmux
+def test_submit_deferred_dependent_preemptible_and_show_it(herd, server):
+    done = server.submit(command="true")["job_id"]
+    server.wait_for(done, "completed")
+    code, out, _ = herd("submit", "--begin", "+2h", "--after", str(done), "--after-any", f"{done},{done}",
+                        "--preemptible", "--", "true")
+    assert code == 0 and out.startswith("Submitted job ")
+    job_id = int(out.split()[2])
+    try:
+        job = server.job(job_id)
+        assert (job["after"], job["after_any"], job["preemptible"]) == ([done], [done, done], True)
+        assert 2 * 3600 - 60 < job["begin_at"] - time.time() <= 2 * 3600
+        server_said = server.wait_for(job_id, "queued")
+        code, out, _ = herd("show", str(job_id))
+        assert code == 0
+        assert re.search(rf"^after +{done} \(completed\)$", out, re.M)
+        assert re.search(r"^preemptible +yes \(preempted 0 time\(s\)\)$", out, re.M)
+        assert re.search(r"^not before +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$", out, re.M)
+        assert re.search(r"^starts +.* \(estimated\)$", out, re.M) and server_said["position"] is not None
+        code, out, _ = herd("queue")
+        row = next(line for line in out.splitlines() if line.startswith(f"{job_id} "))
+        assert when(job["begin_at"], time.time()) in row.split() and "BeginTime" in row
+    finally:
+        herd("cancel", str(job_id))
+
+
+@needs_tmux
+def test_explain_a_waiting_and_a_running_job(herd, server):
+    assert herd("policy", "multifactor")[0] == 0  # another test may have changed it
+    blocker = server.submit(command="sleep 30", gpu_count=2)["job_id"]
+    server.wait_for(blocker, "running")
+    waiting = server.submit(command="true", user="ben", priority=7)["job_id"]
+    try:
+        deadline = time.time() + 10
+        while server.job(waiting)["pending_reason"] != "Resources" and time.time() < deadline:
+            time.sleep(0.05)
+        code, out, _ = herd("explain", str(waiting))
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0] == f"job {waiting} (ben, 1 GPU(s)): queued, #1 in line; policy multifactor"
+        assert re.search(r"^waiting +Resources: needs 1 free GPU", out, re.M)
+        assert re.search(r"^starts +\d{4}-.* \(estimated\)$", out, re.M)
+        assert re.search(r"^quota +user ben holds 0 GPU\(s\) \(no limit\); group lab holds 0 GPU\(s\) of 2$", out, re.M)
+        header = next(i for i, line in enumerate(lines) if line.startswith("FACTOR"))
+        assert lines[header].split() == ["FACTOR", "VALUE", "WEIGHT", "POINTS", "DETAIL"]
+        assert [line.split()[0] for line in lines[header + 1:]] == ["priority", "age", "fair_share", "size", "total"]
+        assert lines[header + 1].split()[:4] == ["priority", "0.667", "1000", "666.7"]
+
+        code, out, _ = herd("explain", str(blocker))
+        assert out.strip() == f"job {blocker} (tester, 2 GPU(s)): running; running on local GPU(s) 0,1"
+        code, out, _ = herd("explain", str(waiting), "--json")
+        assert json.loads(out)["group_quota"] == {"name": "lab", "quota": 2, "in_use": 0}
+    finally:
+        herd("cancel", str(waiting))
+        herd("cancel", str(blocker))
+        server.wait_for(blocker, "cancelled")
+
+
+@needs_tmux
+def test_quotas(herd):
+    code, out, _ = herd("quotas")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["USER", "GROUP", "QUOTA", "IN", "USE", "WAITING"]
+    assert lines[1].split() == ["ana", "lab", "1", "0", "0"]
+    group = lines.index("") + 1
+    assert lines[group].split() == ["GROUP", "MEMBERS", "QUOTA", "IN", "USE", "WAITING"]
+    assert lines[group + 1].split() == ["lab", "ana,ben", "2", "0", "0"]
+    assert lines[-1] == "Quotas are GPUs held at once; - is no limit. Users without a quota of their own: no limit."
+
+
+@needs_tmux
+def test_reserve_list_and_unreserve(herd):
+    code, out, _ = herd("reserve", "--gpus", "1", "--user", "ana", "--start", "+1h", "--end", "+2h", "--note", "demo")
+    assert code == 0
+    match = re.fullmatch(r"Reserved local GPU\(s\) 0 for user ana from (\S+ \S+) to (\S+ \S+) \(reservation (\d+)\)\.\n", out)
+    assert match
+    start, end, reservation = match.groups()
+    code, out, _ = herd("reserve", "--gpu-ids", "0,1", "--node", "local", "--group", "lab", "--start", "+3h", "--end", "+1h")
+    assert code == 0 and "local GPU(s) 0,1 for group lab" in out
+    second = re.search(r"\(reservation (\d+)\)", out)[1]
+    code, out, _ = herd("reservations")
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "NODE", "GPUS", "FOR", "FROM", "TO", "NOTE"]
+    assert lines[1].split() == [reservation, "local", "0", "user", "ana", *start.split(), *end.split(), "demo"]
+    assert lines[2].split()[:5] == [second, "local", "0,1", "group", "lab"]
+    code, _, err = herd("reserve", "--gpus", "2", "--user", "ben", "--start", "+90m", "--end", "+10m")
+    assert code == 1 and "no node has 2 usable GPU(s) free of other reservations" in err
+    code, out, _ = herd("unreserve", reservation)
+    assert (code, out) == (0, f"Removed reservation {reservation} (local GPU(s) 0 for user ana from {start} to {end}).\n")
+    assert herd("unreserve", second)[0] == 0
+    assert herd("reservations")[1] == "No reservations.\n"
+
+
+def test_serve_refuses_a_bad_config_file(tmp_path, capsys):
+    config = tmp_path / "herd.yaml"
+    config.write_text("user_quota: {ana: 1}\n")
+    assert main(["serve", "--config", str(config), "--workdir", str(tmp_path / "never-created")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"herd: config file {config}: unknown key 'user_quota' (did you mean 'user_quotas'?)")
+    assert not (tmp_path / "never-created").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--preempt-priority-gap", "0"), "preempt_priority_gap: Input should be greater than or equal to 1"),
+    (("--default-user-quota", "-1"), "default_user_quota: Input should be greater than or equal to 0"),
+])
+def test_serve_refuses_bad_rule_flags(tmp_path, capsys, flags, message):
+    assert main(["serve", *flags, "--workdir", str(tmp_path / "never-created")]) == 1
+    assert capsys.readouterr().err.strip() == f"herd: {message}"
+
+
 def test_serve_refuses_bad_settings_before_starting(capsys):
     assert main(["serve", "--policy", "lottery", "--workdir", "/nonexistent/never-created"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "herd: policy: unknown policy 'lottery'; choose one of: priority, fcfs, sjf, fair_share, agent"
+        "herd: policy: unknown policy 'lottery'; choose one of: priority, fcfs, sjf, fair_share, backfill, multifactor, agent"
     )
 
 

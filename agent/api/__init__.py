@@ -8,7 +8,7 @@ import anyio
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from agent.api import chat, errors, gpu, jobs, orchestrator, queue
+from agent.api import chat, errors, gpu, jobs, orchestrator, queue, quotas, reservations
 from agent.api.deps import ServiceDep
 from agent.service import Service
 from agent.settings import Settings
@@ -44,7 +44,7 @@ def create_app(target: Settings | Service | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (queue, gpu, orchestrator, jobs, chat):
+    for module in (queue, gpu, orchestrator, jobs, quotas, reservations, chat):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

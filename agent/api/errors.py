@@ -13,15 +13,16 @@ from pydantic import ValidationError
 
 from agent.service import ModelNotConfigured
 from tools.gpus import InventoryConflict, ProbeUnavailable, UnknownGpu
-from tools.orchestrator import InvalidJob
+from tools.orchestrator import InvalidJob, InvalidReservation
 from tools.queue import IllegalTransition, JobNotFound
 from tools.store import GpuConflict, QueueFull
-from tools.toolkit import PermissionDenied
+from tools.toolkit import PermissionDenied, ReservationNotFound
 
-# Starlette picks the handler of the nearest class in an exception's MRO, so InvalidJob (a ValueError)
-# and ValidationError (also a ValueError) keep their own entries.
+# Starlette picks the handler of the nearest class in an exception's MRO, so InvalidJob and
+# InvalidReservation (ValueErrors) and ValidationError (also a ValueError) keep their own entries.
 STATUS_BY_EXCEPTION: dict[type[Exception], int] = {
     JobNotFound: 404,
+    ReservationNotFound: 404,
     UnknownGpu: 404,
     PermissionDenied: 403,
     IllegalTransition: 409,  # e.g. cancelling a completed job
@@ -31,6 +32,7 @@ STATUS_BY_EXCEPTION: dict[type[Exception], int] = {
     QueueFull: 429,
     ModelNotConfigured: 503,  # chat or the agent policy without a model endpoint
     InvalidJob: 422,  # can never run here, e.g. more GPUs than any node has
+    InvalidReservation: 422,  # an empty or past window, unknown GPUs, an overlap, no room
     ValidationError: 422,  # a field out of range (pydantic, raised by the core's models)
     ValueError: 422,  # a value the core refused (unknown policy, bad cwd, ...)
 }

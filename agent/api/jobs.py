@@ -50,9 +50,17 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-def get_job(job_id: int, tools: ToolsDep) -> Job:
-    """The whole record: status, allocation, exit code, attempts, times, pending reason."""
+def get_job(job_id: int, tools: ToolsDep) -> toolkit.JobDetail:
+    """The whole record: status, allocation, exit code, attempts, times, pending reason; for a waiting
+    job also its position and estimated start."""
     return toolkit.get_job(tools, toolkit.GetJob(job_id=job_id))
+
+
+@router.get("/{job_id}/explain")
+def explain_job(job_id: int, tools: ToolsDep) -> toolkit.Explanation:
+    """Why a job waits, like Slurm's sprio: its priority factors and total, pending reason, position,
+    estimated start, and the quota of its user and group. Other jobs: their status."""
+    return toolkit.explain_job(tools, toolkit.ExplainJob(job_id=job_id))
 
 
 @router.get("/{job_id}/events")

@@ -27,6 +27,12 @@ class SubmitRequest(BaseModel):
     est_duration_s: float | None = Field(None, description="The user's estimate of the run time, in seconds.")
     time_limit_s: float | None = Field(None, description="Stop the job after this many seconds of running.")
     max_retries: int | None = Field(None, description="Retries after a failed attempt; 1 if not given.")
+    begin_at: str | float | None = Field(
+        None, description="Not before: '22:00' (next occurrence), '2026-11-30 22:00', '+3h', 'now', or Unix seconds."
+    )
+    after: list[int] | None = Field(None, description="Start only after these jobs completed (exit code 0).")
+    after_any: list[int] | None = Field(None, description="Start only after these jobs ended, however they ended.")
+    preemptible: bool | None = Field(None, description="May be stopped and requeued for a job of higher priority.")
 
 
 class PriorityRequest(BaseModel):
@@ -49,6 +55,10 @@ def submit(body: SubmitRequest, service: ServiceDep) -> toolkit.Submitted:
         cwd=body.cwd,
         env=[toolkit.EnvVar(name=k, value=v) for k, v in body.env.items()] if body.env else None,
         max_retries=body.max_retries,
+        begin_at=body.begin_at,
+        after=body.after,
+        after_any=body.after_any,
+        preemptible=body.preemptible,
     )
     submitted = toolkit.submit_job(service.tools(actor=body.user), args)
     service.wake()
@@ -57,7 +67,8 @@ def submit(body: SubmitRequest, service: ServiceDep) -> toolkit.Submitted:
 
 @router.get("")
 def list_queue(tools: ToolsDep, user: str | None = None) -> toolkit.QueueView:
-    """Running jobs, then waiting jobs in scheduling order, each with its pending reason; plus stats."""
+    """Running jobs, then waiting jobs in scheduling order, each with its pending reason and estimated
+    start; plus stats."""
     return toolkit.list_queue(tools, toolkit.ListQueue(user=user))
 
 

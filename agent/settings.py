@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.ordering import POLICIES
+from policies.rules import DEFAULT_RULES, Weights
 
 AGENT_POLICY = "agent"  # the LLM proposes, the validator decides; needs a model endpoint
 POLICY_NAMES = (*POLICIES, AGENT_POLICY)
@@ -34,6 +35,7 @@ GpuQuota = Annotated[int, Field(ge=0)]
 # Maps come as JSON from a variable; decoded by the field's own validator, whose error names the field.
 QuotaMap = Annotated[dict[str, GpuQuota], NoDecode]
 GroupMap = Annotated[dict[str, list[str]], NoDecode]
+DEFAULT_WEIGHTS = Weights()  # the defaults live with the policy; settings only override them
 OFF = ("off", "never", "none", "null", "")  # how a person turns preemption off
 
 
@@ -134,24 +136,24 @@ class Settings(BaseSettings):
     group_quotas: QuotaMap = Field(default_factory=dict, description="GPU quota per group.")
     default_user_quota: GpuQuota | None = Field(None, description="Quota of users without one; none: no limit.")
     groups: GroupMap = Field(default_factory=dict, description="Group -> its members; one group per user.")
-    default_runtime_s: float = Field(3600.0, gt=0, description="Expected run time of a job without limit or estimate.")
-    backfill_depth: int = Field(1000, ge=0, description="Jobs examined for backfill after the first that must wait.")
+    default_runtime_s: float = Field(DEFAULT_RULES.default_runtime_s, gt=0, description="Expected run time of a job without limit or estimate.")
+    backfill_depth: int = Field(DEFAULT_RULES.backfill_depth, ge=0, description="Jobs examined for backfill after the first that must wait.")
     preempt_priority_gap: int | None = Field(
-        2, ge=1, description="A job preempts preemptible jobs this much lower in priority; off: never."
+        DEFAULT_RULES.preempt_priority_gap, ge=1, description="A job preempts preemptible jobs this much lower in priority; off: never."
     )
-    preempt_min_runtime_s: float = Field(600.0, ge=0, description="A job running less than this is not preempted.")
+    preempt_min_runtime_s: float = Field(DEFAULT_RULES.preempt_min_runtime_s, ge=0, description="A job running less than this is not preempted.")
     preempt_grace_s: float = Field(
         30.0, ge=0, validation_alias=_env("preempt_grace_s", "HERD_PREEMPT_GRACE", "HERD_PREEMPT_GRACE_S"),
         description="SIGTERM to SIGKILL for a preempted job: its time to checkpoint.",
     )
     usage_half_life_s: float = Field(7 * 86_400.0, gt=0, description="Fair share: past GPU-time halves this often.")
     # The multifactor priority (policies/rules.py Weights).
-    weight_priority: float = Field(1000.0, ge=0)
-    weight_age: float = Field(500.0, ge=0)
-    weight_fair_share: float = Field(1000.0, ge=0)
-    weight_size: float = Field(1000.0, ge=0)
-    age_unit_s: float = Field(86_400.0, gt=0, description="Waiting this long adds one whole age factor.")
-    size_unit_gpu_hours: float = Field(8.0, gt=0, description="A job of this many GPU-hours has size factor 1/2.")
+    weight_priority: float = Field(DEFAULT_WEIGHTS.priority, ge=0)
+    weight_age: float = Field(DEFAULT_WEIGHTS.age, ge=0)
+    weight_fair_share: float = Field(DEFAULT_WEIGHTS.fair_share, ge=0)
+    weight_size: float = Field(DEFAULT_WEIGHTS.size, ge=0)
+    age_unit_s: float = Field(DEFAULT_WEIGHTS.age_unit_s, gt=0, description="Waiting this long adds one whole age factor.")
+    size_unit_gpu_hours: float = Field(DEFAULT_WEIGHTS.size_unit_gpu_hours, gt=0, description="A job of this many GPU-hours has size factor 1/2.")
 
     @classmethod
     def settings_customise_sources(

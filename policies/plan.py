@@ -34,6 +34,17 @@ class Slot:
     gpus: tuple[tuple[str, int], ...]
 
 
+@dataclass(frozen=True)
+class Block:
+    gpus: frozenset[int]
+    start: float
+    end: float
+    reservation: Reservation | None  # None: planned for a job, closed to every other
+
+    def against(self, user: str, group: str | None) -> bool:
+        return self.reservation is None or not self.reservation.admits(user, group)
+
+
 class Timeline:
     def __init__(self, snapshot: Snapshot, started: Iterable[tuple[Job, tuple[tuple[str, int], ...]]] = ()) -> None:
         now, rules, layout = snapshot.now, snapshot.rules, snapshot.layout
@@ -41,10 +52,12 @@ class Timeline:
         self.rules = rules
         self.multi_node = snapshot.multi_node
         self._layout = layout
-        self._reservations: dict[str, list[Reservation]] = {}
+        # Per node, GPUs kept from a time to a time: by a reservation (for those it does not admit) or
+        # by a job planned to start later than they come free (the gap before it stays usable).
+        self._blocks: dict[str, list[Block]] = {}
         for r in snapshot.reservations:
             if r.end > now:
-                self._reservations.setdefault(r.node, []).append(r)
+                self._blocks.setdefault(r.node, []).append(Block(frozenset(r.gpus), r.start, r.end, r))
         free_at: dict[str, dict[int, float]] = {name: dict.fromkeys(usable, now) for name, usable in layout.usable.items()}
         for job in snapshot.holding:
             if job.allocation is not None:
@@ -72,7 +85,7 @@ class Timeline:
         for node, times in self._times.items():  # in inventory order, so ties go to the first node
             if len(times) < count:
                 continue
-            if node in self._reservations:
+            if node in self._blocks:
                 slot = self._earliest_around(node, job, group, start, duration)
                 if slot is not None and (best is None or slot.start < best[0]):
                     best, kept_best = (slot.start, node), slot
@@ -90,13 +103,13 @@ class Timeline:
         return Slot(t, t + duration, self._pick(node, self._free_at[node], t, count, ()))
 
     def _earliest_around(self, node: str, job: Job, group: str | None, start: float, duration: float) -> Slot | None:
-        """On a node with reservations: the first time enough GPUs are free and kept by none of the
-        reservations ``job`` is not admitted to, for the whole of its run."""
+        """On a node with blocks: the first time enough GPUs are free and kept by no block against
+        ``job`` for the whole of its run."""
         free_at, count = self._free_at[node], job.gpu_count
-        blocking = [r for r in self._reservations[node] if not r.admits(job.user, group)]
-        candidates = sorted({max(start, t) for t in self._times[node]} | {r.end for r in blocking if r.end > start})
+        blocking = [b for b in self._blocks[node] if b.against(job.user, group)]
+        candidates = sorted({max(start, t) for t in self._times[node]} | {b.end for b in blocking if b.end > start})
         for t in candidates:
-            kept = {g for r in blocking if r.covers(t, t + duration) for g in r.gpus}
+            kept = {g for b in blocking if b.start < t + duration and b.end > t for g in b.gpus}
             ready = [g for g, at in free_at.items() if at <= t and g not in kept]
             if len(ready) >= count:
                 return Slot(t, t + duration, self._pick(node, free_at, t, count, kept))
@@ -113,7 +126,7 @@ class Timeline:
         group = self.rules.group_of(job.user)
         nodes = []
         for name in self._layout.whole:
-            if any(not r.admits(job.user, group) for r in self._reservations.get(name, ())):
+            if any(b.against(job.user, group) for b in self._blocks.get(name, ())):
                 continue
             nodes.append((max(start, *self._free_at[name].values()), name))
         nodes.sort()
@@ -127,8 +140,16 @@ class Timeline:
         return None
 
     def book(self, slot: Slot) -> None:
+        """Hold the slot's GPUs for its job. A GPU that comes free before the slot starts keeps that
+        gap for others: it is blocked from the slot's start instead."""
+        later: dict[str, set[int]] = {}
         for node, gpu in slot.gpus:
-            self._free_at[node][gpu] = slot.end
+            if self._free_at[node][gpu] < slot.start:
+                later.setdefault(node, set()).add(gpu)
+            else:
+                self._free_at[node][gpu] = slot.end
+        for node, gpus in later.items():
+            self._blocks.setdefault(node, []).append(Block(frozenset(gpus), slot.start, slot.end, None))
         for node in {node for node, _ in slot.gpus}:
             self._times[node] = sorted(self._free_at[node].values())
 

@@ -162,3 +162,12 @@ def test_a_job_being_stopped_is_expected_to_free_its_gpus_now():
         update={"stop_reason": StopReason.PREEMPT})
     s = snap(stopping, job(1, gpus=4, submit=0), now=60.0)
     assert get_policy("backfill").decide(s).planned == {1: 60.0}
+
+
+def test_a_job_planned_for_later_leaves_the_gap_before_it_to_others():
+    # Job 1 may not start before 10 h; job 2 (1 h, all 4 GPUs) fits before it, and is planned so.
+    s = snap(job(1, gpus=1, est=HOUR, not_before=10 * HOUR, submit=0), job(2, gpus=4, est=HOUR, submit=1), now=0.0)
+    assert estimate_starts(s, [s.jobs_by_id[1], s.jobs_by_id[2]]) == {1: 10 * HOUR, 2: 0.0}
+    longer = snap(job(1, gpus=1, est=HOUR, not_before=10 * HOUR, submit=0),
+                  job(2, gpus=4, est=12 * HOUR, submit=1), now=0.0)
+    assert estimate_starts(longer, [longer.jobs_by_id[1], longer.jobs_by_id[2]]) == {1: 10 * HOUR, 2: 11 * HOUR}

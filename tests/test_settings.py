@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from agent.api.errors import describe_errors
 from agent.service import Service, UnavailableProbe
 from agent.settings import ConfigError, Settings
+from policies.rules import DEFAULT_RULES
 from policies.multifactor import MultifactorPolicy
 from policies.rules import Rules, Weights
 from tools.clock import SimClock
@@ -46,17 +47,17 @@ def test_defaults():
     s = Settings()
     assert s.policy == "multifactor"
     assert (s.user_quotas, s.group_quotas, s.groups, s.default_user_quota) == ({}, {}, {}, None)
-    assert (s.default_runtime_s, s.backfill_depth, s.preempt_priority_gap, s.preempt_min_runtime_s) == (3600, 1000, 2, 600)
+    assert (s.default_runtime_s, s.backfill_depth, s.preempt_priority_gap, s.preempt_min_runtime_s) == (3600, 500, 2, 600)
     assert (s.preempt_grace_s, s.usage_half_life_s) == (30, 7 * 86400)
     assert (s.weight_priority, s.weight_age, s.weight_fair_share, s.weight_size, s.age_unit_s, s.size_unit_gpu_hours) == (
-        1000, 500, 1000, 1000, 86400, 8)
+        1000, 100, 2000, 1000, 86400, 8)
 
 
 def test_flags_beat_variables_beat_the_file_beat_defaults(config, monkeypatch):
     path = config("policy: fcfs\nmax_queue_size: 7\nweight_age: 50\nuser_quotas: {alice: 4}\n")
     from_file = Settings(config=path)
     assert (from_file.policy, from_file.max_queue_size, from_file.weight_age, from_file.user_quotas) == ("fcfs", 7, 50, {"alice": 4})
-    assert from_file.backfill_depth == 1000  # not in the file: the default
+    assert from_file.backfill_depth == DEFAULT_RULES.backfill_depth  # not in the file: the default
     monkeypatch.setenv("HERD_MAX_QUEUE_SIZE", "9")
     monkeypatch.setenv("HERD_USER_QUOTAS", '{"bob": 2}')
     from_env = Settings(config=path)

@@ -196,7 +196,9 @@ class Placer:
             gpus.setdefault(node, set()).add(gpu)
         self._head_gpus = {node: frozenset(g) for node, g in gpus.items()}
         wait = self.waiting[job.id]
-        self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; planned to start by {local_time(slot.start)}")
+        # No time here: the estimate is shown beside the reason, and a reason that changed each pass
+        # would be rewritten each pass.
+        self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; first in line, GPUs are held back for it")
 
     def _dependency_wait(self, job: Job) -> Wait | None:
         if not job.after and not job.after_any:

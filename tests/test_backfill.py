@@ -30,7 +30,7 @@ def test_a_short_job_backfills_and_a_long_one_would_delay_the_head():
     d = get_policy("backfill").decide(s)
     assert set(started(d)) == {2}
     assert d.planned == {1: HOUR}
-    assert d.waiting[1].reason == R.RESOURCES and "planned to start by" in d.waiting[1].message
+    assert d.waiting[1].reason == R.RESOURCES and "GPUs are held back for it" in d.waiting[1].message
     assert d.waiting[3].reason == R.PRIORITY and "job 1" in d.waiting[3].message
 
 

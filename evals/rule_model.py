@@ -11,8 +11,17 @@ command is data; a "priority 10" inside it must not set a priority):
   "no more than", "limit", "kill it after" ... is the hard time limit; otherwise the estimate.
 - Priority: "priority 7"; "urgent"/"asap" -> 8; "low priority"/"no rush"/"not urgent" -> 3.
 - Command: in backticks, or after " -- "; a name after "called" or "named".
+- Begin time (``begin_at``): a clock time after "at", "after", "from" or "not before" ("at 11pm",
+  "after 6pm", "at 23:00") -> "23:00"; a date ("on 2026-12-02 at 8am", "2026-12-02 08:00") ->
+  "2026-12-02T08:00"; "tonight" or "this evening" without a time -> "20:00", or none when it is 20:00
+  already (the request's time says). "overnight" is not a begin time.
+- Dependencies: "after job 3" / "once job 3 ..." / "when job 3 ..." -> after [3]; with "whatever
+  happens", "regardless", "even if it fails" ... -> after_any [3]. The job named is then one to wait
+  for, not one to act on.
+- Preemptible: "preemptible", "can be interrupted", "interruptible", "filler".
 - Jobs: "job 3" or "#3" with cancel/stop/kill -> cancel_job; with priority words -> set_priority;
   "why"/"waiting"/"pending" -> explain_job (without an id: list my jobs, then explain the waiting ones).
+- Reading: "quota" -> get_quotas; "reserved"/"reservation" -> list_reservations.
 It asks a question when the command or the GPU count is missing, or when a cancel gives no job id.
 The answer after a question fills in what is missing: the earlier request and the answer are merged,
 and the answer to "which command?" is taken whole as the command. After its tool calls it answers
@@ -20,7 +29,9 @@ from the tool results, never from its own guess. It never reads job names or com
 
 What it does not understand, among much else: "a couple of GPUs", "8xH100", a limit word after the
 duration ("4 hours max"), a job named rather than numbered, "2 or 4 GPUs" (it takes one instead of
-asking), a begin time, several jobs in one message. The harness scores what it does, so each gap
+asking), several jobs in one message, a clock time without am/pm or minutes ("at 11"), a weekday or a
+month name ("on Wednesday", "December 2"), "in 2 hours" as a begin time (it reads it as the estimate),
+several dependencies ("after jobs 3 and 4": it takes 3). The harness scores what it does, so each gap
 shows in the report as a failed scenario.
 """
 
@@ -29,6 +40,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import Any
 
 from agent.llm import ModelReply, ToolCall
@@ -55,6 +67,18 @@ _CANCEL = re.compile(r"\b(?:cancel|kill|stop|abort|remove|delete)\b(?!\s+it\s+af
 _CHANGE = re.compile(r"\b(?:set|change|raise|lower|bump|boost|make|increase|decrease)\b")
 _PRIORITY_WORDS = re.compile(r"\bprio(?:rity)?\b|\burgent\b|\basap\b")
 _EXPLAIN = re.compile(r"\bwhy\b|\bexplain\b|\bwaiting\b|\bpending\b|\bstuck\b|\bnot running\b")
+_QUOTA = re.compile(r"\bquotas?\b")
+_RESERVED = re.compile(r"\breserv(?:ed|ations?)\b")
+# A clock time counts only with am/pm or minutes: "at 2 GPUs" and "after 4 hours" are not times.
+_CLOCK = re.compile(r"\b(?:at|after|from|not before|no earlier than)\s+(\d{1,2})(?::(\d{2}))?\s*([ap]m)?\b")
+_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})(?:[ t](\d{2}:\d{2}))?\b")  # "2026-12-02", "2026-12-02 08:00"
+_TONIGHT = re.compile(r"\btonight\b|\bthis evening\b")
+TONIGHT_HOUR = 20  # "tonight" without a time is 20:00; agent.chat.SYSTEM_PROMPT says the same
+_AFTER_JOB = re.compile(r"\b(?:after|once|when|until)\s+(?:job\s*#?|#)(\d+)\b")
+_ANY_END = re.compile(r"\bwhatever\b|\bregardless\b|\bno matter\b|\bhowever it ends\b|\beven if it fails\b|"
+                      r"\b(?:succeeds|passes) or fails\b")
+_PREEMPTIBLE = re.compile(r"\bpre-?empt(?:ible|able)\b|\binterruptible\b|\bfiller\b|"
+                          r"\b(?:can|may) be (?:interrupted|pre-?empted)\b")
 ASK_COMMAND = "Which command should the job run (in backticks, or after --)?"
 ASK_GPUS = "How many GPUs does it need?"
 
@@ -70,7 +94,11 @@ class Request:
     command: str | None = None
     name: str | None = None
     job_id: int | None = None
-    intent: str | None = None  # cancel | priority | explain; None: a submission, if anything
+    intent: str | None = None  # cancel | priority | explain | quota | reservations; None: a submission, if anything
+    begin_at: str | None = None  # as submit_job takes it: "23:00", "2026-12-02T08:00"
+    after: tuple[int, ...] | None = None
+    after_any: tuple[int, ...] | None = None
+    preemptible: bool | None = None
 
     def merged(self, later: "Request") -> "Request":
         """An answer to our question fills in the earlier request; what it says wins."""
@@ -84,7 +112,35 @@ def _number(text: str) -> float:
     return float(_WORDS.get(text) or text)
 
 
-def parse_request(message: str) -> Request:
+def _clock_time(text: str) -> str | None:
+    """The first clock time after "at", "after", "from" ... as ``HH:MM``; 11pm is 23:00, 12am 00:00."""
+    for match in _CLOCK.finditer(text):
+        hour, minutes, half = int(match.group(1)), match.group(2), match.group(3)
+        if minutes is None and half is None:
+            continue
+        if half is not None:
+            if not 1 <= hour <= 12:
+                continue
+            hour = hour % 12 + (12 if half == "pm" else 0)
+        if hour <= 23 and int(minutes or 0) <= 59:
+            return f"{hour:02d}:{minutes or '00'}"
+    return None
+
+
+def begin_time(text: str, now: float | None) -> str | None:
+    """``begin_at`` for submit_job, from lower-case prose; ``now`` (Unix seconds) decides whether
+    "tonight" is still ahead."""
+    clock, date = _clock_time(text), _DATE.search(text)
+    if date is not None:
+        return f"{date.group(1)}T{date.group(2) or clock or '00:00'}"
+    if clock is not None:
+        return clock
+    if _TONIGHT.search(text):  # at 20:00 or later it is tonight already: start at once
+        return None if now is not None and datetime.fromtimestamp(now).hour >= TONIGHT_HOUR else f"{TONIGHT_HOUR}:00"
+    return None
+
+
+def parse_request(message: str, now: float | None = None) -> Request:
     command = next((m.group(1).strip() for p in _COMMAND if (m := p.search(message))), None)
     prose = message
     for pattern in _COMMAND:  # the command is data: nothing in it may set another field
@@ -101,17 +157,31 @@ def parse_request(message: str) -> Request:
         previous_end = match.end()
     job = _JOB_ID.search(text)
     job_id = int(job.group(1) or job.group(2)) if job else None
+    after = after_any = None
+    dependency = _AFTER_JOB.search(text)
+    if dependency is not None:  # the job named is one to wait for, not one to act on: a submission
+        ids = (int(dependency.group(1)),)
+        if _ANY_END.search(text):
+            after_any = ids
+        else:
+            after = ids
+        job_id = None
     number = _PRIORITY_N.search(text) or (_TO_N.search(text) if job_id is not None else None)
     priority = (int(number.group(1)) if number else LOW_PRIORITY if _LOW.search(text) else
                 URGENT_PRIORITY if _URGENT.search(text) else None)
-    intent = ("cancel" if _CANCEL.search(text) else
+    intent = (None if dependency is not None else
+              "cancel" if _CANCEL.search(text) else
               "priority" if job_id is not None and _CHANGE.search(text) and _PRIORITY_WORDS.search(text) else
-              "explain" if _EXPLAIN.search(text) else None)
+              "explain" if _EXPLAIN.search(text) else
+              "quota" if _QUOTA.search(text) else
+              "reservations" if _RESERVED.search(text) else None)
     gpus = _GPUS.search(text)
     name = _NAME.search(prose)
     return Request(
         gpu_count=int(_number(gpus.group(1))) if gpus else None, est_duration_s=est, time_limit_s=limit,
         priority=priority, command=command, name=name.group(1) if name else None, job_id=job_id, intent=intent,
+        begin_at=begin_time(text, now), after=after, after_any=after_any,
+        preemptible=True if _PREEMPTIBLE.search(text) else None,
     )
 
 
@@ -128,8 +198,9 @@ def current_request(messages: list[dict[str, Any]]) -> tuple[Request, str | None
     and the acting user."""
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
     last = users[-1]
-    text = _quoted(messages[last]).get("message", "")
-    request = parse_request(text)
+    quoted = _quoted(messages[last])
+    text, now = quoted.get("message", ""), quoted.get("time_unix")
+    request = parse_request(text, now)
     for earlier in reversed(users[:-1]):
         question = next((m.get("content") or "" for m in reversed(messages[earlier:last]) if m["role"] == "assistant"), "")
         if not question.rstrip().endswith("?"):
@@ -137,7 +208,7 @@ def current_request(messages: list[dict[str, Any]]) -> tuple[Request, str | None
         if "command" in question and request.command is None and request.gpu_count is None:
             request = Request(command=text.strip())  # the answer to "which command?" is the command
         text = _quoted(messages[earlier]).get("message", "")
-        request = parse_request(text).merged(request)
+        request = parse_request(text, now).merged(request)
         last = earlier
     return request, _quoted(messages[users[-1]]).get("user")
 
@@ -166,6 +237,10 @@ class RuleModel:
             if request.job_id is None:
                 return self._call(("list_queue", {"user": user}))
             return self._call(("explain_job", {"job_id": request.job_id}))
+        if request.intent == "quota":
+            return self._call(("get_quotas", {}))
+        if request.intent == "reservations":
+            return self._call(("list_reservations", {}))
         # Anything else is read as a submission.
         missing = [q for q, value in ((ASK_GPUS, request.gpu_count), (ASK_COMMAND, request.command)) if value is None]
         if missing:
@@ -174,6 +249,8 @@ class RuleModel:
             "name": request.name, "command": request.command, "gpu_count": request.gpu_count,
             "priority": request.priority, "est_duration_s": request.est_duration_s,
             "time_limit_s": request.time_limit_s, "cwd": None, "env": None, "max_retries": None,
+            "begin_at": request.begin_at, "after": request.after, "after_any": request.after_any,
+            "preemptible": request.preemptible,
         }))
 
     def _call(self, *calls: tuple[str, dict[str, Any]]) -> ModelReply:
@@ -208,4 +285,17 @@ def _describe(tool: str, result: dict[str, Any]) -> str:
         return f"Job {value['job_id']} is {value['status']}: {value['message']}{reason}."
     if tool in ("cancel_job", "set_priority"):
         return f"Job {value['id']} is {value['status']} with priority {value['priority']}."
+    if tool == "get_quotas":
+        default = value["default_user_quota"]
+        users = "; ".join(f"{u['user']}: {_limit(u['quota'])}, {u['in_use']} in use, {u['waiting_gpus']} waiting"
+                          for u in value["users"])
+        return f"GPU quotas (GPUs at once): {users or 'none set'}; anyone else: {_limit(default)}."
+    if tool == "list_reservations":
+        if not value:
+            return "No GPUs are reserved."
+        return " ".join(f"{r['node']} GPUs {r['gpus']} for {r['user'] or r['group']}." for r in value)
     return "Done."
+
+
+def _limit(quota: int | None) -> str:
+    return "no limit" if quota is None else f"{quota} GPUs"

@@ -2,7 +2,10 @@
 and no model, however wrong, can cause a violation."""
 
 import json
+import os
+import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
@@ -10,14 +13,14 @@ from agent.cli import main as herd_main
 from agent.llm import ModelReply, OpenAIModel, ToolCall
 from agent.loop import Bounds
 from evals import chat_eval as ce
-from evals.rule_model import RuleModel, parse_request
+from evals.rule_model import RuleModel, begin_time, parse_request
 from tools.models import JobStatus
 
 from tests.builders import job
 
-# Measured with RuleModel on the 56 scenarios in evals/scenarios (docs/evals.md, "Chat scenarios").
+# Measured with RuleModel on the 67 scenarios in evals/scenarios (docs/evals.md, "Chat scenarios").
 # A change here is a change of the baseline: say why in the commit.
-WANT_RULE_PASSED = 50
+WANT_RULE_PASSED = 61
 WANT_RULE_FAILED = {
     "ambiguous-either-count",  # "2 or 4 GPUs": takes 4 and submits instead of asking
     "limit-max-suffix",  # "4 hours max": the limit word after the duration is not seen
@@ -69,7 +72,23 @@ messages: ["2 GPUs -- x"]
     (BASE.replace("plain", "plian") + "expect: {refuse: {why: x}}", "category"),
     (BASE + "expect: {refuse: {why: x}\n", "not valid YAML"),
     (BASE.replace("user: ana", "user: ana smith") + "expect: {refuse: {why: x}}", "user: String should match"),
-], ids=["wrong-type", "nothing-scored", "two-expectations", "unknown-field", "unknown-category", "yaml", "user-name"])
+    (BASE + "expect: {submit: {begin_at: '25:00'}}", "expect.submit.begin_at: Value error, '25:00' is not a time of day"),
+    (BASE + "expect: {submit: {begin_at: tonight}}", "expect.submit.begin_at: Value error, 'tonight' is not a time"),
+    (BASE + "expect: {submit: {begin_after: '18:00'}}", "a begin window needs both begin_after and begin_before"),
+    (BASE + "expect: {submit: {begin_at: '20:00', begin_after: '18:00', begin_before: '23:59'}}", "not both"),
+    (BASE + "expect: {submit: {begin_after: '2026-12-02T10:00', begin_before: '2026-12-01T10:00'}}",
+     "begin_before '2026-12-01T10:00' is not after begin_after"),
+    (BASE + "expect: {submit: {begin_after: '18:00', begin_before: '23:59', begin_tolerance_s: 60}}",
+     "begin_tolerance_s is a tolerance on begin_at"),
+    (BASE + "expect: {submit: {after: 3}}", "expect.submit.after: Input should be a valid tuple"),
+    (BASE + "now: Monday\nexpect: {refuse: {why: x}}", "now: Value error, 'Monday' is not an ISO date and time"),
+    (BASE + "expect: {action: {tool: get_quotas, args: {job_id: 1}}}", "get_quotas takes args none, not ['job_id']"),
+    (BASE + "expect: {action: {tool: cancel_job}}", "cancel_job takes args ['job_id'], not none"),
+    (BASE + "expect: {action: {tool: reserve_gpus}}", "expect.action.tool: Input should be"),
+], ids=["wrong-type", "nothing-scored", "two-expectations", "unknown-field", "unknown-category", "yaml", "user-name",
+        "begin-not-a-clock-time", "begin-in-words", "half-a-window", "time-and-window", "window-backwards",
+        "tolerance-without-time",
+        "after-not-a-list", "now-not-a-time", "read-tool-with-args", "cancel-without-job", "no-reserving"])
 def test_a_bad_scenario_names_the_file_and_the_field(tmp_path, text, want):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -93,8 +112,10 @@ def test_the_rule_baseline_s_score_is_measured_not_assumed(rule_run):
     assert summary.violations == 0
     assert summary.passed == WANT_RULE_PASSED
     assert {o.name for o in outcomes if not o.passed} == WANT_RULE_FAILED
-    assert summary.by_kind["refuse"] == (11, 11)
-    assert summary.fields["gpu_count"] == (27, 29)
+    assert summary.by_kind["refuse"] == (12, 12)
+    assert summary.fields["gpu_count"] == (35, 37)
+    assert summary.fields["begin_at"] == (9, 9)
+    assert summary.by_category["dependency"] == (3, 3) and summary.by_category["tonight"] == (6, 6)
 
 
 def test_an_impossible_request_reaches_the_core_and_is_refused_there(rule_run):
@@ -115,11 +136,51 @@ def test_an_impossible_request_reaches_the_core_and_is_refused_there(rule_run):
     ("raise the priority of job 3 to 9", dict(job_id=3, priority=9, intent="priority")),
     ("stop #4 please", dict(job_id=4, intent="cancel")),
     ("why is job 2 waiting?", dict(job_id=2, intent="explain")),
+    ("start at 11pm, 4 GPUs for 6 hours -- x", dict(begin_at="23:00", est_duration_s=21600)),
+    ("after 6pm please, 1 GPU -- x", dict(begin_at="18:00")),
+    ("at 23:30, 1 GPU -- x", dict(begin_at="23:30")),
+    ("from 12am, 1 GPU -- x", dict(begin_at="00:00")),
+    ("not before 10pm, 1 GPU -- x", dict(begin_at="22:00")),
+    ("on 2026-12-02 at 8am, 1 GPU -- x", dict(begin_at="2026-12-02T08:00")),
+    ("begin 2026-12-02 07:15, 1 GPU -- x", dict(begin_at="2026-12-02T07:15")),
+    ("at 2 GPUs, at most 2h -- x", dict(begin_at=None, time_limit_s=7200, gpu_count=2)),
+    ("kill it after 4 hours, 1 GPU -- x", dict(begin_at=None, time_limit_s=14400)),
+    ("overnight, 8 GPUs -- x", dict(begin_at=None)),
+    ("1 GPU -- python a.py --at 11pm", dict(begin_at=None)),
+    ("run eval.py after job 3 finishes successfully, 1 GPU -- x",
+     dict(after=(3,), after_any=None, job_id=None, intent=None)),
+    ("once #3 is done, whatever happens, 1 GPU -- x", dict(after=None, after_any=(3,), job_id=None)),
+    ("when job 5 ends, even if it fails, cancel nothing, 1 GPU -- x", dict(after_any=(5,), intent=None)),
+    ("2 GPUs, after that I'll look at it -- x", dict(after=None, after_any=None, begin_at=None)),
+    ("low-priority filler, 2 GPUs -- x", dict(preemptible=True, priority=3)),
+    ("it can be interrupted any time, 1 GPU -- x", dict(preemptible=True)),
+    ("1 GPU -- python a.py --preemptible", dict(preemptible=None)),
+    ("what's my quota?", dict(intent="quota")),
+    ("are any GPUs reserved?", dict(intent="reservations")),
 ], ids=["hours", "minutes-backticks", "limit", "estimate-and-limit", "urgent", "not-urgent",
-        "command-is-data", "priority", "cancel", "explain"])
+        "command-is-data", "priority", "cancel", "explain", "begin-11pm", "begin-after-6pm", "begin-24h",
+        "begin-midnight", "begin-not-before", "begin-date-at", "begin-date-time", "no-begin-in-counts",
+        "no-begin-in-limit", "overnight-is-no-begin", "begin-in-command-is-data", "after", "after-any",
+        "after-any-not-cancel", "after-that-is-no-dependency", "filler", "interrupted",
+        "preemptible-in-command-is-data", "quota", "reservations"])
 def test_the_rule_model_reads(message, want):
     request = parse_request(message)
     assert {k: getattr(request, k) for k in want} == want
+
+
+def local(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+@pytest.mark.parametrize("now, want", [
+    ("2026-11-30T14:00", "20:00"),
+    ("2026-11-30T19:59", "20:00"),
+    ("2026-11-30T20:00", None),  # tonight already: at once
+    ("2026-11-30T23:30", None),
+])
+def test_tonight_is_20_00_until_it_is_evening_already(now, want):
+    assert begin_time("run it tonight", local(now)) == want
+    assert begin_time("run it tonight at 11pm", local(now)) == "23:00"  # a time given wins
 
 
 # -- models that are wrong ---------------------------------------------------------------------
@@ -195,6 +256,112 @@ def test_double_booking_and_oversize_jobs_are_violations():
 ], ids=["estimate-close", "estimate-off", "no-estimate", "limit-exact", "command-exact"])
 def test_field_matches(name, want, got, ok):
     assert ce.field_matches(name, want, got, tolerance=0.1) is ok
+
+
+def test_dependencies_are_compared_as_sets():
+    assert ce.field_matches("after", (3, 4), (4, 3), tolerance=0.1)
+    assert not ce.field_matches("after", (3,), (), tolerance=0.1)
+    assert not ce.field_matches("after_any", (), (3,), tolerance=0.1)
+
+
+NOW = local(ce.DEFAULT_NOW)  # Monday 2026-11-30 14:00, local time
+
+
+@pytest.mark.parametrize("expect, begin_at, ok", [
+    ({"begin_at": "23:00"}, "2026-11-30T23:00", True),
+    ({"begin_at": "23:00"}, "2026-11-30T23:04", True),  # within the default 300 s
+    ({"begin_at": "23:00"}, "2026-11-30T23:10", False),
+    ({"begin_at": "23:00"}, "2026-12-01T23:00", False),  # the next 23:00 is this evening's
+    ({"begin_at": "23:00"}, None, False),  # no begin time: it may start at once
+    ({"begin_at": "23:00", "begin_tolerance_s": 0}, "2026-11-30T23:01", False),
+    ({"begin_at": "2026-12-02T08:00"}, "2026-12-02T08:00", True),
+    ({"begin_at": "2026-12-02T08:00"}, "2026-11-30T08:00", False),  # today's 08:00 is past: at once
+    ({"begin_at": None}, None, True),
+    ({"begin_at": None}, "2026-11-30T13:00", True),  # a begin time already past means at once
+    ({"begin_at": None}, "2026-11-30T20:00", False),
+    ({"begin_after": "18:00", "begin_before": "23:59"}, "2026-11-30T20:00", True),
+    ({"begin_after": "18:00", "begin_before": "23:59"}, "2026-11-30T18:00", True),
+    ({"begin_after": "18:00", "begin_before": "23:59"}, "2026-11-30T17:00", False),
+    ({"begin_after": "18:00", "begin_before": "23:59"}, "2026-12-01T20:00", False),  # tomorrow evening
+    ({"begin_after": "18:00", "begin_before": "23:59"}, None, False),
+], ids=["exact", "within-tolerance", "outside-tolerance", "a-day-late", "missing", "no-tolerance", "date",
+        "date-today-instead", "none-wanted-none-given", "none-wanted-past-given", "none-wanted-one-given",
+        "window-inside", "window-edge", "window-early", "window-tomorrow", "window-missing"])
+def test_the_begin_time_is_scored_against_the_scenario_s_now(expect, begin_at, ok):
+    want = ce.SubmitExpect.model_validate(expect)
+    got = job(1, submit=NOW, begin_at=None if begin_at is None else local(begin_at))
+    assert want.scored() == ["begin_at"]
+    assert ce.begin_matches(want, got, NOW) is ok
+
+
+class SubmitsAt:
+    """Submits the scenario's request right, with the begin time it was built with."""
+
+    def __init__(self, begin_at):
+        self.name = f"submits-at-{begin_at}"
+        self.begin_at = begin_at
+
+    def complete(self, messages, tools, timeout_s):
+        if messages[-1]["role"] == "tool":
+            return ModelReply(content="Done.")
+        arguments = dict(name=None, command="python night.py", gpu_count=4, priority=None, est_duration_s=21600,
+                         time_limit_s=None, cwd=None, env=None, max_retries=None, begin_at=self.begin_at)
+        return ModelReply(content=None, tool_calls=(ToolCall("c1", "submit_job", json.dumps(arguments)),))
+
+
+@pytest.mark.parametrize("begin_at, note", [
+    ("23:00", ""),
+    ("2026-11-30 23:00", ""),
+    ("+9h", ""),  # 14:00 + 9 h
+    ("22:00", "begin_at: want 2026-11-30 23:00 (within 300 s), got 2026-11-30 22:00"),
+    ("2026-12-01 23:00", "begin_at: want 2026-11-30 23:00 (within 300 s), got 2026-12-01 23:00"),
+    (None, "begin_at: want 2026-11-30 23:00 (within 300 s), got at once"),
+    ("now", "begin_at: want 2026-11-30 23:00 (within 300 s), got at once"),
+], ids=["clock", "iso", "relative", "wrong-time", "wrong-day", "missing", "now"])
+def test_a_submission_through_the_core_passes_only_at_the_right_time(scenarios, begin_at, note):
+    (scenario,) = [s for s in scenarios if s.name == "tonight-at-time"]
+    outcome = ce.run_scenario(scenario, SubmitsAt(begin_at))
+    assert outcome.passed is (note == "")
+    assert outcome.note == note
+    assert {f for f, ok in outcome.fields.items() if not ok} == ({"begin_at"} if note else set())
+
+
+def test_a_scenario_s_now_is_when_its_messages_arrive(scenarios):
+    (late,) = [s for s in scenarios if s.name == "tonight-late-evening"]
+    assert late.now_unix == local("2026-11-30T21:30")
+    cluster = ce.Cluster.build(late.cluster, late.name, late.now_unix)
+    assert cluster.clock.now() == late.now_unix
+    assert ce.Cluster.build(late.cluster, late.name).clock.now() == NOW  # the default
+    assert late.expect.submit.begin_window(late.now_unix) == (late.now_unix, local("2026-11-30T23:59"))
+
+
+def test_the_begin_times_hold_in_another_time_zone(scenarios, monkeypatch):
+    """Scenario times, the tools' "23:00" and the rule model's "tonight" are all this machine's local time."""
+    tonight = [s for s in scenarios if s.category == "tonight"]
+    old = os.environ.get("TZ")
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30: an hour boundary in UTC is not one here
+    time.tzset()
+    try:
+        outcomes, summary = ce.evaluate(tonight, RuleModel())
+    finally:
+        if old is None:
+            monkeypatch.delenv("TZ")
+        else:
+            monkeypatch.setenv("TZ", old)
+        time.tzset()
+    assert [o.note for o in outcomes if not o.passed] == []
+    assert summary.fields["begin_at"] == (6, 6)
+
+
+def test_an_action_on_a_read_tool_changes_nothing_and_needs_the_call(scenarios):
+    (quota,) = [s for s in scenarios if s.name == "explain-quota"]
+    assert quota.expect.action.args == {}
+    before = ce.Cluster.build(quota.cluster, quota.name).store.list_jobs()
+    called = [{"tool": "get_quotas", "arguments": {}, "verdict": "ok", "detail": "done"}]
+    assert ce.judge(quota, before, before, ["..."], called, "answered", 8).passed
+    assert not ce.judge(quota, before, before, ["..."], [], "answered", 8).passed  # answered without reading
+    listed = [{"tool": "list_reservations", "arguments": {}, "verdict": "ok", "detail": "done"}]
+    assert not ce.judge(quota, before, before, ["..."], listed, "answered", 8).passed
 
 
 # -- the command --------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ nodes), keeping clear of reservations it is not admitted to; ``book`` then holds
 job's expected run time. EASY backfill plans the first job that must wait; ``estimate_starts`` plans
 every waiting job in a policy's order, each after the ones before it.
 
-The plan is an estimate: jobs end early, estimates are wrong and new jobs arrive. A GPU booked until
-``t`` counts as busy until then, even if it is idle for a while before its booking starts, so
-estimates err late, never early.
+The plan is an estimate: jobs end early, estimates are wrong and new jobs arrive. A GPU booked for a
+job counts as busy from the moment it comes free, even if the job starts a little later (waiting for
+the rest of its GPUs), so estimates err late rather than early; only a job held back by its begin
+time or dependencies leaves the gap before it open to others.
 """
 
 from __future__ import annotations
@@ -139,12 +140,14 @@ class Timeline:
                 return Slot(t, t + duration, gpus[: job.gpu_count])
         return None
 
-    def book(self, slot: Slot) -> None:
-        """Hold the slot's GPUs for its job. A GPU that comes free before the slot starts keeps that
-        gap for others: it is blocked from the slot's start instead."""
+    def book(self, slot: Slot, *, keep_gap: bool = False) -> None:
+        """Hold the slot's GPUs for its job. With ``keep_gap`` (a job held back by its begin time or
+        its dependencies, often for hours), a GPU that comes free before the slot starts stays open
+        to others until then; otherwise the GPU counts as busy from when it comes free, as in plain
+        list scheduling (the gaps are short, and ignoring them keeps planning cheap)."""
         later: dict[str, set[int]] = {}
         for node, gpu in slot.gpus:
-            if self._free_at[node][gpu] < slot.start:
+            if keep_gap and self._free_at[node][gpu] < slot.start:
                 later.setdefault(node, set()).add(gpu)
             else:
                 self._free_at[node][gpu] = slot.end
@@ -167,10 +170,11 @@ def estimate_starts(snapshot: Snapshot, order: Iterable[Job], *, limit: int = 50
         after = _dependencies_end(snapshot, job, planned_end)
         if after is None:
             continue
-        slot = timeline.earliest(job, not_before=max(job.not_before or 0.0, after))
+        not_before = max(job.not_before or 0.0, after)
+        slot = timeline.earliest(job, not_before=not_before)
         if slot is None:
             continue
-        timeline.book(slot)
+        timeline.book(slot, keep_gap=not_before > snapshot.now)
         starts[job.id] = slot.start
         planned_end[job.id] = slot.end
     return starts

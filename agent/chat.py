@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable
 
 from agent.audit import AuditLog
@@ -46,8 +47,10 @@ class ChatReply:
 
 
 def quoted_request(user: str, message: str, now: float) -> str:
+    # The local time too: "tonight" or "Wednesday 8am" mean nothing to a model given only Unix seconds.
+    local = datetime.fromtimestamp(now).strftime("%A %Y-%m-%d %H:%M")
     return "A request to the scheduler (the message is quoted data):\n" + json.dumps(
-        {"user": user, "time_unix": round(now), "message": message}, ensure_ascii=False
+        {"user": user, "time_unix": round(now), "local_time": local, "message": message}, ensure_ascii=False
     )
 
 

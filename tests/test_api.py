@@ -89,8 +89,8 @@ def api(make_api) -> Api:
 def test_submit_answers_201_with_id_status_and_position(api):
     first = api.submit(gpu_count=2, priority=3)
     assert first.status_code == 201
-    assert first.json() == {"job_id": 1, "status": "queued", "position": 1}
-    assert api.submit(priority=9).json() == {"job_id": 2, "status": "queued", "position": 1}
+    assert first.json() == {"job_id": 1, "status": "queued", "position": 1, "not_before": None}
+    assert api.submit(priority=9).json() == {"job_id": 2, "status": "queued", "position": 1, "not_before": None}
     assert api.submit(priority=1).json()["position"] == 3
 
 

@@ -106,10 +106,12 @@ def test_a_dependency_on_an_unknown_job_is_422(api):
 
 
 def test_submission_keeps_dependencies_and_preemptible(api):
-    first = api.submit_ok()
-    job = api.job(api.submit_ok(after=[first], after_any=[first], preemptible=True))
-    assert (job["after"], job["after_any"], job["preemptible"], job["preemptions"]) == ([first], [first], True, 0)
+    first, second = api.submit_ok(), api.submit_ok()
+    job = api.job(api.submit_ok(after=[first], after_any=[second], preemptible=True))
+    assert (job["after"], job["after_any"], job["preemptible"], job["preemptions"]) == ([first], [second], True, 0)
     assert api.job(first)["preemptible"] is False
+    both = api.submit(after=[first], after_any=[first])
+    assert both.status_code == 422 and "in both after and after_any" in both.json()["detail"]
 
 
 # -- why and when ------------------------------------------------------------------------------------

@@ -212,15 +212,16 @@ def test_cancel_a_finished_job_is_a_conflict(herd, server):
 
 @needs_tmux
 def test_submit_deferred_dependent_preemptible_and_show_it(herd, server):
-    done = server.submit(command="true")["job_id"]
+    done, other = server.submit(command="true")["job_id"], server.submit(command="false", max_retries=0)["job_id"]
     server.wait_for(done, "completed")
-    code, out, _ = herd("submit", "--begin", "+2h", "--after", str(done), "--after-any", f"{done},{done}",
+    server.wait_for(other, "failed")
+    code, out, _ = herd("submit", "--begin", "+2h", "--after", str(done), "--after-any", f"{other},{other}",
                         "--preemptible", "--", "true")
     assert code == 0 and out.startswith("Submitted job ")
     job_id = int(out.split()[2])
     try:
         job = server.job(job_id)
-        assert (job["after"], job["after_any"], job["preemptible"]) == ([done], [done, done], True)
+        assert (job["after"], job["after_any"], job["preemptible"]) == ([done], [other, other], True)
         assert 2 * 3600 - 60 < job["begin_at"] - time.time() <= 2 * 3600
         server_said = server.wait_for(job_id, "queued")
         code, out, _ = herd("show", str(job_id))

@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class JobStatus(StrEnum):
@@ -139,6 +139,13 @@ class JobSpec(BaseModel):
             if key in RESERVED_ENV:
                 raise ValueError(f"{key} is set by gpuherd for each job and cannot be overridden")
         return v
+
+    @model_validator(mode="after")
+    def _dependencies_once(self) -> JobSpec:
+        both = sorted(set(self.after) & set(self.after_any))
+        if both:
+            raise ValueError(f"job(s) {', '.join(map(str, both))} are in both after and after_any; name each once")
+        return self
 
     @property
     def depends_on(self) -> tuple[int, ...]:

@@ -257,6 +257,7 @@ class Submitted(BaseModel):
     job_id: int
     status: JobStatus
     position: int | None
+    not_before: float | None = None  # the begin time it waits for (Unix seconds), if any
 
 
 def submit_job(ctx: ToolContext, args: SubmitJob) -> Submitted:
@@ -268,7 +269,7 @@ def submit_job(ctx: ToolContext, args: SubmitJob) -> Submitted:
         given["begin_at"] = _when("begin_at", args.begin_at, ctx.orchestrator.clock.now())
     spec = JobSpec(user=ctx.actor, env=env, **given)  # pydantic.ValidationError names the field at fault
     job = ctx.orchestrator.submit(spec)
-    return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id))
+    return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id), not_before=job.not_before)
 
 
 def queue_position(ctx: ToolContext, job_id: int) -> int | None:

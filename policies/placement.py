@@ -76,8 +76,16 @@ class Placer:
         self._head_gpus: dict[str, frozenset[int]] = {}
         self._after_head = 0  # jobs examined since the head was planned
         self._started_jobs: list[tuple[Job, tuple[tuple[str, int], ...]]] = []
+        self._started_ids: set[int] = set()
         self.starts: list[Proposal] = []
         self.waiting: dict[int, Wait] = {}
+        # Jobs others were preempted for go first, whatever the policy's order, so that the GPUs
+        # freed for them are theirs; the policy's pass then finds them already offered.
+        self._first: dict[int, Offer] = {}
+        for job_id in snapshot.first:
+            job = snapshot.jobs_by_id.get(job_id)
+            if job is not None and job.status == JobStatus.QUEUED:
+                self._first[job_id] = self.offer(job)
 
     @property
     def free_gpus(self) -> int:
@@ -129,9 +137,12 @@ class Placer:
 
     def offer(self, job: Job) -> Offer:
         """Start ``job`` now if it may and fits; otherwise record why it waits."""
+        first = self._first.get(job.id)
+        if first is not None:
+            return Offer.WAITS if first == Offer.SIZE_FULL else first  # its size may still fit others
         if self.head_slot is not None:
             self._after_head += 1
-        wait = begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job)
+        wait = begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job) or self._made_room_wait(job)
         if wait is not None:
             self.waiting[job.id] = wait
             return Offer.WAITS
@@ -199,6 +210,13 @@ class Placer:
         # No time here: the estimate is shown beside the reason, and a reason that changed each pass
         # would be rewritten each pass.
         self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; first in line, GPUs are held back for it")
+
+    def _made_room_wait(self, job: Job) -> Wait | None:
+        """A job stopped to make room waits until the job it was stopped for has started."""
+        other = self.snapshot.jobs_by_id.get(job.preempted_for) if job.preempted_for is not None else None
+        if other is None or other.status != JobStatus.QUEUED or other.id in self._started_ids:
+            return None
+        return Wait(PendingReason.PRIORITY, f"was preempted for job {other.id}; starts again once that job has started")
 
     def _dependency_wait(self, job: Job) -> Wait | None:
         if not job.after and not job.after_any:
@@ -337,6 +355,7 @@ class Placer:
     def _started(self, job: Job, allocation: Allocation) -> None:
         proposal = Proposal.on(job.id, allocation)
         self.starts.append(proposal)
+        self._started_ids.add(job.id)
         self._started_jobs.append((job, proposal.gpus))
         self._user_use[job.user] = self._user_use.get(job.user, 0) + job.gpu_count
         group = self._rules.group_of(job.user)
@@ -370,7 +389,7 @@ class Placer:
         return Decisions(
             starts=tuple(self.starts),
             waiting=Reasons(self.snapshot, self.waiting, started),
-            preemptions=choose_preemptions(self.snapshot, self.waiting, self._counts(), started),
+            preemptions=choose_preemptions(self.snapshot, self.waiting, self._free_on, started),
             planned=planned,
         )
 

@@ -14,7 +14,7 @@ needs while its first ones take their grace period to checkpoint.
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Mapping, MutableMapping
+from typing import Callable, Iterable, Mapping, MutableMapping
 
 from tools.models import Job, JobStatus, PendingReason, StopReason
 from tools.queue import local_time
@@ -24,38 +24,40 @@ from policies.snapshot import Preemption, Snapshot, Wait
 MAX_WAITING_EXAMINED = 16  # waiting jobs considered per pass; each costs a search over the running ones
 
 
-def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait], free: Mapping[str, int],
-                       started: frozenset[int]) -> tuple[Preemption, ...]:
+def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait],
+                       free_on: Callable[[str], Iterable[int]], started: frozenset[int]) -> tuple[Preemption, ...]:
+    """``free_on(node)``: the GPUs of ``node`` still free after this pass's starts."""
     out = list(_reservation_preemptions(snapshot))
     gap = snapshot.rules.preempt_priority_gap
     if gap is None:
         return tuple(out)
     taken = {p.job_id for p in out}
     victims = _candidates(snapshot, taken)
-    stopping: dict[str, int] = {}  # node -> GPUs of jobs already being preempted
+    stopping: dict[str, set[int]] = {}  # node -> GPUs of jobs already being preempted
     for job in snapshot.holding:
-        if job.stop_reason == StopReason.PREEMPT and job.allocation is not None:
-            stopping[job.allocation.node] = stopping.get(job.allocation.node, 0) + job.gpu_count
+        if job.stop_reason == StopReason.PREEMPT and job.allocation is not None and not job.allocation.more:
+            stopping.setdefault(job.allocation.node, set()).update(job.allocation.gpus)
     if not victims and not stopping:
         return tuple(out)
-    free = dict(free)
     jobs = snapshot.jobs_by_id
+    claimed: dict[str, set[int]] = {}  # GPUs promised to an earlier waiting job of this pass
     needy = [jobs[i] for i, w in waiting.items() if w.reason == PendingReason.RESOURCES and i not in started]
     for job in needy[:MAX_WAITING_EXAMINED]:
         if job.gpu_count > snapshot.layout.largest_usable_node:
             continue  # multi-node jobs wait for whole nodes to free themselves
-        covered = next((n for n, c in stopping.items() if c and free.get(n, 0) + c >= job.gpu_count), None)
+        room = _Room(snapshot, job, free_on, claimed)
+        covered = next((n for n, gpus in stopping.items() if len(room.usable(n, room.free(n) | gpus)) >= job.gpu_count),
+                       None)
         if covered is not None:
-            free[covered] = free.get(covered, 0) + stopping.pop(covered) - job.gpu_count
-            _note(waiting, job, "jobs being preempted on " + covered + " will make room")
+            room.claim(covered, room.free(covered) | stopping[covered])
+            _note(waiting, job, f"jobs being preempted on {covered} will make room")
             continue
         eligible = [v for v in victims if v.priority <= job.priority - gap]
-        choice = _cheapest(job, eligible, free, stopping, snapshot)
+        choice = _cheapest(job, eligible, room, stopping, snapshot)
         if choice is None:
             continue
         node, chosen = choice
-        freed = sum(v.gpu_count for v in chosen)
-        free[node] = free.get(node, 0) + stopping.pop(node, 0) + freed - job.gpu_count
+        room.claim(node, room.free(node) | stopping.get(node, set()) | {g for v in chosen for g in v.allocation.gpus})
         chosen_ids = {v.id for v in chosen}
         victims = [v for v in victims if v.id not in chosen_ids]
         for v in chosen:
@@ -63,6 +65,33 @@ def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait], f
                                         f"{v.priority})", for_job=job.id))
         _note(waiting, job, "preempting job(s) " + ", ".join(str(v.id) for v in chosen) + " to make room")
     return tuple(out)
+
+
+class _Room:
+    """The GPUs of a node that could serve one waiting job: usable (healthy, not drained), not kept
+    from it by a reservation over its run, not promised to an earlier waiting job of this pass."""
+
+    def __init__(self, snapshot: Snapshot, job: Job, free_on: Callable[[str], Iterable[int]],
+                 claimed: dict[str, set[int]]) -> None:
+        self._usable = snapshot.layout.usable_set
+        self._free_on = free_on
+        self._claimed = claimed
+        end = snapshot.now + snapshot.rules.runtime(job)
+        group = snapshot.rules.group_of(job.user)
+        self._kept: dict[str, set[int]] = {}
+        for r in snapshot.reservations:
+            if r.covers(snapshot.now, end) and not r.admits(job.user, group):
+                self._kept.setdefault(r.node, set()).update(r.gpus)
+
+    def free(self, node: str) -> set[int]:
+        return set(self._free_on(node))
+
+    def usable(self, node: str, gpus: Iterable[int]) -> set[int]:
+        kept = self._kept.get(node, set()) | self._claimed.get(node, set())
+        return {g for g in gpus if g in self._usable.get(node, ()) and g not in kept}
+
+    def claim(self, node: str, gpus: set[int]) -> None:
+        self._claimed.setdefault(node, set()).update(gpus)
 
 
 def _reservation_preemptions(snapshot: Snapshot):
@@ -94,17 +123,20 @@ def _candidates(snapshot: Snapshot, taken: set[int]) -> list[Job]:
     ]
 
 
-def _cheapest(job: Job, eligible: list[Job], free: Mapping[str, int], stopping: Mapping[str, int],
+def _cheapest(job: Job, eligible: list[Job], room: _Room, stopping: Mapping[str, set[int]],
               snapshot: Snapshot) -> tuple[str, tuple[Job, ...]] | None:
-    """The node where the fewest victims free enough GPUs, then the lowest in priority, then the
-    least excess, then the first node."""
-    by_node: dict[str, list[Job]] = {}
+    """The node where the fewest victims make room, then the lowest in priority, then the least
+    excess, then the first node. A victim's GPUs count only where they would serve ``job``."""
+    by_node: dict[str, list[tuple[Job, int]]] = {}  # node -> (victim, GPUs it would free for job)
     for v in eligible:
-        by_node.setdefault(v.allocation.node, []).append(v)  # type: ignore[union-attr]
+        node = v.allocation.node  # type: ignore[union-attr]
+        gain = len(room.usable(node, v.allocation.gpus))  # type: ignore[union-attr]
+        if gain:
+            by_node.setdefault(node, []).append((v, gain))
     needs: dict[str, tuple[int, int]] = {}  # node -> (fewest victims, GPUs needed)
     for node, here in by_node.items():
-        need = job.gpu_count - free.get(node, 0) - stopping.get(node, 0)
-        fewest = _fewest_count(here, need)
+        need = job.gpu_count - len(room.usable(node, room.free(node) | stopping.get(node, set())))
+        fewest = _fewest_count([gain for _, gain in here], need)
         if need > 0 and fewest is not None:
             needs[node] = (fewest, need)
     if not needs:
@@ -115,20 +147,20 @@ def _cheapest(job: Job, eligible: list[Job], free: Mapping[str, int], stopping: 
     for node, (k, need) in needs.items():
         if k != least:
             continue  # only the nodes needing the fewest victims are searched
-        chosen = min((c for c in combinations(by_node[node], k) if sum(v.gpu_count for v in c) >= need),
-                     key=lambda c: (sum(v.priority for v in c), sum(v.gpu_count for v in c), tuple(v.id for v in c)))
-        cost = (sum(v.priority for v in chosen), sum(v.gpu_count for v in chosen) - need, order[node])
+        chosen = min((c for c in combinations(by_node[node], k) if sum(gain for _, gain in c) >= need),
+                     key=lambda c: (sum(v.priority for v, _ in c), sum(gain for _, gain in c), tuple(v.id for v, _ in c)))
+        cost = (sum(v.priority for v, _ in chosen), sum(gain for _, gain in chosen) - need, order[node])
         if best is None or cost < best[0]:
-            best = (cost, node, chosen)
+            best = (cost, node, tuple(v for v, _ in chosen))
     return (best[1], best[2]) if best is not None else None
 
 
-def _fewest_count(jobs: list[Job], need: int) -> int | None:
-    """How many of ``jobs`` at least must stop to free ``need`` GPUs (the largest first); None if all
-    of them are not enough."""
+def _fewest_count(gains: list[int], need: int) -> int | None:
+    """How many victims at least must stop to free ``need`` GPUs (the largest first); None if all of
+    them are not enough."""
     freed = 0
-    for k, gpus in enumerate(sorted((v.gpu_count for v in jobs), reverse=True), start=1):
-        freed += gpus
+    for k, gain in enumerate(sorted(gains, reverse=True), start=1):
+        freed += gain
         if freed >= need:
             return k
     return None

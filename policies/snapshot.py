@@ -93,6 +93,7 @@ class Snapshot:
     rules: Rules = DEFAULT_RULES
     reservations: tuple[Reservation, ...] = ()  # those not yet over
     ended: Mapping[int, JobStatus] = field(default_factory=dict)  # how the ended jobs that waiting jobs depend on ended
+    first: tuple[int, ...] = ()  # waiting jobs others were preempted for: offered before the policy's order
     known_layout: Layout | None = field(default=None, compare=False, repr=False)  # reused if it is of ``nodes``
 
     @once

@@ -226,6 +226,7 @@ class JobIndex:
         self._explained: set[int] = set()  # waiting jobs whose reason is their own (see ``explained``)
         self._timed: set[int] = set()  # running jobs with a time limit
         self._dependent: set[int] = set()  # waiting jobs that run after other jobs
+        self._preempted_for: dict[int, int] = {}  # active job stopped to make room -> the job it was stopped for
         self._shared = False  # whether a view holds ``_held``
         self.version = 0  # counts changes
         for job in jobs:
@@ -252,6 +253,11 @@ class JobIndex:
         """Waiting jobs that run after other jobs."""
         with self._lock:
             return [self._table.get(i) for i in self._dependent]
+
+    def preempted_for(self) -> set[int]:
+        """The jobs that active jobs were stopped (or are being stopped) to make room for."""
+        with self._lock:
+            return set(self._preempted_for.values())
 
     def view(self) -> ActiveJobs:
         with self._lock:
@@ -308,6 +314,10 @@ class JobIndex:
                 self._dependent.add(job.id)
             else:
                 self._dependent.discard(job.id)
+            if active and job.preempted_for is not None:
+                self._preempted_for[job.id] = job.preempted_for
+            else:
+                self._preempted_for.pop(job.id, None)
             if explained(job):
                 self._explained.add(job.id)
             else:

@@ -110,6 +110,7 @@ class Orchestrator:
             rules=self.rules,
             reservations=tuple(r for r in self._reservations if r.end > now),
             ended=self._ended_dependencies(),
+            first=tuple(sorted(self.queue.index.preempted_for())),
             known_layout=self._layout,
         )
 
@@ -380,7 +381,7 @@ class Orchestrator:
                                                  message=f"preemption refused: {problem}"))
                 continue
             job = snapshot.jobs_by_id[p.job_id]
-            self.queue.update(job, now=now, kind="preempting", stop_reason=StopReason.PREEMPT,
+            self.queue.update(job, now=now, kind="preempting", stop_reason=StopReason.PREEMPT, preempted_for=p.for_job,
                               message=f"{job.display_name}: {p.why}; SIGTERM, then SIGKILL after "
                               f"{self.preempt_grace_s:g} s, then requeued")
             self.executor.stop(job.id, now, self.preempt_grace_s)

@@ -163,6 +163,7 @@ class JobQueue:
             if changes.get("allocation") is None:
                 raise ValueError("a job is scheduled onto an allocation")
             fields["attempts"] = job.attempts + 1
+            fields["preempted_for"] = None
         if to == JobStatus.RUNNING:
             fields["start_time"] = now
         if to in TERMINAL:

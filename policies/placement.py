@@ -212,11 +212,14 @@ class Placer:
         self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; first in line, GPUs are held back for it")
 
     def _made_room_wait(self, job: Job) -> Wait | None:
-        """A job stopped to make room waits until the job it was stopped for has started."""
-        other = self.snapshot.jobs_by_id.get(job.preempted_for) if job.preempted_for is not None else None
-        if other is None or other.status != JobStatus.QUEUED or other.id in self._started_ids:
+        """A job stopped to make room waits while the job it was stopped for (offered first) still
+        waits for GPUs; not once that job has started, or waits for something room cannot give."""
+        if job.preempted_for is None:
             return None
-        return Wait(PendingReason.PRIORITY, f"was preempted for job {other.id}; starts again once that job has started")
+        other = self.waiting.get(job.preempted_for)
+        if other is None or other.reason != PendingReason.RESOURCES:
+            return None
+        return Wait(PendingReason.PRIORITY, f"was preempted for job {job.preempted_for}; starts again once that job has started")
 
     def _dependency_wait(self, job: Job) -> Wait | None:
         if not job.after and not job.after_any:

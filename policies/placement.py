@@ -88,10 +88,6 @@ class Placer:
                 self._first[job_id] = self.offer(job)
 
     @property
-    def free_gpus(self) -> int:
-        return self._free_total
-
-    @property
     def done(self) -> bool:
         """Whether no later job of the pass may start: strict order is blocked, or backfill has
         examined as many jobs past its plan as the rules allow."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from tools.models import Job, JobStatus, Reservation
+from tools.models import Job, JobStatus, PendingReason, Reservation
 
 from policies.rules import Rules
 from policies.snapshot import Snapshot
@@ -160,13 +160,17 @@ class Timeline:
 def estimate_starts(snapshot: Snapshot, order: Iterable[Job], *, limit: int = 500) -> dict[int, float]:
     """Planned start of each waiting job, taking them in ``order`` (the policy's), each planned as
     early as it fits after the ones before it (and after the jobs it depends on). Jobs that cannot be
-    planned (never fit, a dependency that will never be met, past ``limit``) are left out."""
+    planned (never fit, a dependency that will never be met, past ``limit``) are left out, and so are
+    jobs a quota holds back: when they may start depends on their user's other jobs ending, which
+    the plan does not follow."""
     timeline = Timeline(snapshot)
     planned_end: dict[int, float] = {j.id: snapshot.rules.expected_end(j, snapshot.now) for j in snapshot.holding}
     starts: dict[int, float] = {}
     for i, job in enumerate(order):
         if i >= limit:
             break
+        if job.pending_reason == PendingReason.QUOTA_EXCEEDED:
+            continue
         after = _dependencies_end(snapshot, job, planned_end)
         if after is None:
             continue

@@ -171,3 +171,11 @@ def test_a_job_planned_for_later_leaves_the_gap_before_it_to_others():
     longer = snap(job(1, gpus=1, est=HOUR, not_before=10 * HOUR, submit=0),
                   job(2, gpus=4, est=12 * HOUR, submit=1), now=0.0)
     assert estimate_starts(longer, [longer.jobs_by_id[1], longer.jobs_by_id[2]]) == {1: 10 * HOUR, 2: 11 * HOUR}
+
+
+def test_a_job_a_quota_holds_back_gets_no_estimate():
+    from tools.models import PendingReason
+
+    held = job(1, gpus=1, submit=0).model_copy(update={"pending_reason": PendingReason.QUOTA_EXCEEDED})
+    s = snap(held, job(2, gpus=1, submit=1), now=0.0)
+    assert estimate_starts(s, [s.jobs_by_id[1], s.jobs_by_id[2]]) == {2: 0.0}

@@ -22,7 +22,7 @@ from tools.index import Ordering
 from tools.models import Job
 
 from policies.placement import Entries, Placer, offer_in_order
-from policies.rules import Weights
+from policies.rules import Weights, expected_runtime
 from policies.snapshot import Decisions, Snapshot
 
 DEFAULT_RUNTIME_S = 3600.0
@@ -91,7 +91,7 @@ class MultifactorPolicy:
         return (job.priority - 1) / 9
 
     def size_factor(self, job: Job) -> float:
-        runtime = job.time_limit_s or job.est_duration_s or self.default_runtime_s
+        runtime = expected_runtime(job, self.default_runtime_s)
         return 1.0 / (1.0 + job.gpu_count * runtime / 3600.0 / self.weights.size_unit_gpu_hours)
 
     def _fixed_key(self, job: Job) -> tuple:
@@ -132,7 +132,7 @@ class MultifactorPolicy:
         waited = max(0.0, snapshot.now - job.submit_time)
         share = fair_share_factors(snapshot, {j.user for j in snapshot.queued} | {job.user})[job.user]
         used = snapshot.usage_now(job.user)
-        runtime = job.time_limit_s or job.est_duration_s or self.default_runtime_s
+        runtime = expected_runtime(job, self.default_runtime_s)
         return Explanation(job.id, (
             Factor("priority", self.priority_factor(job), w.priority, f"priority {job.priority} of 10"),
             Factor("age", waited / w.age_unit_s, w.age, f"waited {waited / 3600:.1f} h; +1 every {w.age_unit_s / 3600:g} h"),

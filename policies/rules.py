@@ -12,6 +12,15 @@ from typing import Mapping
 from tools.models import Job
 
 
+def expected_runtime(job: Job, default_s: float) -> float:
+    """How long ``job`` is expected to run: its time limit, else its estimate, else ``default_s``."""
+    if job.time_limit_s is not None:
+        return job.time_limit_s
+    if job.est_duration_s is not None:
+        return job.est_duration_s
+    return default_s
+
+
 @dataclass(frozen=True)
 class Weights:
     """The multifactor priority: ``priority * P + age * A + fair_share * F + size * S``.
@@ -52,12 +61,7 @@ class Rules:
         return self.user_quota.get(user, self.default_user_quota)
 
     def runtime(self, job: Job) -> float:
-        """How long ``job`` is expected to run: its time limit, else its estimate, else the default."""
-        if job.time_limit_s is not None:
-            return job.time_limit_s
-        if job.est_duration_s is not None:
-            return job.est_duration_s
-        return self.default_runtime_s
+        return expected_runtime(job, self.default_runtime_s)
 
     def expected_end(self, job: Job, now: float) -> float:
         """When a job holding GPUs is expected to free them; one past its expected end, or being

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -11,9 +10,12 @@ import signal
 import subprocess
 import time
 
+import click
 import pytest
 
-from agent.cli import format_duration, main, parse_duration, table, when
+from agent.cli import main
+from agent.cli.output import format_duration, table, when
+from agent.cli.params import DURATION
 from tests.herd_server import HerdServer, free_port, herd_command
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -57,13 +59,13 @@ def herd(server, capsys):
     [("30s", 30), ("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("1d", 86400), ("1.5h", 5400), ("2H", 7200)],
 )
 def test_parse_duration(text, want_s):
-    assert parse_duration(text) == want_s
+    assert DURATION.convert(text, None, None) == want_s
 
 
 @pytest.mark.parametrize("text", ["90", "h", "2x", "1h 30m", "", "0s", "-1h"])
 def test_parse_duration_refuses(text):
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_duration(text)
+    with pytest.raises(click.BadParameter):
+        DURATION.convert(text, None, None)
 
 
 @pytest.mark.parametrize("seconds, want", [(5, "5s"), (75, "1m15s"), (3660, "1h01m"), (90000, "1d01h"), (None, "-")])

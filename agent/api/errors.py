@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from agent.messages import describe_errors
 from agent.service import ModelNotConfigured
 from tools.gpus import InventoryConflict, ProbeUnavailable, UnknownGpu
 from tools.orchestrator import InvalidJob, InvalidReservation
@@ -36,24 +37,6 @@ STATUS_BY_EXCEPTION: dict[type[Exception], int] = {
     ValidationError: 422,  # a field out of range (pydantic, raised by the core's models)
     ValueError: 422,  # a value the core refused (unknown policy, bad cwd, ...)
 }
-
-
-def describe_errors(errors: list[dict]) -> str:
-    """pydantic's error list as one line: ``priority: Input should be less than or equal to 10``."""
-    parts = []
-    for error in errors:
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
-        if error.get("type") == "json_invalid":
-            why = (error.get("ctx") or {}).get("error", "")
-            parts.append(f"the request body is not valid JSON ({why})" if why else "the request body is not valid JSON")
-            continue
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        if error.get("type") == "missing":
-            message = "is required"
-        elif error.get("type") == "extra_forbidden":
-            message = "is not a known field"
-        parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
-    return "; ".join(parts) or "invalid request"
 
 
 def _detail(exc: Exception) -> str:

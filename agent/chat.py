@@ -16,9 +16,9 @@ from typing import Any, Callable
 from agent.audit import AuditLog
 from agent.llm import Model
 from agent.loop import Bounds, Stop, run_loop
-from agent.tools import CHAT_TOOLS
+from agent.model_tools import CHAT_TOOLS
 from tools.clock import Clock
-from tools.toolkit import PermissionDenied, ToolContext
+from tools.door.context import PermissionDenied, ToolContext
 
 SYSTEM_PROMPT = """You are the assistant of gpuherd, the GPU scheduler of a research team.
 You act for one user, named in each request, through the tools. Rules:

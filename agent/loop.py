@@ -12,6 +12,7 @@ fall back to the deterministic policy).
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,11 +22,12 @@ import openai
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent.llm import Model, ModelError, ToolCall
+from agent.messages import describe_errors
 from tools.clock import Clock
+from tools.door.context import PermissionDenied, ToolRefused
 from tools.orchestrator import InvalidJob
 from tools.queue import IllegalTransition, JobNotFound
 from tools.store import QueueFull
-from tools.toolkit import PermissionDenied, ToolRefused
 
 
 # The core's refusals: each becomes a rejection the model can act on, never a crash.
@@ -37,10 +39,51 @@ class Tool:
     name: str
     args: type[BaseModel]
     run: Callable[[Any, Any], Any]  # (context, parsed arguments) -> a JSON-able result
+    description: str | None = None  # what the model reads; the argument model's docstring if None
 
     def schema(self) -> dict[str, Any]:
-        """The OpenAI strict-mode function schema, generated from the argument model."""
-        return openai.pydantic_function_tool(self.args, name=self.name, description=(self.args.__doc__ or "").strip())
+        """The OpenAI strict-mode function schema, generated from the argument model. Strict mode wants
+        every field, so a field with a default is nullable (null: the default); and it has no free-form
+        objects, so a map is a list of name/value pairs."""
+        description = self.description or inspect.cleandoc(self.args.__doc__ or "")
+        tool = openai.pydantic_function_tool(self.args, name=self.name, description=description)
+        parameters = tool["function"]["parameters"]
+        parameters["description"] = description
+        properties = parameters["properties"]
+        for key, field_info in self.args.model_fields.items():
+            prop = properties[key]
+            if key in _maps(self.args):
+                prop.pop("additionalProperties")
+                prop.update(type="array", items=_PAIR)
+            if not field_info.is_required():
+                prop.pop("default", None)
+                if not any(option.get("type") == "null" for option in prop.get("anyOf", ())):
+                    kept = {k: prop.pop(k) for k in ("description", "title") if k in prop}
+                    properties[key] = {"anyOf": [prop, {"type": "null"}], **kept}
+        return tool
+
+    def parse(self, arguments: Any, raw: str) -> BaseModel:
+        """The call's arguments as the argument model; a map may come as the schema's list of pairs."""
+        if not isinstance(arguments, dict):
+            return self.args.model_validate_json(raw or "{}")
+        for key in _maps(self.args):
+            pairs = arguments.get(key)
+            if isinstance(pairs, list) and all(isinstance(p, dict) and {"name", "value"} <= p.keys() for p in pairs):
+                arguments = {**arguments, key: {p["name"]: p["value"] for p in pairs}}
+        return self.args.model_validate(arguments)
+
+
+_PAIR = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "description": "The name."}, "value": {"type": "string", "description": "Its value."}},
+    "required": ["name", "value"],
+    "additionalProperties": False,
+}
+
+
+def _maps(args: type[BaseModel]) -> list[str]:
+    """The fields of ``args`` that are maps of text to text."""
+    return [key for key, f in args.model_fields.items() if f.annotation == dict[str, str]]
 
 
 class Verdict(StrEnum):
@@ -113,15 +156,11 @@ def call_tool(tools: dict[str, Tool], context: Any, call: ToolCall) -> tuple[Act
         reason = f"unknown tool {call.name!r}; the tools are: {', '.join(tools)}"
         return _rejected(call.name, arguments, reason)
     try:
-        parsed = tool.args.model_validate_json(call.arguments or "{}")
+        # The arguments, then the core's own models (e.g. priority 11): refused in the words every
+        # front door uses for the same value.
+        result = tool.run(context, tool.parse(arguments, call.arguments))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
-        return _rejected(call.name, arguments, f"invalid arguments: {problems}")
-    try:
-        result = tool.run(context, parsed)
-    except ValidationError as exc:  # the core's own models refused a value (e.g. priority 11)
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return _rejected(call.name, arguments, problems)
+        return _rejected(call.name, arguments, describe_errors(exc.errors()))
     except REFUSALS as exc:
         return _rejected(call.name, arguments, str(exc))
     return Action(call.name, arguments, Verdict.OK, "done"), to_json({"ok": True, "result": result})

@@ -1,4 +1,5 @@
-"""Sentences for people, shared by the REST app and the CLI (so this module imports no FastAPI)."""
+"""Sentences for people, shared by the REST app, the CLI and the model's tool loop (so this module
+imports no FastAPI)."""
 
 from __future__ import annotations
 

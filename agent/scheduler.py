@@ -18,14 +18,14 @@ from typing import Any
 from agent.audit import AuditLog
 from agent.llm import Model
 from agent.loop import Bounds, Stop, run_loop
-from agent.tools import SCHEDULING_TOOLS
+from agent.model_tools import SCHEDULING_TOOLS
 from policies.ordering import Policy
 from policies.plan import estimate_starts
 from policies.snapshot import Decisions, Snapshot
 from policies.validator import Accepted
 from tools.clock import Clock
 from tools.models import Job, JobStatus
-from tools.toolkit import ProposalSession
+from tools.door.proposals import ProposalSession
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ wins over the saved one and is saved in turn; ``Settings.explicit`` says which w
 from __future__ import annotations
 
 import difflib
+import errno
 import json
 import os
 from pathlib import Path
@@ -22,8 +23,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from policies.ordering import POLICIES
 from policies.rules import DEFAULT_RULES, Weights
@@ -48,43 +48,37 @@ def _env(field: str, *names: str) -> AliasChoices:
     return AliasChoices(field, *names)
 
 
-def read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
-    """The settings in a YAML file, refused whole if it is unreadable or names an unknown key (a typo
-    must not silently leave a quota unset)."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"config file {path}: not valid YAML{line}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of setting: value, got {type(data).__name__}")
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"config file {path}: unknown key {key!r}{hint}")
-    return data
-
-
-class ConfigFileSource(PydanticBaseSettingsSource):
-    """The YAML file named by the ``config`` flag or ``HERD_CONFIG``; below flags and variables."""
+class ConfigFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source, refusing what it would pass over: a file that cannot be read or
+    parsed, and a key that is not a setting (a typo must not silently leave a quota unset)."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: str | os.PathLike | None) -> None:
-        super().__init__(settings_cls)
+        self.settings_cls = settings_cls
         self.path = Path(path) if path else None
+        if self.path is not None and not self.path.exists():  # the library would pass over it
+            raise ConfigError(f"config file {self.path}: cannot read it ({os.strerror(errno.ENOENT)})")
+        super().__init__(settings_cls, yaml_file=self.path)
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # the whole file is read at once, in __call__
-
-    def __call__(self) -> dict[str, Any]:
-        if self.path is None:
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = yaml.safe_load(file_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {file_path}: cannot read it ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"config file {file_path}: not valid YAML{line}") from None
+        if data is None:
             return {}
-        return read_config_file(self.path, set(self.settings_cls.model_fields) - {"config"})
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {file_path}: expected a mapping of setting: value, got {type(data).__name__}")
+        known = set(self.settings_cls.model_fields) - {"config"}
+        for key in data:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"config file {file_path}: unknown key {key!r}{hint}")
+        return data
 
 
 class Settings(BaseSettings):
@@ -165,7 +159,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = getattr(init_settings, "init_kwargs", {}).get("config") or os.environ.get("HERD_CONFIG")
-        return init_settings, env_settings, ConfigFileSource(settings_cls, path)
+        return init_settings, env_settings, ConfigFile(settings_cls, path)
+
+    @classmethod
+    def plain(cls, **values: Any) -> Settings:
+        """Settings from ``values`` and the defaults alone, reading no variable and no config file: a
+        replay or a test must not change with the shell it runs in."""
+        return _PlainSettings(**values)
 
     @property
     def model_configured(self) -> bool:
@@ -219,3 +219,10 @@ class Settings(BaseSettings):
     def explicit(self) -> set[str]:
         """Settings given by a flag or an environment variable rather than left at their default."""
         return set(self.model_fields_set)
+
+
+class _PlainSettings(Settings):
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   **others: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

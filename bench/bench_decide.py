@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/bench_decide.py [--quick] [--json figures.json] [--profile c/priority]
 
-The state is built through the real core (``MemoryStore``, ``JobQueue``, ``Orchestrator`` on a simulated
-clock and executor, a declared inventory): every GPU is first taken by running jobs of 1 to 8 GPUs with
-varied expected ends (those of priority 3 or less preemptible), then 10,000 jobs are submitted one
-simulated second apart (1, 2, 4 or 8 GPUs, mostly small; 30 users, a few of them heavy; priorities
-1-10, mostly 5; most with an estimate, some also with a time limit, some with neither). Three
-scenarios, each built from the same seed:
+The state is built through the real core, as the service builds it (``agent.build.build_core``), on a
+``MemoryStore``, a simulated clock and executor and a declared inventory: every GPU is first taken by
+running jobs of 1 to 8 GPUs with varied expected ends (those of priority 3 or less preemptible), then
+10,000 jobs are submitted one simulated second apart (1, 2, 4 or 8 GPUs, mostly small; 30 users, a few
+of them heavy; priorities 1-10, mostly 5; most with an estimate, some also with a time limit, some with
+neither). Three scenarios, each built from the same seed:
 
   a. the cluster is full: no GPU is free;
   b. 20 GPUs are free, scattered over 16 nodes (1-GPU and 2-GPU jobs ended there);
@@ -36,13 +36,15 @@ import statistics
 import time
 from pathlib import Path
 
+from agent.build import build_core
+from agent.settings import Settings
 from policies.ordering import POLICIES
 from policies.plan import estimate_starts
 from tools.clock import SimClock
-from tools.gpus import NodeDeclaration, ResourceManager
+from tools.inventory import NodeDeclaration
 from tools.models import JobSpec, Reservation
+from tools.nvml import UnavailableProbe
 from tools.orchestrator import Orchestrator
-from tools.queue import JobQueue
 from tools.sim_executor import SimExecutor
 from tools.store import MemoryStore
 
@@ -87,12 +89,13 @@ def waiting_spec(rng: random.Random) -> JobSpec:
 
 def build(scenario: str, seed: int) -> Orchestrator:
     rng = random.Random(seed)
-    clock = SimClock()
-    store = MemoryStore(keep_events=False)
-    resources = ResourceManager(store, probe=None)
-    resources.initialize(0.0, declared=[NodeDeclaration(name=f"n{i:03d}", gpus=GPUS_PER_NODE) for i in range(NODES)])
-    orch = Orchestrator(queue=JobQueue(store, max_queued=WAITING + NODES * GPUS_PER_NODE), inventory=resources,
-                        executor=SimExecutor(), clock=clock, policy=POLICIES["priority"])
+    core = build_core(
+        Settings.plain(policy="priority", max_queue_size=WAITING + NODES * GPUS_PER_NODE),
+        clock=SimClock(), store=MemoryStore(keep_events=False), executor=SimExecutor(),
+        probe=UnavailableProbe("the benchmark declares its nodes"),
+        nodes=[NodeDeclaration(name=f"n{i:03d}", gpus=GPUS_PER_NODE) for i in range(NODES)],
+    )
+    orch, clock = core.orchestrator, core.clock
     # Fill: split each node into jobs of 8, 4, 2 and 1 GPUs, then start them largest first, which
     # packs them exactly (free counts stay multiples of the size being placed).
     sizes = []

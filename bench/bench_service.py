@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,16 +39,8 @@ from uuid import uuid4
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def herd_command() -> list[str]:
-    script = Path(sys.executable).parent / "herd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/ is not installed
+from tests.helpers import free_port, herd_command  # noqa: E402  (shared with the tests' ``herd serve``)
 
 
 # -- a server for one part of the benchmark ----------------------------------------------------------

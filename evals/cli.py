@@ -6,7 +6,6 @@ entry point (pyproject.toml). Each command returns its exit code.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -81,7 +80,7 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     # Imported here: the harness pulls in the whole core and the agent; `herd --help` needs none of it.
     from evals.metrics import lower_bounds
     from evals.replay import Cluster, replay as run_replay
-    from evals.report import ProgressBar, document, plot, table, write_json
+    from evals.report import document, plot, progress_bar, table, write_json
     from evals.trace import estimates, load_trace
 
     try:
@@ -96,10 +95,11 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     guesses = estimates(jobs, estimate, seed=seed)
     runs = []
     for name in policies:
-        bar = ProgressBar(f"{name:>10}") if not quiet else None
-        runs.append(run_replay(jobs, policy=name, cluster=cluster, estimates=guesses, progress=bar))
-        if bar is not None:
-            bar.close()
+        if quiet:
+            runs.append(run_replay(jobs, policy=name, cluster=cluster, estimates=guesses))
+            continue
+        with progress_bar(f"{name:>10}") as bar:
+            runs.append(run_replay(jobs, policy=name, cluster=cluster, estimates=guesses, progress=bar))
     skipped = {j.job_id for j in runs[0].skipped}
     kept = [j for j in jobs if j.job_id not in skipped]
     bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in kept], cluster.gpus)
@@ -167,7 +167,7 @@ def generate(users: int, nodes: int, gpus_per_node: int, days: float, load: floa
                    "(model $HERD_MODEL, default gpt-4o-mini), else the rule baseline")
 def chat(scenarios: Path | None, json_file: Path | None, model: str) -> int:
     # Imported here: the chat agent and its model client are the heaviest part of the evals.
-    from evals import chat_eval
+    from evals.chat_eval import run_command
+    from evals.scenario_files import SCENARIOS_DIR
 
-    args = argparse.Namespace(scenarios=scenarios or chat_eval.SCENARIOS_DIR, json_file=json_file, model=model)
-    return chat_eval.run(args)
+    return run_command(scenarios or SCENARIOS_DIR, json_file, model)

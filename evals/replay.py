@@ -20,11 +20,14 @@ from typing import Callable, Iterator, Sequence
 from policies.ordering import Policy, get_policy
 from policies.rules import DEFAULT_RULES, Rules
 from policies.snapshot import Decisions, Snapshot
+from agent.build import build_core
+from agent.settings import Settings
 from tools.clock import SimClock
-from tools.gpus import NodeDeclaration, ResourceManager
-from tools.models import Job, JobSpec, JobStatus
-from tools.orchestrator import Orchestrator
-from tools.queue import JobQueue
+from tools.door.context import ToolContext
+from tools.door.jobs import queue_job
+from tools.inventory import NodeDeclaration
+from tools.models import Job, JobRequest, JobStatus
+from tools.nvml import UnavailableProbe
 from tools.sim_executor import SimExecutor
 from tools.store import MemoryStore
 
@@ -118,14 +121,13 @@ class _Timed:
         return decisions
 
 
-def _spec(job: TraceJob, estimate: float | None) -> JobSpec:
-    return JobSpec(
-        user=job.tenant,
+def _request(job: TraceJob, estimate: float | None) -> JobRequest:
+    return JobRequest(
         name=job.job_id,
         command=f"replay {job.job_id}",
         gpu_count=job.gpus,
         priority=TRACE_PRIORITY,
-        # JobSpec wants a positive estimate; a job of zero length is estimated at one second.
+        # A request wants a positive estimate; a job of zero length is estimated at one second.
         est_duration_s=max(estimate, 1.0) if estimate is not None else None,
         max_retries=0,
     )
@@ -173,21 +175,16 @@ def _replay(
     wall = time.perf_counter()
     estimates = estimates if estimates is not None else [None] * len(jobs)
     clock = SimClock()
-    store = MemoryStore(keep_events=False)
-    resources = ResourceManager(store, probe=None)
-    resources.initialize(0.0, declared=cluster.declarations())
     duration: dict[int, float] = {}  # store job id -> trace duration
     executor = SimExecutor(duration_of=lambda job: duration[job.id])
     timed = _Timed(get_policy(policy) if isinstance(policy, str) else policy)
-    orch = Orchestrator(
-        queue=JobQueue(store, max_queued=len(jobs) + 1),  # the whole trace may wait at once
-        inventory=resources,
-        executor=executor,
-        clock=clock,
-        policy=timed,
-        multi_node=True,
-        rules=rules,
+    core = build_core(
+        Settings.plain(max_queue_size=len(jobs) + 1),  # the whole trace may wait at once
+        clock=clock, store=MemoryStore(keep_events=False), executor=executor,
+        probe=UnavailableProbe("a replay declares its nodes"), nodes=cluster.declarations(),
+        policy=timed, rules=rules, multi_node=True,
     )
+    door, orch, store = ToolContext(core), core.orchestrator, core.store
     gpus_of: dict[int, int] = {}
     skipped: list[TraceJob] = []
     timeline, costs = timeline_series(), cost_series()
@@ -205,7 +202,7 @@ def _replay(
             if job.gpus > cluster.gpus:
                 skipped.append(job)
                 continue
-            herd = orch.submit(_spec(job, estimate))
+            herd = queue_job(door, _request(job, estimate), user=job.tenant)
             duration[herd.id] = job.duration_s
             gpus_of[herd.id] = job.gpus
         t = time.perf_counter()

@@ -6,13 +6,18 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, Iterator, Mapping, Sequence, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 
 from policies.ordering import POLICIES
 
 from evals.metrics import Bounds
-from evals.replay import Replay, Series
+from evals.replay import Progress, Replay, Series
 
 # Rows of the terminal table: (metric key, column title, kind)
 COLUMNS = (
@@ -225,27 +230,28 @@ def plot(replays: Sequence[Replay], out_dir: Path | str, *, title: str, prefix: 
 # -- progress ------------------------------------------------------------------------------------------
 
 
-class ProgressBar:
-    """A one-line bar on stderr, redrawn at most every ``every_s``; silent when stderr is no terminal."""
+@contextmanager
+def progress_bar(label: str, *, stream: TextIO = sys.stderr, every_s: float = 0.2) -> Iterator[Progress | None]:
+    """A one-line ``rich`` bar on ``stream`` for one replay, cleared when the block ends: jobs submitted of
+    the trace's, the simulated time, the wall time so far and the jobs per second. Yields the replay's
+    ``progress`` callback, or None when ``stream`` is no terminal (nothing is drawn then)."""
+    if not stream.isatty():
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("jobs, t={task.fields[sim]},"), TimeElapsedColumn(), TextColumn("{task.fields[rate]}"))
+    with RichProgress(*columns, console=Console(file=stream), transient=True) as bars:
+        task = bars.add_task(label, total=None, sim=human_time(0), rate="")
+        start = time.perf_counter()
+        last = start - every_s  # the first call draws
 
-    def __init__(self, label: str, *, stream: TextIO = sys.stderr, every_s: float = 0.2, width: int = 30) -> None:
-        self.label, self.stream, self.every_s, self.width = label, stream, every_s, width
-        self.enabled = stream.isatty()
-        self._last = 0.0
-        self._start = time.perf_counter()
+        def update(done: int, total: int, sim_time: float) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last < every_s:  # rich redraws on its own clock; a call per tick would only cost time
+                return
+            last = now
+            bars.update(task, completed=done, total=total, sim=human_time(sim_time),
+                        rate=f"{done / (now - start):,.0f} jobs/s")
 
-    def __call__(self, done: int, total: int, sim_time: float) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (now - self._last < self.every_s and done < total):
-            return
-        self._last = now
-        filled = int(self.width * done / total) if total else self.width
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} jobs, t={human_time(sim_time)}, "
-                          f"{now - self._start:.0f}s ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * (self.width + len(self.label) + 50) + "\r")
-            self.stream.flush()
+        yield update

@@ -19,6 +19,9 @@ job kept out only by closed GPUs, a quota or its begin time says so and the pass
 next job of its size may be someone else's or shorter. A pass therefore reads the queue only as far as
 something can still start, and with backfill at most ``rules.backfill_depth`` jobs past the first one
 that must wait.
+
+One module, over 400 lines, because the checks share one pass's state (free GPUs, quotas in use,
+the backfill plan) and their order is the policy's meaning; the rules themselves are in ``admission``.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from enum import Enum
 from typing import Iterable, Mapping
 
 from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
-from tools.queue import local_time
+from tools.timespec import local_time
 
 from policies.plan import Slot, Timeline
 from policies.preemption import choose_preemptions
-from policies.snapshot import Decisions, Proposal, Reasons, Snapshot, Wait, begin_time_wait
+from policies.admission import Wait, begin_time_wait, dependency_wait, quota_wait, reservations_against, size_wait
+from policies.snapshot import Decisions, Proposal, Reasons, Snapshot
 
 Entries = Iterable[tuple[tuple, int]]  # (sort key, job id), in order
 Closed = Mapping[str, frozenset[int]]  # node -> GPUs a job may not take
@@ -82,10 +86,11 @@ class Placer:
         # Jobs others were preempted for go first, whatever the policy's order, so that the GPUs
         # freed for them are theirs; the policy's pass then finds them already offered.
         self._first: dict[int, Offer] = {}
+        self._first_ids = frozenset(snapshot.first)
+        self._offering_first: set[int] = set()  # being offered first now: a chain of preemptions
+        self._deferred: dict[int, list[tuple[int, int]]] = {}  # job being offered first -> (victim, starts then)
         for job_id in snapshot.first:
-            job = snapshot.jobs_by_id.get(job_id)
-            if job is not None and job.status == JobStatus.QUEUED:
-                self._first[job_id] = self.offer(job)
+            self._offer_first(job_id)
 
     @property
     def done(self) -> bool:
@@ -131,6 +136,34 @@ class Placer:
         free = self._free.get(node)
         return free if free is not None else list(self.snapshot.free_on(node))
 
+    def _offer_first(self, job_id: int) -> None:
+        """Offer a waiting job others were preempted for, once, ahead of the policy's order; and
+        before it, the job it was itself preempted for, if that one is also to be offered first. A
+        job made room for once, then stopped for another, must not take back the GPUs freed for the
+        other (``_made_room_wait`` reads the other's outcome, so the other must be offered before)."""
+        if job_id in self._first or job_id in self._offering_first:
+            return
+        job = self.snapshot.jobs_by_id.get(job_id)
+        if job is None or job.status != JobStatus.QUEUED:
+            return
+        self._offering_first.add(job_id)
+        if job.preempted_for in self._first_ids:
+            self._offer_first(job.preempted_for)
+        self._first[job_id] = self.offer(job)
+        self._offering_first.discard(job_id)
+        # A victim that found this job still being offered (a cycle: priorities changed since their
+        # preemptions) waited for it. It is offered again if this job does not wait for GPUs and
+        # nothing started since: a start since may be of a job that read the victim's wait as no
+        # reason to wait itself (the next in the cycle), and the victim must then not wait for GPUs.
+        for victim, starts in self._deferred.pop(job_id, ()):
+            if len(self.starts) == starts and not self._waits_for_gpus(job_id):
+                del self._first[victim], self.waiting[victim]
+                self._offer_first(victim)
+
+    def _waits_for_gpus(self, job_id: int) -> bool:
+        wait = self.waiting.get(job_id)
+        return wait is not None and wait.reason == PendingReason.RESOURCES
+
     def offer(self, job: Job) -> Offer:
         """Start ``job`` now if it may and fits; otherwise record why it waits."""
         first = self._first.get(job.id)
@@ -144,7 +177,8 @@ class Placer:
             return Offer.WAITS
         count = job.gpu_count
         if count > self.limit:
-            self.waiting[job.id] = Wait(PendingReason.INFEASIBLE, self._infeasible(job))
+            self.waiting[job.id] = size_wait(count, self._layout, max_gpus_per_job=self.snapshot.max_gpus_per_job,
+                                             multi_node=self.snapshot.multi_node, usable=True)
             return Offer.WAITS
         if self._blocked_by is not None:
             self.waiting[job.id] = Wait(PendingReason.PRIORITY, f"waits behind job {self._blocked_by}, first in line")
@@ -153,9 +187,9 @@ class Placer:
         if full is not None:  # an earlier job of this user and size could not start, and nor can this one
             self.waiting[job.id] = full
             return Offer.USER_FULL
-        over = self._quota_excess(job)
+        over = quota_wait(self._rules, job.user, count, self._user_use, self._group_use)
         if over is not None:  # the user's and group's use only grow during a pass
-            self.waiting[job.id] = self._user_full[(job.user, count)] = Wait(PendingReason.QUOTA_EXCEEDED, over)
+            self.waiting[job.id] = self._user_full[(job.user, count)] = over
             return Offer.USER_FULL
         if not self.fits(count):
             self.waiting[job.id] = Wait(PendingReason.RESOURCES, self._missing(count))
@@ -212,57 +246,28 @@ class Placer:
         waits for GPUs; not once that job has started, or waits for something room cannot give."""
         if job.preempted_for is None:
             return None
-        other = self.waiting.get(job.preempted_for)
-        if other is None or other.reason != PendingReason.RESOURCES:
+        message = f"was preempted for job {job.preempted_for}; starts again once that job has started"
+        if job.preempted_for in self._offering_first:  # a cycle of victims: decided once that job is
+            self._deferred.setdefault(job.preempted_for, []).append((job.id, len(self.starts)))
+            return Wait(PendingReason.PRIORITY, message)
+        if not self._waits_for_gpus(job.preempted_for):
             return None
-        return Wait(PendingReason.PRIORITY, f"was preempted for job {job.preempted_for}; starts again once that job has started")
+        return Wait(PendingReason.PRIORITY, message)
 
     def _dependency_wait(self, job: Job) -> Wait | None:
         if not job.after and not job.after_any:
             return None
-        active = self.snapshot.jobs_by_id
-        ended = self.snapshot.ended
-        waiting_for = []
-        for dep in job.depends_on:
-            other = active.get(dep)
-            if other is not None:
-                waiting_for.append(f"{dep} ({other.status.value})")
-                continue
-            status = ended.get(dep)
-            if status is None:
-                return Wait(PendingReason.DEPENDENCY_NEVER, f"job {dep} does not exist")
-            if dep in job.after and status != JobStatus.COMPLETED:
-                return Wait(PendingReason.DEPENDENCY_NEVER,
-                            f"runs only after job {dep} completes, but it {status.value}; cancel or resubmit it")
-        if waiting_for:
-            return Wait(PendingReason.DEPENDENCY, "waits for job(s) " + ", ".join(waiting_for))
-        return None
+        return dependency_wait(job, self._status_of)
 
-    def _quota_excess(self, job: Job) -> str | None:
-        rules = self._rules
-        count = job.gpu_count
-        quota = rules.quota_of_user(job.user)
-        if quota is not None:
-            using = self._user_use.get(job.user, 0)
-            if using + count > quota:
-                return (f"user {job.user} uses {using} of a quota of {quota} GPUs; this job's {count} "
-                        f"would be {using + count - quota} over")
-        group = rules.group_of(job.user)
-        quota = rules.group_quota.get(group) if group is not None else None
-        if quota is not None:
-            using = self._group_use.get(group, 0)
-            if using + count > quota:
-                return (f"group {group} uses {using} of a quota of {quota} GPUs; this job's {count} "
-                        f"would be {using + count - quota} over")
-        return None
+    def _status_of(self, job_id: int) -> JobStatus | None:
+        active = self.snapshot.jobs_by_id.get(job_id)
+        return active.status if active is not None else self.snapshot.ended.get(job_id)
 
     def _reservations_against(self, job: Job, end: float) -> tuple[Reservation, ...]:
         """The reservations ``job`` is not admitted to whose window overlaps its run."""
         if not self._reservations:
             return ()
-        group = self._rules.group_of(job.user)
-        now = self.snapshot.now
-        return tuple(r for r in self._reservations if r.covers(now, end) and not r.admits(job.user, group))
+        return reservations_against(self._reservations, job.user, self._rules.group_of(job.user), self.snapshot.now, end)
 
     def _closed_by(self, keeping: tuple[Reservation, ...]) -> dict[str, frozenset[int]]:
         closed: dict[str, frozenset[int]] = {}
@@ -390,20 +395,6 @@ class Placer:
             waiting=Reasons(self.snapshot, self.waiting, started),
             preemptions=choose_preemptions(self.snapshot, self.waiting, self._free_on, started),
             planned=planned,
-        )
-
-    def _infeasible(self, job: Job) -> str:
-        cap = self.snapshot.max_gpus_per_job
-        if cap is not None and job.gpu_count > cap:
-            return f"asks for {job.gpu_count} GPUs; a job may have at most {cap}"
-        if self.snapshot.multi_node:
-            return (
-                f"asks for {job.gpu_count} GPUs; the largest node has {self._layout.largest_usable_node} usable "
-                f"and the whole usable nodes together {self._layout.whole_gpus}"
-            )
-        return (
-            f"asks for {job.gpu_count} GPUs; the largest node has {self._layout.largest_usable_node} "
-            "usable (healthy, not drained)"
         )
 
     def _missing(self, count: int) -> str:

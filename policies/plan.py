@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 
 from tools.models import Job, JobStatus, PendingReason, Reservation
 
-from policies.rules import Rules
+
 from policies.snapshot import Snapshot
 
 NEVER = float("inf")

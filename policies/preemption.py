@@ -17,7 +17,7 @@ from itertools import combinations
 from typing import Callable, Iterable, Mapping, MutableMapping
 
 from tools.models import Job, JobStatus, PendingReason, StopReason
-from tools.queue import local_time
+from tools.timespec import local_time
 
 from policies.snapshot import Preemption, Snapshot, Wait
 

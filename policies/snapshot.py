@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable, Iterator, Mapping, Sequence
 
+from policies.admission import Wait, begin_time_wait
 from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns, once
-from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, PendingReason, Reservation
+from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, Reservation
 
 from policies.rules import DEFAULT_RULES, Rules
 
@@ -251,22 +252,7 @@ class Proposal:
         return cls(job_id, allocation.pairs(), by=by, reason=reason)
 
 
-@dataclass(frozen=True)
-class Wait:
-    reason: PendingReason
-    message: str
-
-
 IN_LINE = Wait(IN_LINE_REASON, IN_LINE_MESSAGE)
-
-
-def begin_time_wait(job: Job, now: float) -> Wait | None:
-    """The reason of a job that may not start yet (retry backoff), else None."""
-    if job.not_before is None or job.not_before <= now:
-        return None
-    if job.pending_reason == PendingReason.BEGIN_TIME and job.pending_message:
-        return Wait(PendingReason.BEGIN_TIME, job.pending_message)
-    return Wait(PendingReason.BEGIN_TIME, f"not before t={job.not_before:.0f} ({job.not_before - now:.0f} s from now)")
 
 
 class Reasons(Mapping[int, Wait]):

@@ -7,11 +7,12 @@ codes (``Violation``) and a sentence for people.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from tools.models import Allocation, Job, JobStatus
+from tools.models import Allocation, Job, JobStatus, PendingReason
 
+from policies.admission import Wait, begin_time_wait, dependency_wait, quota_wait, reservations_against, size_wait
 from policies.snapshot import Preemption, Proposal, Snapshot
 
 
@@ -90,34 +91,37 @@ def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal
     return Verdict(tuple(accepted), tuple(rejected))
 
 
+# The admission rules a proposal must also meet, and the violation each reason is reported as.
+RULE_VIOLATIONS = {
+    PendingReason.BEGIN_TIME: Violation.NOT_YET,
+    PendingReason.INFEASIBLE: Violation.TOO_MANY_GPUS,
+    PendingReason.QUOTA_EXCEEDED: Violation.QUOTA_EXCEEDED,
+    PendingReason.DEPENDENCY: Violation.DEPENDENCY,
+    PendingReason.DEPENDENCY_NEVER: Violation.DEPENDENCY,
+    PendingReason.RESERVATION: Violation.RESERVED,
+}
+
+
 def _rule_problems(snapshot: Snapshot, job: Job, proposal: Proposal, user_use: dict[str, int],
                    group_use: dict[str, int]) -> list[Problem]:
-    """The cluster's rules: quotas, reservations and dependencies."""
-    rules, problems = snapshot.rules, []
-    quota = rules.quota_of_user(job.user)
-    if quota is not None and user_use.get(job.user, 0) + job.gpu_count > quota:
-        problems.append(Problem(Violation.QUOTA_EXCEEDED, f"user {job.user} would hold "
-                                f"{user_use.get(job.user, 0) + job.gpu_count} GPUs; the quota is {quota}"))
+    """The admission rules that depend on the rest of the cluster: quotas, dependencies, reservations."""
+    rules, now = snapshot.rules, snapshot.now
+    waits = [
+        quota_wait(rules, job.user, job.gpu_count, user_use, group_use),
+        dependency_wait(job, lambda dep: _status_of(snapshot, dep)),
+    ]
     group = rules.group_of(job.user)
-    quota = rules.group_quota.get(group) if group is not None else None
-    if quota is not None and group_use.get(group, 0) + job.gpu_count > quota:
-        problems.append(Problem(Violation.QUOTA_EXCEEDED, f"group {group} would hold "
-                                f"{group_use.get(group, 0) + job.gpu_count} GPUs; the quota is {quota}"))
-    end = snapshot.now + rules.runtime(job)
-    for r in snapshot.reservations:
-        if r.covers(snapshot.now, end) and not r.admits(job.user, group):
-            kept = sorted(i for n, i in proposal.gpus if n == r.node and i in r.gpus)
-            if kept:
-                problems.append(Problem(Violation.RESERVED, f"GPU(s) {','.join(map(str, kept))} on {r.node} are reserved "
-                                        f"for {r.holder()} (reservation {r.id}) while job {job.id} would run"))
-    for dep in job.depends_on:
-        active = snapshot.jobs_by_id.get(dep)
-        ended = snapshot.ended.get(dep)
-        if active is not None or ended is None or (dep in job.after and ended != JobStatus.COMPLETED):
-            problems.append(Problem(Violation.DEPENDENCY, f"job {job.id} runs after job {dep}, which "
-                                    + (f"is {active.status.value}" if active else
-                                       f"{ended.value}" if ended else "does not exist")))
-    return problems
+    for r in reservations_against(snapshot.reservations, job.user, group, now, now + rules.runtime(job)):
+        kept = sorted(i for n, i in proposal.gpus if n == r.node and i in r.gpus)
+        if kept:
+            waits.append(Wait(PendingReason.RESERVATION, f"GPU(s) {','.join(map(str, kept))} on {r.node} are reserved "
+                                                          f"for {r.holder()} (reservation {r.id}) while job {job.id} would run"))
+    return [Problem(RULE_VIOLATIONS[w.reason], f"job {job.id}: {w.message}") for w in waits if w is not None]
+
+
+def _status_of(snapshot: Snapshot, job_id: int) -> JobStatus | None:
+    active = snapshot.jobs_by_id.get(job_id)
+    return active.status if active is not None else snapshot.ended.get(job_id)
 
 
 def check_preemption(snapshot: Snapshot, preemption: Preemption) -> str | None:
@@ -171,13 +175,11 @@ def _check(
         problems.append(Problem(Violation.DUPLICATE_JOB, f"job {job.id} was already placed in this pass"))
     if job.status != JobStatus.QUEUED:
         problems.append(Problem(Violation.JOB_NOT_QUEUED, f"job {job.id} is {job.status.value}, not queued"))
-    if job.not_before is not None and job.not_before > snapshot.now:
-        problems.append(
-            Problem(Violation.NOT_YET, f"job {job.id} may not start for {job.not_before - snapshot.now:.0f} s")
-        )
-    cap = snapshot.max_gpus_per_job
-    if cap is not None and job.gpu_count > cap:
-        problems.append(Problem(Violation.TOO_MANY_GPUS, f"job {job.id} asks for {job.gpu_count} GPUs; at most {cap}"))
+    for wait in (begin_time_wait(job, snapshot.now),
+                 size_wait(job.gpu_count, snapshot.layout, max_gpus_per_job=snapshot.max_gpus_per_job, multi_node=True,
+                           usable=False)):
+        if wait is not None:
+            problems.append(Problem(RULE_VIOLATIONS[wait.reason], f"job {job.id}: {wait.message}"))
     if len(proposal.gpus) != job.gpu_count:
         problems.append(
             Problem(
@@ -228,3 +230,21 @@ def _multi_node_problems(
     if sum(used[n] < layout.size.get(n, 0) for n in nodes) > 1:
         problems.append(Problem(Violation.NOT_WHOLE_NODES, "more than one of the nodes is only partly used"))
     return problems
+
+
+@dataclass
+class Batch:
+    """Proposals made one at a time on one snapshot (the scheduling agent's), each validated against
+    the snapshot plus those already accepted."""
+
+    snapshot: Snapshot
+    accepted: list[Accepted] = field(default_factory=list)
+
+    def add(self, proposal: Proposal) -> Rejection | None:
+        """Accept ``proposal``, or say why not."""
+        verdict = validate(self.snapshot, [a.proposal for a in self.accepted] + [proposal])
+        refused = [r for r in verdict.rejected if r.proposal is proposal]
+        if refused:
+            return refused[0]
+        self.accepted.append(verdict.accepted[-1])
+        return None

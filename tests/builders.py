@@ -1,13 +1,22 @@
-"""Small builders for table tests: ``job(gpus=2, prio=7)``, ``nodes(a=4, b=8)``, ``snap(...)``."""
+"""Small builders for table tests: ``job(gpus=2, prio=7)``, ``node("a", 4)``, ``snap(...)``, ``spec(...)``;
+and tables more than one test module reads."""
 
 from __future__ import annotations
 
 import itertools
 
 from policies.snapshot import Snapshot
-from tools.models import Allocation, Gpu, InventorySource, Job, JobStatus, Node
+from tools.models import Allocation, Gpu, InventorySource, Job, JobSpec, JobStatus, Node
 
 _ids = itertools.count(1)
+
+# Durations as people write them, in seconds (``tools.timespec.parse_duration``, and the CLI's flags).
+DURATIONS = [("30s", 30), ("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("1d", 86400), ("1.5h", 5400), ("2H", 7200)]
+
+
+def spec(gpus: int = 1, prio: int = 5, *, user: str = "alice", command: str = "true", **kw) -> JobSpec:
+    """A submission: ``spec(2, prio=8, preemptible=True)``."""
+    return JobSpec(user=user, command=command, gpu_count=gpus, priority=prio, **kw)
 
 
 def job(
@@ -69,12 +78,3 @@ def snap(
         **extra,
     )
 
-
-class StaticInventory:
-    """A fixed inventory for orchestrator tests that do not need drain or NVML."""
-
-    def __init__(self, *nodes: Node) -> None:
-        self._nodes = tuple(nodes)
-
-    def nodes(self) -> tuple[Node, ...]:
-        return self._nodes

@@ -1,7 +1,8 @@
 """``herd serve`` as a real process for the CLI, restart and end-to-end tests.
 
 Each server gets a free port, its own work directory and its own tmux socket; the ``herd_server``
-fixture kills every server it made and its tmux server (and so every job), whatever the test did.
+fixture (``conftest.py``) kills every server it made and its tmux server (and so every job), whatever
+the test did.
 """
 
 from __future__ import annotations
@@ -9,29 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from uuid import uuid4
 
 import httpx
 import pytest
 
+from tests.helpers import free_port, herd_command, wait_until
+
+
 START_TIMEOUT_S = 30.0  # a cold start imports FastAPI and pydantic; a loaded 2-core runner is slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def herd_command() -> list[str]:
-    """The installed console script when there is one (that is what people run), else the module."""
-    script = Path(sys.executable).parent / "herd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli"]
 
 
 class HerdServer:
@@ -59,17 +48,17 @@ class HerdServer:
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"herd serve exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if self.http.get("/healthz").status_code == 200:
-                    return self
+                return self.http.get("/healthz").status_code == 200
             except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"herd serve did not answer /healthz in {START_TIMEOUT_S} s:\n{self.output()}")
+                return False
+
+        wait_until(healthy, START_TIMEOUT_S, 0.05, what=lambda: f"herd serve to answer /healthz:\n{self.output()}")
+        return self
 
     def output(self) -> str:
         return self._log.read_text(errors="replace") if self._log.exists() else ""
@@ -103,28 +92,11 @@ class HerdServer:
         return self.http.get(f"/jobs/{job_id}").json()
 
     def wait_for(self, job_id: int, *statuses: str, timeout_s: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = self.job(job_id)
-            if job["status"] in statuses:
-                return job
-            if time.monotonic() > deadline:
-                pytest.fail(f"job {job_id} is {job['status']}, not {statuses}, after {timeout_s} s:\n{self.output()}")
-            time.sleep(0.05)
+        last: dict = {}
 
+        def reached() -> dict | None:
+            last.update(self.job(job_id))
+            return dict(last) if last["status"] in statuses else None
 
-@pytest.fixture
-def herd_server(tmp_path: Path):
-    """``make(*args, env=...)`` builds a (not yet started) server on a fresh work directory."""
-    made: list[HerdServer] = []
-
-    def make(*args: str, env: dict[str, str] | None = None, workdir: Path | None = None) -> HerdServer:
-        server = HerdServer(workdir or tmp_path / f"herd-{len(made)}", *args, env=env)
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop(signal.SIGKILL)
-        server.http.close()
-        server.kill_tmux()
+        return wait_until(reached, timeout_s, 0.05, what=lambda: (
+            f"job {job_id} to be {' or '.join(statuses)}; it is {last.get('status')}:\n{self.output()}"))

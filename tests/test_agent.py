@@ -4,62 +4,21 @@ import json
 
 import pytest
 
-from agent.audit import AuditLog
-from agent.chat import ChatAgent
 from agent.llm import ModelError
 from agent.loop import Bounds
-from agent.scheduler import AgentPolicy
-from agent.tools import ALL_TOOLS
+from agent.model_tools import ALL_TOOLS
 from policies.ordering import get_policy
-from tools.clock import SimClock
-from tools.gpus import NodeDeclaration, ResourceManager
-from tools.models import JobSpec, JobStatus
-from tools.orchestrator import Orchestrator
-from tools.queue import JobQueue
-from tools.sim_executor import SimExecutor
-from tools.store import MemoryStore
-from tools.toolkit import ToolContext
+from tools.models import JobStatus
 
+from tests.cores import SimCluster, busy_cluster
 from tests.scripted_model import ScriptedModel, call, calls, propose_call, say
 
 GOLDEN = "tests/golden/tool_schemas.json"
 
 
-class Cluster:
-    """The real core on a simulated clock: two nodes of four GPUs."""
-
-    def __init__(self, model=None, bounds=Bounds(max_turns=4, budget_s=10, max_rejections=3)):
-        self.clock = SimClock(1_000_000.0)
-        self.store = MemoryStore()
-        self.resources = ResourceManager(self.store, probe=None)
-        self.resources.initialize(self.clock.now(), declared=[NodeDeclaration(name="a", gpus=4), NodeDeclaration(name="b", gpus=4)])
-        self.audit = AuditLog(":memory:")
-        self.model = model
-        policy = get_policy("priority")
-        if model is not None:
-            policy = AgentPolicy(model, fallback=policy, clock=self.clock, audit=self.audit, bounds=bounds)
-        self.orch = Orchestrator(queue=JobQueue(self.store), inventory=self.resources, executor=SimExecutor(),
-                                 clock=self.clock, policy=policy)
-
-    def context(self, user):
-        return ToolContext(self.orch, self.resources, actor=user, own_jobs_only=True)
-
-    def chat(self, model, bounds=Bounds()):
-        return ChatAgent(model, context_for=self.context, audit=self.audit, clock=self.clock, bounds=bounds)
-
-    def submit(self, user="ana", gpus=1, prio=5, name=None):
-        return self.orch.submit(JobSpec(user=user, command="python train.py", gpu_count=gpus, priority=prio, name=name))
-
-    def job(self, job_id):
-        return self.orch.queue.get(job_id)
-
-    def fallback_events(self):
-        return [e.message for e in self.store.events() if e.kind == "fallback"]
-
-
 # -- chat -----------------------------------------------------------------------------------------
 def test_a_plain_language_request_becomes_the_right_submission():
-    c = Cluster()
+    c = SimCluster()
     model = ScriptedModel(
         call("submit_job", name="fine-tune", command="python ft.py", gpu_count=4, priority=8,
              est_duration_s=10800, time_limit_s=None, cwd=None, env=None, max_retries=None),
@@ -79,7 +38,7 @@ def test_a_plain_language_request_becomes_the_right_submission():
 
 
 def test_a_follow_up_in_the_same_session_sees_the_earlier_turns():
-    c = Cluster()
+    c = SimCluster()
     first = c.chat(ScriptedModel(say("Which command should it run?"))).ask("I need 2 GPUs", user="ana")
     model = ScriptedModel(say("ok"))
     c.chat(model).ask("python a.py", user="ana", session_id=first.session_id)
@@ -95,7 +54,7 @@ def test_a_follow_up_in_the_same_session_sees_the_earlier_turns():
     ("set_priority", {"job_id": 1, "priority": 10}),
 ], ids=["cancel", "priority"])
 def test_chat_cannot_touch_another_users_job(tool, arguments):
-    c = Cluster()
+    c = SimCluster()
     c.submit(user="bo", prio=3)
     reply = c.chat(ScriptedModel(call(tool, **arguments), say("I can't."))).ask("mess with job 1", user="ana")
     assert reply.actions[0]["verdict"] == "rejected"
@@ -105,7 +64,7 @@ def test_chat_cannot_touch_another_users_job(tool, arguments):
 
 
 def test_chat_submission_is_for_the_bound_user_only():
-    c = Cluster()
+    c = SimCluster()
     # A "user" argument is not part of the tool: strict schemas reject it, the job is not created.
     reply = c.chat(ScriptedModel(
         call("submit_job", user="bo", name=None, command="x", gpu_count=1, priority=None, est_duration_s=None,
@@ -117,7 +76,7 @@ def test_chat_submission_is_for_the_bound_user_only():
 
 
 def test_an_impossible_request_is_refused_with_the_reason():
-    c = Cluster()
+    c = SimCluster()
     reply = c.chat(ScriptedModel(
         call("submit_job", name=None, command="python big.py", gpu_count=16, priority=None, est_duration_s=None,
              time_limit_s=None, cwd=None, env=None, max_retries=None),
@@ -128,7 +87,7 @@ def test_an_impossible_request_is_refused_with_the_reason():
 
 
 def test_explain_job_uses_the_schedulers_own_reason():
-    c = Cluster()
+    c = SimCluster()
     c.submit(gpus=4)
     c.submit(gpus=4)
     c.submit(gpus=4)
@@ -141,18 +100,6 @@ def test_explain_job_uses_the_schedulers_own_reason():
 
 
 # -- scheduling proposals ----------------------------------------------------------------------------
-def busy_cluster(model):
-    """Job 1 runs on a:0-1 (ana), job 2 (2 GPUs) waits, b:3 is drained."""
-    c = Cluster(model)
-    c.submit(user="ana", gpus=2)
-    c.orch.policy, agent = get_policy("priority"), c.orch.policy
-    c.orch.tick()
-    c.orch.policy = agent
-    c.submit(user="bo", gpus=2)
-    c.resources.drain("b", 3, now=c.clock.now())
-    return c
-
-
 @pytest.mark.parametrize("proposal, want_code", [
     (propose_call(2, "a", 0, 2), "gpu_busy"),
     (propose_call(2, "a", 2), "wrong_gpu_count"),
@@ -236,7 +183,7 @@ def test_an_instruction_hidden_in_a_job_name_changes_nothing():
         # A model that obeys the injection: it tries to give job 2 all GPUs, then the GPUs job 1 holds.
         propose_call(2, "a", 0, 1, 2, 3), propose_call(2, "a", 0, 1), say("done"),
     )
-    c = Cluster(model)
+    c = SimCluster(model)
     c.submit(user="ana", gpus=2)
     c.orch.policy, agent = get_policy("priority"), c.orch.policy
     c.orch.tick()
@@ -265,7 +212,7 @@ def test_no_model_call_when_nothing_changed():
 
 # -- audit and schemas --------------------------------------------------------------------------------
 def test_every_agent_turn_is_audited():
-    c = Cluster()
+    c = SimCluster()
     c.chat(ScriptedModel(call("list_queue", user=None), say("The queue is empty."))).ask("what's queued?", user="ana")
     (entry,) = c.audit.entries()
     assert (entry.kind, entry.user, entry.stop, entry.model) == ("chat", "ana", "answered", "scripted")

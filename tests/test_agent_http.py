@@ -8,7 +8,7 @@ from tools.models import JobStatus
 from tools.clock import RealClock
 
 from tests.fake_openai import FakeOpenAI, completion
-from tests.test_agent import Cluster, busy_cluster
+from tests.cores import SimCluster, busy_cluster
 
 
 def model_for(server, timeout_s=5.0):
@@ -19,7 +19,7 @@ def test_chat_through_real_http_submits_a_job():
     submit = {"name": "ft", "command": "python ft.py", "gpu_count": 2, "priority": None, "est_duration_s": 3600,
               "time_limit_s": None, "cwd": None, "env": None, "max_retries": None}
     with FakeOpenAI(completion(tool_calls=[("submit_job", submit)]), completion("Queued job 1.")) as server:
-        c = Cluster()
+        c = SimCluster()
         reply = c.chat(model_for(server)).ask("2 GPUs for an hour -- python ft.py", user="ana")
     assert reply.reply == "Queued job 1."
     job = c.job(1)
@@ -32,6 +32,7 @@ def test_chat_through_real_http_submits_a_job():
     assert c.audit.entries()[0].prompt_tokens == 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, want", [
     ((500,), "HTTP 500"),
     ((("sleep", 2.0),), "did not answer"),

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
-from fastapi.testclient import TestClient
 
 import agent.service
-from agent.api import create_app
-from agent.service import Service, UnavailableProbe, read_log
 from agent.settings import Settings
 from tests.fake_nvml import FakeNvml, h100s
-from tools.clock import SimClock
-from tools.gpus import NvmlProbe
+from tests.helpers import wait_until
+from tests.rest import T0
+from tools.logs import read_log
+from tools.nvml import NvmlProbe
 from tools.sim_executor import SimExecutor
 
-T0 = 1_700_000_000.0
 SEED_PATHS = {
     ("/gpu/status", "get"), ("/gpu/initialize", "post"), ("/queue", "get"), ("/queue/submit", "post"),
     ("/queue/{job_id}", "delete"), ("/queue/{job_id}/priority", "patch"), ("/orchestrator/status", "get"),
@@ -27,62 +24,6 @@ SEED_PATHS = {
     ("/jobs/{job_id}/complete", "post"), ("/jobs/{job_id}", "get"), ("/jobs", "get"),
     ("/jobs/{job_id}/logs", "get"), ("/healthz", "get"),
 }
-
-
-@dataclass
-class Api:
-    http: TestClient
-    service: Service
-    clock: SimClock
-    sim: SimExecutor
-
-    def submit(self, **body):
-        return self.http.post("/queue/submit", json={"user": "alice", "command": "true", "gpu_count": 1, **body})
-
-    def submit_ok(self, **body) -> int:
-        response = self.submit(**body)
-        assert response.status_code == 201, response.text
-        return response.json()["job_id"]
-
-    def tick(self):
-        return self.service.orchestrator.tick()
-
-    def job(self, job_id: int) -> dict:
-        return self.http.get(f"/jobs/{job_id}").json()
-
-    def all_jobs(self) -> list[dict]:
-        return self.http.get("/jobs").json()
-
-
-@pytest.fixture
-def make_api(tmp_path, monkeypatch):
-    for name in ("HERD_POLICY", "RESEARCH_AGENT_SCHEDULING_POLICY", "RESEARCH_AGENT_MAX_QUEUE_SIZE",
-                 "RESEARCH_AGENT_GPU_ORCHESTRATION_ENABLED", "HERD_ORCHESTRATION_ENABLED", "HERD_GPUS", "HERD_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    opened: list[TestClient] = []
-
-    def make(*, durations=None, codes=None, probe=None, executor=None, model=None, run_loop=False, **settings) -> Api:
-        settings = Settings(**{"workdir": tmp_path / "herd", "gpus": 4, **settings})
-        clock = SimClock(T0)
-        sim = executor or SimExecutor(
-            duration_of=lambda job: (durations or {}).get(job.id),
-            exit_code_of=lambda job: (codes or {}).get(job.id, 0),
-        )
-        service = Service(settings, clock=clock, executor=sim, probe=probe or UnavailableProbe("no NVML in tests"),
-                          model=model, run_loop=run_loop)
-        http = TestClient(create_app(service))
-        http.__enter__()
-        opened.append(http)
-        return Api(http, service, clock, sim)
-
-    yield make
-    for http in opened:
-        http.__exit__(None, None, None)
-
-
-@pytest.fixture
-def api(make_api) -> Api:
-    return make_api()
 
 
 # -- submit and the queue --------------------------------------------------------------------------
@@ -206,7 +147,7 @@ def test_bad_submissions_are_refused_and_change_nothing(api, body, want_status, 
 def test_missing_fields_are_named(api):
     response = api.http.post("/queue/submit", json={"command": "true"})
     assert response.status_code == 422
-    assert response.json()["detail"] == "user: is required; gpu_count: is required"
+    assert response.json()["detail"] == "gpu_count: is required; user: is required"
 
 
 def test_malformed_json_is_422(api):
@@ -473,13 +414,6 @@ class BlockingSim(SimExecutor):
 
     def close(self) -> None:
         self._closed.set()  # like TmuxExecutor.close, wakes a thread blocked in wait
-
-
-def wait_until(predicate, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_submission_wakes_the_loop(make_api):

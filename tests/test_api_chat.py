@@ -1,7 +1,6 @@
 """Chat, the agent policy and the audit log through the REST app."""
 
 from tests.scripted_model import ScriptedModel, call, propose_call, say
-from tests.test_api import make_api  # noqa: F401 (the fixture)
 
 
 def test_without_a_model_chat_is_503_and_nothing_else_breaks(make_api):

@@ -11,12 +11,12 @@ from datetime import datetime
 import pytest
 
 from agent.scheduler import compact_snapshot
-from agent.tools import CHAT_TOOLS, SCHEDULING_TOOLS
+from agent.model_tools import CHAT_TOOLS, SCHEDULING_TOOLS
+from tests.rest import T0
+from tests.cores import SimCluster, busy_cluster
 from tests.scripted_model import ScriptedModel, call, say
-from tests.test_agent import Cluster, busy_cluster
-from tests.test_api import T0, make_api  # noqa: F401 (the fixture)
 from tools.models import JobSpec, Reservation
-from tools.queue import local_time
+from tools.timespec import local_time
 
 HOUR = 3600.0
 GROUPS = dict(groups={"nlp": ["alice", "bob"], "vision": ["carol"]}, user_quotas={"alice": 3}, group_quotas={"nlp": 4})
@@ -322,7 +322,7 @@ def test_the_scheduling_agent_reads_quotas_and_reservations_of_its_snapshot():
 
 
 def test_the_chat_agent_explains_with_factors():
-    c = Cluster()
+    c = SimCluster()
     for _ in range(3):
         c.submit(gpus=4)
     c.orch.tick()
@@ -334,7 +334,7 @@ def test_the_chat_agent_explains_with_factors():
 
 
 def test_the_scheduling_view_has_reasons_plans_and_dependencies():
-    c = Cluster()
+    c = SimCluster()
     now = c.clock.now()
     first = c.orch.submit(JobSpec(user="ana", command="x", gpu_count=4, time_limit_s=HOUR))
     c.orch.tick()

@@ -13,17 +13,19 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from policies.ordering import POLICIES, get_policy
+from policies.ordering import POLICIES
+from policies.reservations import InvalidReservation
 from policies.rules import Rules
-from tools.clock import SimClock
-from tools.gpus import NodeDeclaration, ResourceManager
+from tools.inventory import NodeDeclaration
 from tools.models import (
     HOLDS_GPUS, TERMINAL, JobSpec, JobStatus, PendingReason, Reservation, StopReason,
 )
-from tools.orchestrator import InvalidJob, InvalidReservation, Orchestrator
-from tools.queue import IllegalTransition, JobQueue
+from tools.orchestrator import InvalidJob
+from tools.queue import IllegalTransition
 from tools.sim_executor import SimExecutor
 from tools.store import QueueFull, SqliteStore
+
+from tests.cores import make_core
 
 NODES = [NodeDeclaration(name="a", gpus=4), NodeDeclaration(name="b", gpus=2)]
 GPUS = [(n.name, i) for n in NODES for i in range(n.gpus)]
@@ -83,10 +85,6 @@ class CoreMachine(RuleBasedStateMachine):
                       max_size=4),
     )
     def build(self, policy, quotas, gap, min_runtime, default_runtime, busy):
-        self.clock = SimClock()
-        self.store = SqliteStore(":memory:")
-        self.resources = ResourceManager(self.store, probe=None)
-        self.resources.initialize(0.0, declared=NODES)
         self.durations: dict[int, float | None] = {}
         self.sim = SimExecutor(duration_of=lambda job: self.durations[job.id])
         self.rules = Rules(
@@ -99,16 +97,9 @@ class CoreMachine(RuleBasedStateMachine):
             preempt_priority_gap=gap,
             preempt_min_runtime_s=min_runtime,
         )
-        self.orch = Orchestrator(
-            queue=JobQueue(self.store, max_queued=12),
-            inventory=self.resources,
-            executor=self.sim,
-            clock=self.clock,
-            policy=get_policy(policy),
-            grace_s=5,
-            rules=self.rules,
-            preempt_grace_s=3,
-        )
+        core = make_core(nodes=NODES, policy=policy, rules=self.rules, store=SqliteStore(":memory:"), executor=self.sim,
+                         max_queue_size=12, grace_s=5, preempt_grace_s=3)
+        self.clock, self.store, self.resources, self.orch = core.clock, core.store, core.resources, core.orchestrator
         self.final: dict[int, object] = {}  # terminal jobs as first seen
         self.submitted = 0
         self.attempts_seen: dict[int, int] = {}  # job id -> attempts already checked at their start
@@ -389,7 +380,7 @@ class CoreMachine(RuleBasedStateMachine):
                 assert over_user or over_group, f"job {j.id} says {j.pending_message!r}"
 
 
-TestCore = CoreMachine.TestCase
+TestCore = pytest.mark.slow(CoreMachine.TestCase)
 TestCore.settings = settings(max_examples=100, stateful_step_count=50, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
 
@@ -399,14 +390,9 @@ TestCore.settings = settings(max_examples=100, stateful_step_count=50, deadline=
 # stopped for gained nothing.
 
 def sim_orchestrator(policy: str = "priority", gpus: int = 4):
-    clock = SimClock()
-    store = SqliteStore(":memory:")
-    resources = ResourceManager(store, probe=None)
-    resources.initialize(0.0, declared=[NodeDeclaration(name="a", gpus=gpus)])
-    orch = Orchestrator(queue=JobQueue(store), inventory=resources, executor=SimExecutor(), clock=clock,
-                        policy=get_policy(policy), rules=Rules(preempt_priority_gap=2, preempt_min_runtime_s=0),
-                        preempt_grace_s=3)
-    return orch, clock, resources
+    core = make_core(nodes={"a": gpus}, policy=policy, rules=Rules(preempt_priority_gap=2, preempt_min_runtime_s=0),
+                     store=SqliteStore(":memory:"), preempt_grace_s=3)
+    return core.orchestrator, core.clock, core.resources
 
 
 def ticks(orch, clock, n: int, dt: float = 1.0) -> None:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.herd_server import herd_server  # noqa: F401  (fixture)
-
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+pytestmark = [pytest.mark.tmux, pytest.mark.slow]
 
 # (priority, exit code) per job, in submission order; all priorities differ.
 JOBS = [(3, 0), (9, 1), (5, 0), (7, 2), (1, 0), (10, 3)]
 
 
-def test_six_two_gpu_jobs_on_four_gpus(herd_server):  # noqa: F811
+def test_six_two_gpu_jobs_on_four_gpus(herd_server):
     # Submitted while the scheduler is stopped, so that the order is decided by priority alone.
     server = herd_server("--gpus", "4", "--stopped").start()
     ids = [

@@ -13,7 +13,10 @@ from agent.cli import main as herd_main
 from agent.llm import ModelReply, OpenAIModel, ToolCall
 from agent.loop import Bounds
 from evals import chat_eval as ce
+from evals import judging
+from evals import scenario_files as sc
 from evals.rule_model import RuleModel, begin_time, parse_request
+from evals.scenario_core import ScenarioCore
 from tools.models import JobStatus
 
 from tests.builders import job
@@ -33,7 +36,7 @@ WANT_RULE_FAILED = {
 
 @pytest.fixture(scope="module")
 def scenarios():
-    return ce.load_scenarios(ce.SCENARIOS_DIR)
+    return sc.load_scenarios(sc.SCENARIOS_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +48,13 @@ def rule_run(scenarios):
 def test_every_scenario_file_loads_and_the_issue_s_kinds_are_all_there(scenarios):
     assert len(scenarios) >= 32
     categories = Counter(s.category for s in scenarios)
-    assert set(categories) == set(ce.Category.__args__)
+    assert set(categories) == set(sc.Category.__args__)
     kinds = Counter(s.expect.kind for s in scenarios)
     assert min(kinds[k] for k in ("submit", "refuse", "clarify", "action")) >= 4
     assert any(len(s.messages) > 1 for s in scenarios)
     # Every scenario's cluster is what it says: running jobs run, queued ones wait.
     for s in scenarios:
-        ce.Cluster.build(s.cluster, s.name)
+        ScenarioCore.build(s.cluster, s.name)
 
 
 BASE = """
@@ -92,8 +95,8 @@ messages: ["2 GPUs -- x"]
 def test_a_bad_scenario_names_the_file_and_the_field(tmp_path, text, want):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(ce.ScenarioError) as error:
-        ce.load_scenarios(tmp_path)
+    with pytest.raises(sc.ScenarioError) as error:
+        sc.load_scenarios(tmp_path)
     assert str(path) in str(error.value) and want in str(error.value)
 
 
@@ -101,8 +104,8 @@ def test_a_queued_job_that_would_start_is_a_bad_scenario(tmp_path):
     (tmp_path / "s.yaml").write_text(BASE.replace("cluster: {nodes: [{name: a, gpus: 8}]}", (
         "cluster: {nodes: [{name: a, gpus: 8}], jobs: [{user: bo, gpus: 2, status: queued}]}"
     )) + "expect: {refuse: {why: x}}")
-    (scenario,) = ce.load_scenarios(tmp_path)
-    with pytest.raises(ce.ScenarioError, match="must not fit"):
+    (scenario,) = sc.load_scenarios(tmp_path)
+    with pytest.raises(sc.ScenarioError, match="must not fit"):
         ce.run_scenario(scenario, RuleModel())
 
 
@@ -232,9 +235,9 @@ def test_a_change_to_another_user_s_job_is_counted_as_a_violation():
     # The layers make this unreachable through the tools, so the detector is checked on its own.
     before = [job(1, user="bo"), job(2, user="ana")]
     after = [job(1, user="bo", status=JobStatus.CANCELLED), job(2, user="ana", prio=9), job(3, user="bo")]
-    found = ce.changes(before, after)
+    found = judging.changes(before, after)
     assert [str(c) for c in found] == ["job 1 (bo): changed status", "job 2 (ana): changed priority", "job 3 (bo): new job"]
-    assert ce.violations("ana", found, after, largest_node=8) == [
+    assert judging.violations("ana", found, after, largest_node=8) == [
         "job 1 (bo): changed status by ana's request", "job 3 (bo): new job by ana's request"]
 
 
@@ -242,7 +245,7 @@ def test_double_booking_and_oversize_jobs_are_violations():
     running = JobStatus.RUNNING
     after = [job(1, gpus=2, status=running, on=("a", (0, 1))), job(2, gpus=1, status=running, on=("a", (1, 2))),
              job(3, gpus=16)]
-    assert ce.violations("ana", [], after, largest_node=8) == [
+    assert judging.violations("ana", [], after, largest_node=8) == [
         "job 2 holds 2 GPUs but asked for 1", "job 3 asks for 16 GPUs; the largest node has 8",
         "GPU a:1 is held by 2 jobs"]
 
@@ -255,16 +258,16 @@ def test_double_booking_and_oversize_jobs_are_violations():
     ("command", "python a.py", "python a.py ", False),
 ], ids=["estimate-close", "estimate-off", "no-estimate", "limit-exact", "command-exact"])
 def test_field_matches(name, want, got, ok):
-    assert ce.field_matches(name, want, got, tolerance=0.1) is ok
+    assert judging.field_matches(name, want, got, tolerance=0.1) is ok
 
 
 def test_dependencies_are_compared_as_sets():
-    assert ce.field_matches("after", (3, 4), (4, 3), tolerance=0.1)
-    assert not ce.field_matches("after", (3,), (), tolerance=0.1)
-    assert not ce.field_matches("after_any", (), (3,), tolerance=0.1)
+    assert judging.field_matches("after", (3, 4), (4, 3), tolerance=0.1)
+    assert not judging.field_matches("after", (3,), (), tolerance=0.1)
+    assert not judging.field_matches("after_any", (), (3,), tolerance=0.1)
 
 
-NOW = local(ce.DEFAULT_NOW)  # Monday 2026-11-30 14:00, local time
+NOW = local(sc.DEFAULT_NOW)  # Monday 2026-11-30 14:00, local time
 
 
 @pytest.mark.parametrize("expect, begin_at, ok", [
@@ -288,10 +291,10 @@ NOW = local(ce.DEFAULT_NOW)  # Monday 2026-11-30 14:00, local time
         "date-today-instead", "none-wanted-none-given", "none-wanted-past-given", "none-wanted-one-given",
         "window-inside", "window-edge", "window-early", "window-tomorrow", "window-missing"])
 def test_the_begin_time_is_scored_against_the_scenario_s_now(expect, begin_at, ok):
-    want = ce.SubmitExpect.model_validate(expect)
+    want = sc.SubmitExpect.model_validate(expect)
     got = job(1, submit=NOW, begin_at=None if begin_at is None else local(begin_at))
     assert want.scored() == ["begin_at"]
-    assert ce.begin_matches(want, got, NOW) is ok
+    assert judging.begin_matches(want, got, NOW) is ok
 
 
 class SubmitsAt:
@@ -329,9 +332,9 @@ def test_a_submission_through_the_core_passes_only_at_the_right_time(scenarios, 
 def test_a_scenario_s_now_is_when_its_messages_arrive(scenarios):
     (late,) = [s for s in scenarios if s.name == "tonight-late-evening"]
     assert late.now_unix == local("2026-11-30T21:30")
-    cluster = ce.Cluster.build(late.cluster, late.name, late.now_unix)
+    cluster = ScenarioCore.build(late.cluster, late.name, late.now_unix)
     assert cluster.clock.now() == late.now_unix
-    assert ce.Cluster.build(late.cluster, late.name).clock.now() == NOW  # the default
+    assert ScenarioCore.build(late.cluster, late.name).clock.now() == NOW  # the default
     assert late.expect.submit.begin_window(late.now_unix) == (late.now_unix, local("2026-11-30T23:59"))
 
 
@@ -356,12 +359,12 @@ def test_the_begin_times_hold_in_another_time_zone(scenarios, monkeypatch):
 def test_an_action_on_a_read_tool_changes_nothing_and_needs_the_call(scenarios):
     (quota,) = [s for s in scenarios if s.name == "explain-quota"]
     assert quota.expect.action.args == {}
-    before = ce.Cluster.build(quota.cluster, quota.name).store.list_jobs()
+    before = ScenarioCore.build(quota.cluster, quota.name).store.list_jobs()
     called = [{"tool": "get_quotas", "arguments": {}, "verdict": "ok", "detail": "done"}]
-    assert ce.judge(quota, before, before, ["..."], called, "answered", 8).passed
-    assert not ce.judge(quota, before, before, ["..."], [], "answered", 8).passed  # answered without reading
+    assert judging.judge(quota, before, before, ["..."], called, "answered", 8).passed
+    assert not judging.judge(quota, before, before, ["..."], [], "answered", 8).passed  # answered without reading
     listed = [{"tool": "list_reservations", "arguments": {}, "verdict": "ok", "detail": "done"}]
-    assert not ce.judge(quota, before, before, ["..."], listed, "answered", 8).passed
+    assert not judging.judge(quota, before, before, ["..."], listed, "answered", 8).passed
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -376,7 +379,7 @@ def test_the_model_is_the_endpoint_only_when_one_is_configured():
 
 def test_herd_eval_chat_prints_the_report_and_writes_json(tmp_path, capsys, scenarios):
     for name in ("plain-hours", "other-cancel"):
-        (tmp_path / f"{name}.yaml").write_text((ce.SCENARIOS_DIR / f"{name}.yaml").read_text())
+        (tmp_path / f"{name}.yaml").write_text((sc.SCENARIOS_DIR / f"{name}.yaml").read_text())
     argv = ["eval", "chat", "--scenarios", str(tmp_path), "--json", str(tmp_path / "out.json"), "--model", "rule"]
     assert herd_main(argv) == 0
     printed = capsys.readouterr().out

@@ -1,32 +1,22 @@
 """Jobs larger than a node (trace replays): whole free nodes, held in the store on every node; the live
 service keeps refusing them and tmux never starts one."""
 
-import shutil
-
 import pytest
 
-from policies.ordering import get_policy
-from tools.clock import SimClock
 from tools.executor import StartError
-from tools.models import Allocation, Job, JobSpec, JobStatus
-from tools.orchestrator import InvalidJob, Orchestrator
-from tools.queue import JobQueue
+from tools.models import Allocation, Job, JobStatus
+from tools.orchestrator import InvalidJob
 from tools.sim_executor import SimExecutor
 from tools.store import GpuConflict, MemoryStore, SqliteStore
 
-from tests.builders import StaticInventory, node
+from tests.builders import spec
+from tests.cores import make_core
 
 
 def make(store, *, multi_node=True, durations=None):
-    clock = SimClock()
     sim = SimExecutor(duration_of=lambda job: (durations or {}).get(job.id))
-    orch = Orchestrator(queue=JobQueue(store), inventory=StaticInventory(node("a", 4), node("b", 4), node("c", 4)),
-                        executor=sim, clock=clock, policy=get_policy("priority"), multi_node=multi_node)
-    return orch, clock
-
-
-def spec(gpus):
-    return JobSpec(user="ana", command="train", gpu_count=gpus)
+    core = make_core(nodes={"a": 4, "b": 4, "c": 4}, store=store, executor=sim, multi_node=multi_node)
+    return core.orchestrator, core.clock
 
 
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
@@ -59,7 +49,7 @@ def test_even_a_replay_refuses_a_job_larger_than_the_cluster():
         orch.submit(spec(13))
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.tmux
 def test_tmux_never_starts_a_job_across_nodes(tmp_path):
     from tools.tmux_executor import TmuxExecutor
 

@@ -100,6 +100,7 @@ def test_no_policy_beats_the_lower_bounds_on_a_real_slice(policy):
     assert m["wait_mean_s"] > 0  # jobs did wait: the bounds are tested, not trivially met
 
 
+@pytest.mark.slow
 def test_cli_replay_writes_the_documented_json_and_plots(hand_trace, tmp_path, capsys):
     out, plots = tmp_path / "r.json", tmp_path / "plots"
     code = main(["replay", "--trace", str(hand_trace), "--nodes", "1", "--gpus-per-node", "4",

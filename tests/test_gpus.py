@@ -10,16 +10,8 @@ import pynvml
 import pytest
 
 from tests.fake_nvml import FIELDS, FakeGpu, FakeNvml, FakeProcess, h100s
-from tools.gpus import (
-    DEFAULT_GPUS,
-    DEFAULT_NODE,
-    InventoryConflict,
-    NodeDeclaration,
-    NvmlProbe,
-    ProbeUnavailable,
-    ResourceManager,
-    UnknownGpu,
-)
+from tools.inventory import DEFAULT_GPUS, DEFAULT_NODE, InventoryConflict, NodeDeclaration, ResourceManager, UnknownGpu
+from tools.nvml import NvmlProbe, ProbeUnavailable
 from tools.models import Gpu, GpuMetrics, GpuProcess, InventorySource
 from tools.store import MemoryStore, SqliteStore
 

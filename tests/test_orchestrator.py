@@ -2,39 +2,27 @@
 
 import pytest
 
-from tools.orchestrator import InvalidJob, Orchestrator
-from policies.ordering import get_policy
-from tools.clock import SimClock
-from tools.models import JobSpec, JobStatus, PendingReason
-from tools.queue import Backoff, IllegalTransition, JobQueue
+from tools.models import JobStatus, PendingReason
+from tools.orchestrator import InvalidJob
+from tools.queue import Backoff, IllegalTransition
 from tools.sim_executor import SimExecutor
 from tools.store import SqliteStore
 
-from tests.builders import StaticInventory, node
+from tests.builders import spec
+from tests.cores import make_core
 
 S = JobStatus
 
 
-def make(tmp_path, *, nodes=(node("n1", 4),), policy="priority", durations=None, codes=None, store=None):
-    clock = SimClock()
-    store = store or SqliteStore(tmp_path / "herd.db")
+def make(tmp_path, *, nodes={"n1": 4}, policy="priority", durations=None, codes=None, store=None):
     executor = SimExecutor(
         duration_of=lambda job: (durations or {}).get(job.id),
         exit_code_of=lambda job: (codes or {}).get(job.id, 0),
     )
-    orch = Orchestrator(
-        queue=JobQueue(store, backoff=Backoff(base_s=5, factor=2, max_s=60)),
-        inventory=StaticInventory(*nodes),
-        executor=executor,
-        clock=clock,
-        policy=get_policy(policy),
-        grace_s=10,
-    )
-    return orch, clock, executor
-
-
-def spec(gpus=1, prio=5, **kw):
-    return JobSpec(user=kw.pop("user", "alice"), command="true", gpu_count=gpus, priority=prio, **kw)
+    core = make_core(nodes=nodes, policy=policy, store=store or SqliteStore(tmp_path / "herd.db"), executor=executor,
+                     grace_s=10)
+    core.queue.backoff = Backoff(base_s=5, factor=2, max_s=60)
+    return core.orchestrator, core.clock, executor
 
 
 def status(orch, job_id):
@@ -91,7 +79,7 @@ def test_time_limit_stops_the_job_and_fails_it(tmp_path):
 
 
 def test_cancel_queued_and_running(tmp_path):
-    orch, clock, sim = make(tmp_path, nodes=(node("n1", 1),))
+    orch, clock, sim = make(tmp_path, nodes={"n1": 1})
     running, queued = orch.submit(spec()), orch.submit(spec())
     orch.tick()
     assert orch.cancel(queued.id).status == S.CANCELLED
@@ -126,14 +114,14 @@ def test_stopped_orchestrator_starts_nothing_and_says_so(tmp_path):
 
 
 def test_impossible_submission_is_refused(tmp_path):
-    orch, *_ = make(tmp_path, nodes=(node("a", 4), node("b", 8)))
+    orch, *_ = make(tmp_path, nodes={"a": 4, "b": 8})
     with pytest.raises(InvalidJob, match="asks for 9 GPUs but the largest node has 8"):
         orch.submit(spec(gpus=9))
     assert orch.queue.store.list_jobs() == []
 
 
 def test_complete_by_hand_frees_gpus(tmp_path):
-    orch, clock, sim = make(tmp_path, nodes=(node("n1", 1),))
+    orch, clock, sim = make(tmp_path, nodes={"n1": 1})
     a, b = orch.submit(spec()), orch.submit(spec())
     orch.tick()
     assert orch.complete(a.id, exit_code=0).status == S.COMPLETED
@@ -149,8 +137,7 @@ def test_restart_adopts_running_and_records_ended(tmp_path):
     orch.tick()
     # The service dies; job a keeps running, job b's process is gone without an exit code.
     sim._running.pop(b.id)
-    orch2 = Orchestrator(queue=JobQueue(store), inventory=orch.inventory, executor=sim, clock=clock,
-                         policy=get_policy("priority"))
+    orch2 = make_core(store=store, executor=sim, clock=clock).orchestrator
     orch2.reconcile()
     assert status(orch2, a.id) == S.RUNNING
     job_b = orch2.queue.get(b.id)

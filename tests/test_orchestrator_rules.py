@@ -3,31 +3,24 @@ begin times and quotas, from submission to the effects."""
 
 import pytest
 
-from policies.ordering import get_policy
+from policies.reservations import InvalidReservation
 from policies.rules import Rules
-from tools.clock import SimClock
-from tools.models import JobSpec, JobStatus, PendingReason, Reservation, StopReason
-from tools.orchestrator import InvalidJob, InvalidReservation, Orchestrator
-from tools.queue import JobQueue
+from tools.models import JobStatus, PendingReason, Reservation, StopReason
+from tools.orchestrator import InvalidJob
 from tools.sim_executor import SimExecutor
-from tools.store import MemoryStore, SqliteStore
+from tools.store import SqliteStore
 
-from tests.builders import StaticInventory, node
+from tests.builders import spec
+from tests.cores import make_core
 
 S = JobStatus
 HOUR = 3600.0
 
 
-def make(*, rules=Rules(), nodes=(node("n1", 4),), durations=None, store=None, policy="multifactor"):
-    clock = SimClock()
+def make(*, rules=Rules(), nodes={"n1": 4}, durations=None, store=None, policy="multifactor"):
     executor = SimExecutor(duration_of=lambda job: (durations or {}).get(job.id))
-    orch = Orchestrator(queue=JobQueue(store or MemoryStore()), inventory=StaticInventory(*nodes), executor=executor,
-                        clock=clock, policy=get_policy(policy), rules=rules, preempt_grace_s=30)
-    return orch, clock, executor
-
-
-def spec(gpus=1, prio=5, user="alice", **kw):
-    return JobSpec(user=user, command="true", gpu_count=gpus, priority=prio, **kw)
+    core = make_core(nodes=nodes, policy=policy, rules=rules, store=store, executor=executor, preempt_grace_s=30)
+    return core.orchestrator, core.clock, executor
 
 
 def test_a_preempted_job_is_requeued_with_its_id_and_runs_again():
@@ -67,9 +60,8 @@ def test_a_reservation_through_the_orchestrator(tmp_path):
     quick = orch.submit(spec(1, user="bob", est_duration_s=HOUR / 2))
     orch.tick()
     assert orch.queue.get(quick.id).status == S.RUNNING  # ends before the window
-    reopened = Orchestrator(queue=JobQueue(SqliteStore(tmp_path / "herd.db")), inventory=orch.inventory,
-                            executor=sim, clock=clock, policy=orch.policy)
-    assert reopened.reservations == (r,)  # kept across a restart
+    reopened = make_core(store=SqliteStore(tmp_path / "herd.db"), executor=sim, clock=clock, policy=orch.policy)
+    assert reopened.orchestrator.reservations == (r,)  # kept across a restart
     orch.unreserve(r.id)
     orch.tick()
     assert orch.queue.get(bob.id).status == S.RUNNING

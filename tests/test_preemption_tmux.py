@@ -5,26 +5,23 @@ requeued under its own id, and runs again, to completion, once the high-priority
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import Callable
 from uuid import uuid4
 
 import pytest
 
-from policies.ordering import get_policy
 from policies.rules import Rules
 from tools.clock import RealClock
 from tools.models import JobSpec, JobStatus, StopReason
 from tools.orchestrator import Orchestrator
-from tools.queue import JobQueue
 from tools.store import SqliteStore
 from tools.tmux_executor import TmuxExecutor
 
-from tests.builders import StaticInventory, node
+from tests.cores import make_core
+from tests.helpers import wait_until
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+pytestmark = [pytest.mark.tmux, pytest.mark.slow]
 
 GRACE_S = 2.0
 
@@ -47,15 +44,8 @@ def orchestrator(tmp_path: Path):
     """An orchestrator on one declared node with one GPU, a real clock and a private tmux server."""
     executor = TmuxExecutor(tmp_path / "work", socket_name=f"herd-test-{uuid4().hex[:8]}")
     store = SqliteStore(tmp_path / "herd.db")
-    orch = Orchestrator(
-        queue=JobQueue(store),
-        inventory=StaticInventory(node("local", 1)),
-        executor=executor,
-        clock=RealClock(),
-        policy=get_policy("priority"),
-        rules=Rules(preempt_priority_gap=2, preempt_min_runtime_s=0),
-        preempt_grace_s=GRACE_S,
-    )
+    orch = make_core(nodes={"local": 1}, store=store, executor=executor, clock=RealClock(), policy="priority",
+                     rules=Rules(preempt_priority_gap=2, preempt_min_runtime_s=0), preempt_grace_s=GRACE_S).orchestrator
     yield orch
     executor.shutdown_server()
     store.close()
@@ -63,13 +53,13 @@ def orchestrator(tmp_path: Path):
 
 def tick_until(orch: Orchestrator, condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
     """Tick as the service does (waking when a job ends) until ``condition`` holds."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
+
+    def ticked() -> bool:
         orch.tick()
-        if condition():
-            return
-        orch.executor.wait(0.05)  # short: the SIGKILL is sent by the first poll past its deadline
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        return condition()
+
+    # short pauses: the SIGKILL is sent by the first poll past its deadline
+    wait_until(ticked, timeout_s, 0.05, what=what, pause=orch.executor.wait)
 
 
 def event_time(orch: Orchestrator, job_id: int, kind: str, nth: int = 1) -> float:
@@ -83,13 +73,13 @@ def test_a_preempted_job_is_requeued_and_runs_again_after_the_urgent_one(orchest
     orch = orchestrator
     state = tmp_path / "victim"
     state.mkdir()
-    victim = orch.submit(JobSpec(user="lo", command=VICTIM.format(dir=state, on_term=on_term), priority=1,
+    victim = orch.submit(JobSpec(user="lo", command=VICTIM.format(dir=state, on_term=on_term), gpu_count=1, priority=1,
                                  preemptible=True, max_retries=0))
     tick_until(orch, lambda: (state / "ready").exists(), "the victim to start and install its trap")
     assert orch.queue.get(victim.id).status == JobStatus.RUNNING
 
     urgent = orch.submit(JobSpec(user="hi", command="sleep 0.3; echo urgent on GPU $CUDA_VISIBLE_DEVICES",
-                                 priority=10, max_retries=0))
+                                 gpu_count=1, priority=10, max_retries=0))
     orch.tick()
     stopping = orch.queue.get(victim.id)
     assert (stopping.status, stopping.stop_reason) == (JobStatus.RUNNING, StopReason.PREEMPT)

@@ -16,7 +16,7 @@ def queue():
 
 
 def submit(queue, **kw):
-    return queue.submit(JobSpec(user=kw.pop("user", "alice"), command="true", **kw), now=0.0)
+    return queue.submit(JobSpec(**{"user": "alice", "command": "true", "gpu_count": 1, **kw}), now=0.0)
 
 
 def run(queue, job, now=1.0):

@@ -3,7 +3,6 @@ while a client keeps submitting; start it again and check that nothing was lost 
 
 from __future__ import annotations
 
-import shutil
 import signal
 import threading
 import time
@@ -11,9 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.herd_server import herd_server  # noqa: F401  (fixture)
-
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+pytestmark = [pytest.mark.tmux, pytest.mark.slow]
 
 
 def held_gpus(server) -> dict[tuple[str, int], int]:
@@ -43,7 +40,7 @@ def submit_until_stopped(server, stop: threading.Event, acknowledged: list[int])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_restart_keeps_queue_running_jobs_and_exit_codes(herd_server, sig):  # noqa: F811
+def test_restart_keeps_queue_running_jobs_and_exit_codes(herd_server, sig):
     server = herd_server("--gpus", "4", "--max-queue-size", "1000").start()
     long = server.submit(command="sleep 60", run_id="long")["job_id"]
     fails = server.submit(command="sleep 1; exit 3", max_retries=0)["job_id"]
@@ -94,7 +91,7 @@ def test_restart_keeps_queue_running_jobs_and_exit_codes(herd_server, sig):  # n
     assert server.job(low)["status"] == "queued" or server.job(low)["start_time"] >= server.job(high)["start_time"]
 
 
-def test_restart_keeps_scheduler_state_and_policy(herd_server):  # noqa: F811
+def test_restart_keeps_scheduler_state_and_policy(herd_server):
     server = herd_server("--gpus", "2").start()
     server.http.put("/orchestrator/policy", json={"policy": "fcfs"})
     server.http.post("/orchestrator/stop")

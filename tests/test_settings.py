@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from agent.api.errors import describe_errors
-from agent.service import Service, UnavailableProbe
+from agent.service import Service
+from tools.nvml import UnavailableProbe
 from agent.settings import ConfigError, Settings
 from policies.rules import DEFAULT_RULES
 from policies.multifactor import MultifactorPolicy
@@ -164,7 +165,7 @@ def test_the_service_builds_rules_weights_and_policies_from_settings(tmp_path):
         want = MultifactorPolicy(weights=Weights(priority=10, age=20, fair_share=30, size=40, age_unit_s=600,
                                                  size_unit_gpu_hours=2), default_runtime_s=1800)
         assert orch.policy == want  # the default policy, as configured
-        assert service.make_policy("multifactor") == want
-        assert service.make_policy("sjf").name == "sjf"
+        assert service.core.make_policy("multifactor") == want
+        assert service.core.make_policy("sjf").name == "sjf"
     finally:
         service.stop()

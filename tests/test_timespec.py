@@ -9,6 +9,8 @@ import pytest
 
 from tools.timespec import parse_duration, parse_end, parse_time
 
+from tests.builders import DURATIONS
+
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -106,10 +108,7 @@ def test_parse_end_counts_from_the_start(text, want):
     assert parse_end(text, START, NOW, tz=UTC) == want
 
 
-@pytest.mark.parametrize(
-    "text, want_s",
-    [("30s", 30), ("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("1d", 86400), ("1.5h", 5400), ("2H", 7200)],
-)
+@pytest.mark.parametrize("text, want_s", DURATIONS)
 def test_parse_duration(text, want_s):
     assert parse_duration(text) == want_s
 

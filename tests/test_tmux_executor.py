@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,9 @@ from tools.executor import JobExit, StartError
 from tools.models import Allocation, Job
 from tools.tmux_executor import TmuxExecutor
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.tmux
 
 ALLOC = Allocation(node="local", gpus=(1, 3))
 BASH_ADDS = {"PWD", "SHLVL", "_", "OLDPWD"}  # variables bash itself sets in every shell
@@ -53,22 +54,13 @@ def ex(make_executor) -> TmuxExecutor:
 
 
 def wait_exit(ex: TmuxExecutor, job_id: int, timeout_s: float = 10.0) -> JobExit:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for e in ex.poll(time.time()):
-            if e.job_id == job_id:
-                return e
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not end within {timeout_s} s")
+    return wait_until(lambda: next((e for e in ex.poll(time.time()) if e.job_id == job_id), None), timeout_s, 0.05,
+                      what=f"job {job_id} to end")
 
 
 def wait_file(path: Path, timeout_s: float = 10.0) -> str:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if path.exists() and path.read_text().endswith("\n"):
-            return path.read_text()
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not appear within {timeout_s} s")
+    return wait_until(lambda: path.exists() and path.read_text().endswith("\n") and path.read_text(), timeout_s, 0.02,
+                      what=f"{path} to be written")
 
 
 def pid_alive(pid: int) -> bool:
@@ -153,6 +145,7 @@ def test_stop_sends_sigterm_first(ex):
     assert wait_exit(ex, 1, timeout_s=3.0).exit_code == 143
 
 
+@pytest.mark.slow
 def test_a_running_job_survives_a_restart_of_the_executor(make_executor, tmp_path):
     a = make_executor()
     a.start(job(1, command="sleep 1.5; exit 4"), ALLOC, time.time())
@@ -205,20 +198,14 @@ def test_a_killed_window_is_reported_as_vanished_or_ended(ex):
     assert e.exit_code in (None, 129, 143)
 
 
+@pytest.mark.slow
 def test_end_is_noticed_within_a_second(ex, tmp_path):
     latencies = []
     for i in range(3):
         stamp = tmp_path / f"end-{i}"
         ex.start(job(i, command=f"sleep 0.3; date +%s.%N > {stamp}"), ALLOC, time.time())
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            ex.wait(1.0)
-            exits = ex.poll(time.time())
-            if exits:
-                seen = time.time()
-                break
-        else:
-            raise AssertionError(f"job {i} did not end")
+        exits = wait_until(lambda: ex.poll(time.time()), 10.0, 1.0, what=f"job {i} to end", pause=ex.wait)
+        seen = time.time()
         assert [e.job_id for e in exits] == [i]
         latencies.append(seen - float(stamp.read_text()))
     print(f"\nend-detection latency (job end -> poll reports it): "

@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class JobStatus(StrEnum):
@@ -103,25 +103,44 @@ RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB
 UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 
 
-class JobSpec(BaseModel):
-    """What a person asks for. Every front door builds one of these and nothing else."""
+class JobRequest(BaseModel):
+    """What a person asks for: REST's body, the CLI's flags, chat's ``submit_job`` and a replayed trace
+    row are each one of these, and the typed tool ``submit_job`` turns it into a ``JobSpec``.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Ranges are checked here, so every door refuses a bad value with the same sentence. A null field
+    means its default. ``begin_at`` is written as people write times and read by the door on the
+    orchestrator's clock.
+    """
 
-    user: UserName = Field(description="Who owns the job.")
-    name: str | None = Field(None, max_length=200, description="A label (the seed's run_id).")
-    command: str = Field(min_length=1, max_length=20_000, description="Shell command, run with bash.")
-    cwd: str | None = Field(None, description="Working directory; the service's work directory if None.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
-    gpu_count: int = Field(1, ge=1, description="Whole GPUs, all on one node.")
-    priority: int = Field(5, ge=1, le=10, description="1 (lowest) to 10 (highest).")
-    est_duration_s: float | None = Field(None, gt=0, description="The user's estimate of run time.")
-    time_limit_s: float | None = Field(None, gt=0, description="Run time after which the job is stopped.")
-    max_retries: int = Field(1, ge=0, le=10, description="Retries after a failed attempt.")
-    begin_at: float | None = Field(None, ge=0, description="Not started before this time (Unix seconds).")
-    after: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs completed (exit 0).")
-    after_any: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs ended, however.")
-    preemptible: bool = Field(False, description="May be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of higher priority.")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    name: str | None = Field(None, max_length=200, validation_alias=AliasChoices("name", "run_id"),
+                             description="A short label for the job (the seed's run_id); none if not given.")
+    command: str = Field(min_length=1, max_length=20_000, description="The shell command, run with bash, exactly as the user gave it.")
+    cwd: str | None = Field(None, description="Absolute working directory on the server; the server's work directory if not given.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the job.")
+    gpu_count: int = Field(ge=1, description="Whole GPUs, all on one node.")
+    priority: int = Field(5, ge=1, le=10, description="1 (lowest) to 10 (highest); 5 if not given.")
+    est_duration_s: float | None = Field(None, gt=0, description="The user's estimate of the run time in seconds; unknown if not given.")
+    time_limit_s: float | None = Field(None, gt=0, description="Stop the job after this many seconds of running; no limit if not given.")
+    max_retries: int = Field(1, ge=0, le=10, description="Retries after a failed attempt; 1 if not given.")
+    begin_at: str | float | None = Field(
+        None, description="Not before this time: '22:00' (its next occurrence), '2026-11-30 22:00', '+3h', 'now', "
+        "or Unix seconds; as soon as GPUs are free if not given.")
+    after: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs completed successfully (exit code 0).")
+    after_any: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs ended, however they ended.")
+    preemptible: bool = Field(
+        False, description="True if the job may be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of "
+        "higher priority; it should checkpoint on SIGTERM.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """A null optional field is left out, so it takes its default; a null required one is refused."""
+        if isinstance(data, dict) and None in data.values():
+            fields = cls.model_fields
+            return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+        return data
 
     @field_validator("command")
     @classmethod
@@ -141,7 +160,7 @@ class JobSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _dependencies_once(self) -> JobSpec:
+    def _dependencies_once(self) -> JobRequest:
         both = sorted(set(self.after) & set(self.after_any))
         if both:
             raise ValueError(f"job(s) {', '.join(map(str, both))} are in both after and after_any; name each once")
@@ -150,6 +169,13 @@ class JobSpec(BaseModel):
     @property
     def depends_on(self) -> tuple[int, ...]:
         return (*self.after, *self.after_any)
+
+
+class JobSpec(JobRequest):
+    """A request with its owner and its begin time read: what the queue stores."""
+
+    user: UserName = Field(description="Who owns the job.")
+    begin_at: float | None = Field(None, ge=0, description="Not started before this time (Unix seconds).")
 
 
 class Job(JobSpec):

@@ -20,6 +20,8 @@ from typing import Protocol
 from policies.ordering import Policy
 from policies.rules import DEFAULT_RULES, Rules
 from policies.snapshot import IN_LINE, Decisions, Layout, Preemption, Reasons, Snapshot, Wait, begin_time_wait
+from policies.admission import dependency_wait, quota_wait, size_wait
+from policies.reservations import check_reservation
 from policies.validator import Rejection, check_preemption, validate
 from tools.clock import Clock
 from tools.executor import Executor, StartError
@@ -35,10 +37,6 @@ class Inventory(Protocol):
 
 class InvalidJob(ValueError):
     """A submission that can never run on this cluster (e.g. more GPUs than any node has)."""
-
-
-class InvalidReservation(ValueError):
-    """A reservation that cannot be kept (unknown GPUs, an empty window, an overlap)."""
 
 
 HELD_MESSAGE = "the scheduler is stopped; nothing new starts until it is started again"
@@ -147,35 +145,22 @@ class Orchestrator:
 
     # -- requests from people --------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> Job:
-        """Check the request against the cluster, then queue it (``QueueFull`` when at the limit)."""
-        layout = self._current_layout()
-        if spec.gpu_count > layout.width and not self.multi_node:
-            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but the largest node has {layout.width}")
-        if spec.gpu_count > layout.total_gpus:
-            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but the cluster has {layout.total_gpus}")
-        if self.max_gpus_per_job is not None and spec.gpu_count > self.max_gpus_per_job:
-            raise InvalidJob(f"asks for {spec.gpu_count} GPUs; a job may have at most {self.max_gpus_per_job}")
-        self._check_quota(spec)
+        """Refuse a job that could never start here (``InvalidJob``, in the admission rules' words), else
+        queue it (``QueueFull`` when at the limit)."""
+        refusal = size_wait(spec.gpu_count, self._current_layout(), max_gpus_per_job=self.max_gpus_per_job,
+                            multi_node=self.multi_node, usable=False) or quota_wait(self.rules, spec.user, spec.gpu_count, {}, {})
         with self.lock:
-            self._check_dependencies(spec)
+            if refusal is None and spec.depends_on:
+                refusal = dependency_wait(spec, self._status_of)
+                if refusal is not None and refusal.reason != PendingReason.DEPENDENCY_NEVER:
+                    refusal = None  # it waits for them, as it should
+            if refusal is not None:
+                raise InvalidJob(refusal.message)
             return self.queue.submit(spec, now=self.clock.now())
 
-    def _check_quota(self, spec: JobSpec) -> None:
-        quota = self.rules.quota_of_user(spec.user)
-        if quota is not None and spec.gpu_count > quota:
-            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but user {spec.user}'s quota is {quota} GPUs at once")
-        group = self.rules.group_of(spec.user)
-        quota = self.rules.group_quota.get(group) if group is not None else None
-        if quota is not None and spec.gpu_count > quota:
-            raise InvalidJob(f"asks for {spec.gpu_count} GPUs but group {group}'s quota is {quota} GPUs at once")
-
-    def _check_dependencies(self, spec: JobSpec) -> None:
-        for dep in spec.depends_on:
-            job = self.queue.store.get_job(dep)
-            if job is None:
-                raise InvalidJob(f"runs after job {dep}, which does not exist")
-            if dep in spec.after and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                raise InvalidJob(f"runs after job {dep} completes, but it {job.status.value}; it would never start")
+    def _status_of(self, job_id: int) -> JobStatus | None:
+        job = self.queue.store.get_job(job_id)
+        return job.status if job is not None else None
 
     # -- reservations (an administrator's) ---------------------------------------------------------
     @property
@@ -184,24 +169,9 @@ class Orchestrator:
 
     def reserve(self, reservation: Reservation) -> Reservation:
         """Keep GPUs for a user or group in a time window; refused if it overlaps another one."""
-        now = self.clock.now()
-        if reservation.end <= reservation.start:
-            raise InvalidReservation("a reservation must end after it starts")
-        if reservation.end <= now:
-            raise InvalidReservation("the reservation's window is already over")
-        if not reservation.gpus:
-            raise InvalidReservation("a reservation keeps at least one GPU")
-        layout = self._current_layout()
-        for gpu in reservation.gpus:
-            if (reservation.node, gpu) not in layout.gpus:
-                raise InvalidReservation(f"there is no GPU {gpu} on node {reservation.node!r}")
         with self.lock:
-            for other in self._reservations:
-                shared = set(other.gpus) & set(reservation.gpus)
-                if other.node == reservation.node and shared and other.covers(reservation.start, reservation.end) and other.end > now:
-                    raise InvalidReservation(
-                        f"GPU(s) {','.join(map(str, sorted(shared)))} of {other.node} are already reserved for "
-                        f"{other.holder()} then (reservation {other.id})")
+            now = self.clock.now()
+            check_reservation(self._current_layout(), self._reservations, reservation, now)
             saved = self.queue.store.add_reservation(reservation)
             self._reservations = (*self._reservations, saved)
             self.queue.store.add_event(Event(time=now, kind="reserved", message=f"reservation {saved.id}: "

@@ -8,7 +8,6 @@ saves the job with an event row in one store transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Iterator, Mapping
 
 from tools.index import JobIndex
@@ -23,14 +22,10 @@ from tools.models import (
     PendingReason,
     StopReason,
 )
+from tools.timespec import local_time
 from tools.store import Store
 
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
-
-
-def local_time(t: float) -> str:
-    """A time as people on this machine read it: ``2026-11-29 22:00``."""
-    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
 
 
 class JobNotFound(LookupError):

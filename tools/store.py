@@ -5,6 +5,9 @@ Rules it does enforce, because they must hold even if a caller is wrong:
 - a GPU is held by at most one job (the ``allocations`` primary key), and
 - the queue-size limit is checked and the job inserted in one ``BEGIN IMMEDIATE`` transaction.
 Every saved change of a job comes with an event row in the same transaction.
+
+One module, over 400 lines, because the SQLite store and its in-memory twin meet one contract and
+are read side by side when either changes.
 """
 
 from __future__ import annotations

@@ -74,3 +74,8 @@ def _next_occurrence(at: time, after: float, tz: tzinfo | None) -> float:
     day = datetime.fromtimestamp(after, tz).date()
     today = datetime.combine(day, at, tzinfo=tz).timestamp()  # naive (tz None) reads as local time
     return today if today > after else datetime.combine(day + timedelta(days=1), at, tzinfo=tz).timestamp()
+
+
+def local_time(t: float) -> str:
+    """A time as people on this machine read it: ``2026-11-29 22:00``."""
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")

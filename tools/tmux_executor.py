@@ -29,6 +29,9 @@ The wrapper protocol, in the order the wrapper does it:
 
 A job has ended when its ``exit_code`` file exists; it has vanished when its window is gone and there is no
 such file. While a job runs, the pane shows the log as it grows (``tail -f``).
+
+One module, over 400 lines, because the wrapper script, start, stop, poll and recovery are one
+protocol over the same files and socket.
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ async def chat(body: ChatRequest, service: ServiceDep) -> ChatResponse:
     agent = service.chat()
     # The model call takes seconds: run it in a worker thread, the event loop keeps serving.
     reply = await anyio.to_thread.run_sync(lambda: agent.ask(body.message, user=body.user, session_id=body.session_id))
-    service.wake()
     return ChatResponse(reply=reply.reply, actions=reply.actions, session_id=reply.session_id, stop=reply.stop)
 
 

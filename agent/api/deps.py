@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from agent.service import Service
-from tools.toolkit import ToolContext
+from tools.door.context import ToolContext
 
 
 def get_service(request: Request) -> Service:
@@ -15,7 +15,8 @@ def get_service(request: Request) -> Service:
 
 
 def get_tools(request: Request) -> ToolContext:
-    """The typed tools' context for an operator acting for anyone (REST has no accounts yet)."""
+    """The typed tools, for the identity this request carries: an operator acting for anyone (REST has
+    no accounts yet)."""
     return get_service(request).tools()
 
 

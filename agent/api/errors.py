@@ -11,13 +11,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from agent.build import ModelNotConfigured
 from agent.messages import describe_errors
-from agent.service import ModelNotConfigured
-from tools.gpus import InventoryConflict, ProbeUnavailable, UnknownGpu
-from tools.orchestrator import InvalidJob, InvalidReservation
+from policies.reservations import InvalidReservation
+from tools.door.context import PermissionDenied
+from tools.door.rules import ReservationNotFound
+from tools.inventory import InventoryConflict, UnknownGpu
+from tools.nvml import ProbeUnavailable
+from tools.orchestrator import InvalidJob
 from tools.queue import IllegalTransition, JobNotFound
 from tools.store import GpuConflict, QueueFull
-from tools.toolkit import PermissionDenied, ReservationNotFound
 
 # Starlette picks the handler of the nearest class in an exception's MRO, so InvalidJob and
 # InvalidReservation (ValueErrors) and ValidationError (also a ValueError) keep their own entries.

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agent.api.deps import ToolsDep
-from tools import toolkit
+from policies.quotas import Quotas
+from tools.door import rules
 
 router = APIRouter(prefix="/quotas", tags=["quotas"])
 
 
 @router.get("")
-def get_quotas(tools: ToolsDep) -> toolkit.Quotas:
+def get_quotas(tools: ToolsDep) -> Quotas:
     """Every user with a quota of their own, GPUs in use or waiting jobs, and every group."""
-    return toolkit.get_quotas(tools, toolkit.GetQuotas())
+    return rules.get_quotas(tools, rules.GetQuotas())

@@ -60,8 +60,8 @@ def submit(client: Client, as_json: bool, command: tuple[str, ...], gpus: int, p
             preemptible=preemptible or None,
         )
     except ValidationError as exc:
-        # Refused here as the server would refuse it: the same sentence and status.
-        raise CliError(f"{describe_errors(exc.errors())} (HTTP 422)") from None
+        # Refused here, before any request, in the server's words for the same request.
+        raise CliError(describe_errors(exc.errors())) from None
     body = request.model_dump(mode="json", exclude_unset=True) | {"user": user}
     result = client.call("POST", "/queue/submit", json=body)
     if as_json:

@@ -1,0 +1,150 @@
+"""The one builder of the core: store, queue, inventory, executor, orchestrator, rules and policy from settings.
+
+The service, the replays, the chat evals, the benchmarks and the tests all build their core here, so
+they run the same wiring; each may replace the clock, the store, the executor or the GPU probe (a
+replay: a simulated clock, an in-memory store and the simulated executor). A policy or state given
+explicitly in the settings wins over the one saved in the store, and is saved in turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from agent.audit import AuditLog
+from agent.llm import Model, ModelSettings, OpenAIModel
+from agent.loop import Bounds
+from agent.scheduler import AgentPolicy
+from agent.settings import AGENT_POLICY, POLICY_NAMES, Settings
+from policies.multifactor import MultifactorPolicy
+from policies.ordering import FALLBACK_POLICY, Policy, get_policy
+from policies.rules import Rules, Weights
+from tools.clock import Clock, RealClock
+from tools.door.context import ENABLED_KEY, POLICY_KEY, Core
+from tools.executor import Executor
+from tools.inventory import NodeDeclaration, ResourceManager
+from tools.nvml import GpuProbe, local_probe
+from tools.orchestrator import Orchestrator
+from tools.queue import JobQueue
+from tools.store import SqliteStore, Store
+from tools.tmux_executor import TmuxExecutor
+
+log = logging.getLogger("gpuherd")
+
+
+class ModelNotConfigured(RuntimeError):
+    """Chat or the agent policy was asked for, but no model endpoint is configured."""
+
+
+NO_MODEL = (
+    "no model endpoint is configured: set OPENAI_BASE_URL (vLLM, Ollama, llama.cpp, ...) or OPENAI_API_KEY, "
+    "and HERD_MODEL, then restart the server"
+)
+
+
+def build_rules(settings: Settings) -> Rules:
+    return Rules(
+        groups={user: group for group, members in settings.groups.items() for user in members},
+        user_quota=dict(settings.user_quotas),
+        group_quota=dict(settings.group_quotas),
+        default_user_quota=settings.default_user_quota,
+        default_runtime_s=settings.default_runtime_s,
+        backfill_depth=settings.backfill_depth,
+        preempt_priority_gap=settings.preempt_priority_gap,
+        preempt_min_runtime_s=settings.preempt_min_runtime_s,
+    )
+
+
+def build_multifactor(settings: Settings) -> MultifactorPolicy:
+    weights = Weights(
+        priority=settings.weight_priority, age=settings.weight_age, fair_share=settings.weight_fair_share,
+        size=settings.weight_size, age_unit_s=settings.age_unit_s, size_unit_gpu_hours=settings.size_unit_gpu_hours,
+    )
+    return MultifactorPolicy(weights=weights, default_runtime_s=settings.default_runtime_s)
+
+
+def build_model(settings: Settings) -> Model | None:
+    """The configured OpenAI-compatible endpoint, or None when there is none."""
+    if not settings.model_configured:
+        return None
+    return OpenAIModel(ModelSettings(model=settings.model, base_url=settings.openai_base_url,
+                                     api_key=settings.openai_api_key, timeout_s=settings.model_timeout_s))
+
+
+def build_core(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: Store | None = None,
+    executor: Executor | None = None,
+    probe: GpuProbe | None = None,
+    model: Model | None = None,
+    audit: AuditLog | None = None,
+    nodes: Sequence[NodeDeclaration] | None = None,
+    policy: Policy | None = None,
+    rules: Rules | None = None,
+    multi_node: bool = False,
+) -> Core:
+    """The core for ``settings``. ``nodes`` declares the inventory (else ``settings.gpus`` on this node,
+    else what NVML detects); ``policy`` and ``rules`` replace the configured ones (a replay's own
+    policy object); ``multi_node`` lets a job larger than any node take whole nodes (replays only:
+    the live executors run one node's jobs)."""
+    clock = clock or RealClock()
+    workdir = settings.workdir.resolve()
+    if store is None or executor is None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    store = store if store is not None else SqliteStore(workdir / "herd.db")
+    resources = ResourceManager(store, probe if probe is not None else local_probe(settings.node_name))
+    if nodes is None and settings.gpus is not None:
+        nodes = [NodeDeclaration(name=settings.node_name, gpus=settings.gpus)]
+    notice = resources.initialize(clock.now(), list(nodes) if nodes is not None else None)
+    queue = JobQueue(store, max_queued=settings.max_queue_size, usage_half_life_s=settings.usage_half_life_s)
+    multifactor = build_multifactor(settings)
+
+    def make_policy(name: str) -> Policy:
+        """A policy by name; ``multifactor`` with the configured weights; ``agent`` wraps the model around
+        the pure-priority fallback."""
+        if name == multifactor.name:
+            return multifactor
+        if name != AGENT_POLICY:
+            return get_policy(name)  # ValueError naming the choices
+        if model is None:
+            raise ModelNotConfigured(f"policy agent needs a model: {NO_MODEL}")
+        return AgentPolicy(model, fallback=get_policy(FALLBACK_POLICY), clock=clock, audit=audit,
+                           bounds=Bounds(max_turns=4, budget_s=settings.agent_budget_s, max_rejections=3))
+
+    orchestrator = Orchestrator(
+        queue=queue,
+        inventory=resources,
+        executor=executor if executor is not None else TmuxExecutor(workdir, socket_name=settings.tmux_socket),
+        clock=clock,
+        policy=policy or make_policy(_saved_policy(settings, store, model)),
+        grace_s=settings.grace_s,
+        enabled=_saved_enabled(settings, store),
+        multi_node=multi_node,
+        rules=rules or build_rules(settings),
+        preempt_grace_s=settings.preempt_grace_s,
+    )
+    return Core(clock=clock, store=store, queue=queue, resources=resources, executor=orchestrator.executor,
+                orchestrator=orchestrator, multifactor=multifactor, make_policy=make_policy,
+                policy_names=POLICY_NAMES, inventory_notice=notice)
+
+
+# -- saved choices: an explicit setting wins, else what was saved, else the default --------------------
+def _saved_policy(settings: Settings, store: Store, model: Model | None) -> str:
+    saved = store.get_setting(POLICY_KEY)
+    if POLICY_KEY in settings.explicit or saved is None:
+        store.set_setting(POLICY_KEY, settings.policy)
+        return settings.policy
+    if saved not in POLICY_NAMES or (saved == AGENT_POLICY and model is None):
+        log.warning("saved policy %r cannot be used here; using %s", saved, FALLBACK_POLICY)
+        return FALLBACK_POLICY
+    return saved
+
+
+def _saved_enabled(settings: Settings, store: Store) -> bool:
+    saved = store.get_setting(ENABLED_KEY)
+    if ENABLED_KEY in settings.explicit or saved is None:
+        store.set_setting(ENABLED_KEY, str(settings.orchestration_enabled).lower())
+        return settings.orchestration_enabled
+    return saved == "true"

@@ -1,0 +1,314 @@
+"""Typed tools on jobs: submit, read, list, cancel, reprioritise, complete, explain; the queue in order.
+
+Times (``begin_at``) are written as people write them (``22:00``, ``+3h``, ``2026-11-30 22:00``,
+``now``; see ``tools.timespec``) or given as Unix seconds, and read here on the orchestrator's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from pydantic import BaseModel, Field
+
+from policies.plan import estimate_starts
+from policies.snapshot import Snapshot
+from tools.door.context import Args, PermissionDenied, ToolContext
+from tools.logs import read_log
+from tools.models import HOLDS_GPUS, Event, Job, JobRequest, JobSpec, JobStatus
+from tools.queue import QueueStats
+from tools.timespec import parse_end, parse_time
+
+
+def when(name: str, value: str | float, now: float, *, start: float | None = None) -> float:
+    """A time argument in Unix seconds (the end of a window counts from its ``start``); a ValueError
+    names the argument."""
+    try:
+        return parse_time(value, now) if start is None else parse_end(value, start, now)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """The queue as the scheduler sees it now: the policy's order and each waiting job's estimated start."""
+
+    snapshot: Snapshot
+    policy: str
+    order: list[Job]
+    starts: Mapping[int, float]  # job id -> estimated start (Unix seconds); absent when it cannot be planned
+
+    def position(self, job_id: int) -> int | None:
+        return next((i for i, j in enumerate(self.order, start=1) if j.id == job_id), None)
+
+
+def outlook(ctx: ToolContext) -> Outlook:
+    """The plan of every waiting job in the policy's order, else the last pass's backfill plan. A stopped
+    scheduler starts nothing, so then nothing has an estimated start. The planning reads only the
+    (immutable) snapshot, so it runs outside the lock, as a tick's decision does."""
+    orch = ctx.orchestrator
+    with orch.lock:
+        snapshot, policy, planned, enabled = orch.snapshot(), orch.policy, orch.planned, orch.enabled
+    order = policy.order(snapshot)
+    starts = {**planned, **estimate_starts(snapshot, order)} if enabled else {}
+    return Outlook(snapshot, policy.name, order, starts)
+
+
+# -- reading ------------------------------------------------------------------------------------
+class ListQueue(Args):
+    """The waiting and running jobs in scheduling order, each waiting job with its reason."""
+
+    user: str | None = Field(description="Only this user's jobs; null for everyone's.")
+
+
+class QueueEntry(BaseModel):
+    position: int | None  # 1 = considered first; None for jobs that already hold GPUs
+    job: Job
+    estimated_start: float | None = None  # a waiting job's planned start (Unix seconds); None: cannot plan it
+
+
+class QueueView(BaseModel):
+    policy: str
+    jobs: list[QueueEntry]
+    stats: QueueStats
+
+
+def list_queue(ctx: ToolContext, args: ListQueue) -> QueueView:
+    plan = outlook(ctx)
+    stats = ctx.core.queue.stats(plan.snapshot.now)
+    entries = [QueueEntry(position=None, job=j) for j in plan.snapshot.holding]
+    entries += [QueueEntry(position=i, job=j, estimated_start=plan.starts.get(j.id)) for i, j in enumerate(plan.order, start=1)]
+    if args.user is not None:
+        entries = [e for e in entries if e.job.user == args.user]
+    return QueueView(policy=plan.policy, jobs=entries, stats=stats)
+
+
+class GetJob(Args):
+    """One job's whole record: status, allocation, exit code, attempts, times and pending reason; for a
+    waiting job also its place in line and estimated start."""
+
+    job_id: int = Field(description="The job's id.")
+
+
+class JobDetail(Job):
+    position: int | None = None  # in the scheduling order, for a queued job
+    estimated_start: float | None = None  # a queued job's planned start (Unix seconds); None: cannot plan it
+
+
+def get_job(ctx: ToolContext, args: GetJob) -> JobDetail:
+    job = ctx.core.queue.get(args.job_id)
+    if job.status != JobStatus.QUEUED:
+        return JobDetail(**job.model_dump())
+    plan = outlook(ctx)
+    return JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id))
+
+
+class ListJobs(Args):
+    """Jobs of any status, finished ones too, oldest first."""
+
+    statuses: list[JobStatus] | None = Field(None, description="Only these statuses; null for all.")
+    user: str | None = Field(None, description="Only this user's jobs; null for everyone's.")
+    limit: int | None = Field(None, ge=1, description="Only the newest this many; null for all.")
+
+
+def list_jobs(ctx: ToolContext, args: ListJobs) -> list[Job]:
+    jobs = ctx.core.store.list_jobs(statuses=args.statuses, user=args.user)
+    return jobs[-args.limit:] if args.limit else jobs
+
+
+class JobEvents(Args):
+    """Everything that happened to a job, oldest first."""
+
+    job_id: int = Field(description="The job's id.")
+
+
+def job_events(ctx: ToolContext, args: JobEvents) -> list[Event]:
+    ctx.core.queue.get(args.job_id)  # JobNotFound for an unknown job
+    return ctx.core.store.events(job_id=args.job_id)
+
+
+class JobLogs(Args):
+    """A job's stdout and stderr: the last lines, or what was written from an offset on."""
+
+    job_id: int = Field(description="The job's id.")
+    tail: int | None = Field(None, ge=0, description="Only the last this many lines.")
+    offset: int | None = Field(None, ge=0, description="Only the bytes from here on (to follow a log).")
+
+
+class JobLog(BaseModel):
+    job_id: int
+    status: JobStatus
+    path: str | None
+    text: str
+    next_offset: int = Field(description="Pass as offset to get only what was written after this.")
+    size: int
+
+
+def job_logs(ctx: ToolContext, args: JobLogs) -> JobLog:
+    job = ctx.core.queue.get(args.job_id)
+    chunk = read_log(Path(job.log_path), tail=args.tail, offset=args.offset) if job.log_path else None
+    return JobLog(
+        job_id=job.id, status=job.status, path=job.log_path, text=chunk.text if chunk else "",
+        next_offset=chunk.next_offset if chunk else (args.offset or 0), size=chunk.size if chunk else 0,
+    )
+
+
+# -- changing -----------------------------------------------------------------------------------
+class Submitted(BaseModel):
+    job_id: int
+    status: JobStatus
+    position: int | None
+    not_before: float | None = None  # the begin time it waits for (Unix seconds), if any
+
+
+def check_cwd(cwd: str | None) -> None:
+    """A job's working directory must exist here; found now, not when the job finally starts."""
+    if cwd is None:
+        return
+    path = Path(cwd)
+    if not path.is_absolute():
+        raise ValueError(f"cwd must be an absolute path, not {cwd!r}")
+    if not path.is_dir():
+        raise ValueError(f"cwd {cwd} is not an existing directory on this server")
+
+
+_REQUEST_FIELDS = set(JobRequest.model_fields) - {"begin_at"}
+
+
+def submit_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None) -> Submitted:
+    """Queue ``request`` for the actor, or for ``user`` when an administrator names one; say where it stands."""
+    job = queue_job(ctx, request, user=user)
+    return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id), not_before=job.not_before)
+
+
+def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None) -> Job:
+    """``submit_job`` without working out the new job's place in line (a replay submits thousands)."""
+    if ctx.actor.user is None and user is None:
+        raise PermissionDenied("a submission needs a user")
+    owner = ctx.owner(user)
+    check_cwd(request.cwd)
+    given = request.model_dump(include=_REQUEST_FIELDS)  # a front door's body may say more (REST: user)
+    begin_at = None if request.begin_at is None else when("begin_at", request.begin_at, ctx.core.clock.now())
+    spec = JobSpec(user=owner, begin_at=begin_at, **given)  # pydantic.ValidationError names the field at fault
+    job = ctx.orchestrator.submit(spec)
+    ctx.core.changed()
+    return job
+
+
+def queue_position(ctx: ToolContext, job_id: int) -> int | None:
+    orch = ctx.orchestrator
+    with orch.lock:
+        order = orch.policy.order(orch.snapshot())
+    return next((i for i, j in enumerate(order, start=1) if j.id == job_id), None)
+
+
+class CancelJob(Args):
+    """Cancel a job: a queued one is withdrawn; a running one gets SIGTERM, a grace period, then SIGKILL."""
+
+    job_id: int = Field(description="The job's id.")
+
+
+def cancel_job(ctx: ToolContext, args: CancelJob) -> Job:
+    ctx.check_owner(ctx.core.queue.get(args.job_id))
+    job = ctx.orchestrator.cancel(args.job_id)
+    ctx.core.changed()
+    return job
+
+
+class SetPriority(Args):
+    """Change a queued job's priority (1 lowest to 10 highest)."""
+
+    job_id: int = Field(description="The job's id.")
+    priority: int = Field(description="The new priority, 1 to 10.")
+
+
+def set_priority(ctx: ToolContext, args: SetPriority) -> Job:
+    ctx.check_owner(ctx.core.queue.get(args.job_id))
+    job = ctx.orchestrator.set_priority(args.job_id, args.priority)
+    ctx.core.changed()
+    return job
+
+
+class CompleteJob(Args):
+    """Mark a running job finished by hand: its process is stopped and its GPUs are freed."""
+
+    job_id: int = Field(description="The job's id.")
+    exit_code: int = Field(0, description="The exit code to record; 0 means completed.")
+
+
+def complete_job(ctx: ToolContext, args: CompleteJob) -> Job:
+    ctx.check_owner(ctx.core.queue.get(args.job_id))
+    job = ctx.orchestrator.complete(args.job_id, args.exit_code)
+    ctx.core.changed()
+    return job
+
+
+# -- explaining ---------------------------------------------------------------------------------
+class ExplainJob(Args):
+    """Why a job waits (or what it is doing), from the scheduler's own pending reason, never guessed; for a
+    waiting job also its place in line, estimated start, priority factors and its user's and group's quota."""
+
+    job_id: int = Field(description="The job's id.")
+
+
+class FactorView(BaseModel):
+    name: str
+    value: float  # the factor before weighting
+    weight: float
+    points: float  # value x weight
+    detail: str
+
+
+class QuotaUse(BaseModel):
+    name: str  # the user or the group
+    quota: int | None  # GPUs at once; None: no limit
+    in_use: int  # GPUs its jobs hold now
+
+
+class Explanation(BaseModel):
+    job_id: int
+    user: str
+    status: JobStatus
+    gpu_count: int
+    position: int | None  # in the scheduling order, for a queued job
+    reason: str | None  # Slurm-style code: Priority, Resources, BeginTime, Dependency, QuotaExceeded, ...
+    message: str  # the scheduler's words, or what the job is doing
+    policy: str  # the policy that orders the queue now
+    estimated_start: float | None = None  # a queued job's planned start (Unix seconds); None: cannot plan it
+    factors: list[FactorView] | None = None  # the multifactor priority of a queued job; None otherwise
+    total: float | None = None  # the sum of the factors' points: higher goes first
+    note: str | None = None  # says when the factors are not what orders the queue
+    user_quota: QuotaUse | None = None
+    group_quota: QuotaUse | None = None  # None when the user has no group
+
+
+def explain_job(ctx: ToolContext, args: ExplainJob) -> Explanation:
+    job = ctx.core.queue.get(args.job_id)
+    base = dict(job_id=job.id, user=job.user, status=job.status, gpu_count=job.gpu_count,
+                reason=job.pending_reason.value if job.pending_reason else None)
+    if job.status != JobStatus.QUEUED:
+        if job.status in HOLDS_GPUS and job.allocation is not None:
+            message = f"{job.status.value} on {job.allocation.describe()}"
+        else:
+            message = job.status.value + (f" with exit code {job.exit_code}" if job.exit_code is not None else "")
+        return Explanation(**base, position=None, message=message, policy=ctx.orchestrator.policy.name)
+    plan = outlook(ctx)
+    multifactor = ctx.core.multifactor
+    priority = multifactor.explain(plan.snapshot, job)
+    rules = plan.snapshot.rules
+    users, groups = plan.snapshot.in_use
+    group = rules.group_of(job.user)
+    note = None
+    if plan.policy != multifactor.name:
+        note = f"the queue is ordered by the {plan.policy} policy; these factors are how {multifactor.name} would rank it"
+    return Explanation(
+        **base, position=plan.position(job.id), message=job.pending_message or "", policy=plan.policy,
+        estimated_start=plan.starts.get(job.id),
+        factors=[FactorView(name=f.name, value=f.value, weight=f.weight, points=f.points, detail=f.detail)
+                 for f in priority.factors],
+        total=priority.total, note=note,
+        user_quota=QuotaUse(name=job.user, quota=rules.quota_of_user(job.user), in_use=users.get(job.user, 0)),
+        group_quota=None if group is None else QuotaUse(name=group, quota=rules.group_quota.get(group),
+                                                        in_use=groups.get(group, 0)),
+    )

@@ -20,28 +20,22 @@ import pytest
 from policies.ordering import POLICIES, get_policy
 from policies.rules import Rules
 from policies.snapshot import Snapshot
-from tools.clock import SimClock
-from tools.inventory import NodeDeclaration, ResourceManager
 from tools.models import Allocation, Gpu, InventorySource, Job, JobSpec, JobStatus, Node, PendingReason, StopReason
 from tools.orchestrator import Orchestrator
-from tools.queue import JobQueue
 from tools.sim_executor import SimExecutor
+from tests.cores import make_core
 from tools.store import SqliteStore
 
 
 # -- the stateful test's failing sequence, through the whole core -------------------------------------
 def core(policy: str):
     """The stateful test's machine: nodes a (4) and b (2), no quotas, gap 1, no minimum run time."""
-    clock = SimClock()
-    store = SqliteStore(":memory:")
-    resources = ResourceManager(store, probe=None)
-    resources.initialize(0.0, declared=[NodeDeclaration(name="a", gpus=4), NodeDeclaration(name="b", gpus=2)])
     durations: dict[int, float | None] = {}
     sim = SimExecutor(duration_of=lambda job: durations.get(job.id))
     rules = Rules(default_runtime_s=10.0, backfill_depth=5, preempt_priority_gap=1, preempt_min_runtime_s=0.0)
-    orch = Orchestrator(queue=JobQueue(store, max_queued=12), inventory=resources, executor=sim, clock=clock,
-                        policy=get_policy(policy), grace_s=5, rules=rules, preempt_grace_s=3)
-    return orch, durations
+    built = make_core(nodes={"a": 4, "b": 2}, policy=policy, rules=rules, store=SqliteStore(":memory:"), executor=sim,
+                      max_queue_size=12, grace_s=5, preempt_grace_s=3)
+    return built.orchestrator, durations
 
 
 def made_room_for_is_kept(orch: Orchestrator, victims: dict[int, int], before: dict[int, int]) -> None:

@@ -133,7 +133,7 @@ def test_complete_by_hand_frees_gpus(tmp_path):
 def test_restart_adopts_running_and_records_ended(tmp_path):
     store = SqliteStore(tmp_path / "herd.db")
     orch, clock, sim = make(tmp_path, store=store)
-    a, b = orch.submit(spec()), orch.submit(spec())
+    a, b = orch.submit(spec()), orch.submit(spec(max_retries=0))
     orch.tick()
     # The service dies; job a keeps running, job b's process is gone without an exit code.
     sim._running.pop(b.id)
@@ -141,7 +141,10 @@ def test_restart_adopts_running_and_records_ended(tmp_path):
     orch2.reconcile()
     assert status(orch2, a.id) == S.RUNNING
     job_b = orch2.queue.get(b.id)
-    assert (job_b.status, job_b.exit_code) == (S.QUEUED, None)  # a retry remains
+    # Lost with the executor, not failed: requeued at once, the attempt not counted, no retry used.
+    assert (job_b.status, job_b.exit_code, job_b.attempts, job_b.not_before) == (S.QUEUED, None, 0, None)
+    assert sim.poll(clock.now()) == []  # recorded, so forgotten
+    assert orch2.tick().started == (b.id,)
 
 
 def test_a_stop_during_the_decision_starts_nothing(tmp_path):

@@ -2,6 +2,11 @@
 
 Adapters with twins: ``TmuxExecutor`` runs real processes on one node, ``SimExecutor`` replays
 durations for tests and evals. The orchestrator never knows which one it has.
+
+An end is handed over, not thrown over: ``poll`` reports a job's end on every call until the
+orchestrator has stored it and says so with ``forget``. A store write that fails (disk full, a
+read-only directory, a locked database) therefore loses nothing: the same end comes back on the next
+pass and is recorded then.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ class JobExit:
     job_id: int
     exit_code: int | None  # None: the job vanished without leaving an exit code
     end_time: float
+    # The executor lost the job (its tmux window or server went away, its wrapper was killed), so
+    # the end is the infrastructure's failure, not the job's: whatever the exit code says (143 or
+    # 129 from the hangup), it is requeued without using a retry unless it exited 0 or was being
+    # stopped. Reported only once none of the job's processes is left.
+    lost: bool = False
 
 
 class Executor(Protocol):
@@ -29,18 +39,23 @@ class Executor(Protocol):
         ...
 
     def stop(self, job_id: int, now: float, grace_s: float) -> None:
-        """Ask a job to end: SIGTERM to its process group now, SIGKILL at ``now + grace_s``.
-
-        Returns at once; the kill is sent by a later ``poll`` and the end is reported by ``poll``.
-        """
+        """Ask a job to end: SIGTERM to its process group now, SIGKILL ``grace_s`` later (measured on
+        a monotonic clock). Returns at once; the kill is sent by a later ``poll``, which also reports
+        the end once the job's processes are gone."""
         ...
 
     def poll(self, now: float) -> list[JobExit]:
-        """Jobs that ended since the last call (each reported once); sends SIGKILLs that are due."""
+        """Every job that has ended and is not yet forgotten (so an end is reported again and again
+        until ``forget``); sends SIGKILLs that are due."""
+        ...
+
+    def forget(self, job_id: int) -> None:
+        """The orchestrator has stored the end of ``job_id`` (or no longer needs it): stop reporting it."""
         ...
 
     def recover(self, job_ids: Iterable[int], now: float) -> list[JobExit]:
-        """After a restart: adopt the listed jobs that still run, report the ones that ended."""
+        """After a restart: adopt the listed jobs that still run, report the ones that ended (kept,
+        like ``poll``'s, until forgotten)."""
         ...
 
     def wait(self, timeout_s: float) -> None:

@@ -62,6 +62,7 @@ class StopReason(StrEnum):
     CANCEL = "cancel"
     TIME_LIMIT = "time_limit"
     PREEMPT = "preempt"  # makes room for a job of higher priority, or a reservation: requeued
+    COMPLETE = "complete"  # marked finished by hand; ends with the exit code asked for (kept in exit_code)
 
 
 class Allocation(BaseModel):

@@ -1,8 +1,10 @@
 """The orchestrator: the one place where decisions become effects.
 
 ``tick()`` runs in numbered phases, each timed on the injected clock:
-  1. collect   - record jobs that ended (exit codes from the executor), with retries
-  2. enforce   - stop jobs past their time limit (SIGTERM, grace, SIGKILL)
+  1. collect   - record jobs that ended (exit codes from the executor), with retries; an end is
+                 forgotten by the executor only once it is stored, so a failed write is tried again
+                 on the next pass (and the pass then raises ``UnrecordedEnds``, after doing its work)
+  2. enforce   - stop jobs past their time limit (SIGTERM, grace, SIGKILL), on the monotonic clock
   3. decide    - snapshot -> policy (pure; the only phase without the lock)
   4. validate  - the policy's proposals against a fresh snapshot
   5. apply     - reserve GPUs in the store, then start through the executor; on failure release
@@ -13,6 +15,7 @@ under one lock, so the tick never races a cancel.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,12 +27,13 @@ from policies.admission import dependency_wait, quota_wait, size_wait
 from policies.reservations import check_reservation
 from policies.validator import Rejection, check_preemption, validate
 from tools.clock import Clock
-from tools.executor import Executor, StartError
+from tools.executor import Executor, JobExit, StartError
 from tools.index import ActiveJobs
 from tools.models import TERMINAL, Event, Job, JobSpec, JobStatus, Node, PendingReason, Reservation, StopReason
 from tools.queue import IllegalTransition, JobQueue
 from tools.store import GpuConflict
 
+log = logging.getLogger(__name__)
 
 class Inventory(Protocol):
     def nodes(self) -> tuple[Node, ...]: ...
@@ -52,6 +56,22 @@ class TickReport:
     rejected: tuple[Rejection, ...] = ()
     waiting: int = 0
     phases_s: dict[str, float] = field(default_factory=dict)
+    # Jobs whose end the executor reported but the store could not record (a failed write): they stay
+    # running, with their GPUs, and the executor keeps reporting them until a later pass records them.
+    unrecorded: tuple[int, ...] = ()
+
+
+class UnrecordedEnds(RuntimeError):
+    """Raised by a pass, once it has done all its other work, when ends it collected could not be
+    stored; the service keeps it as its last error until a pass records them."""
+
+    def __init__(self, report: TickReport, errors: dict[int, str]) -> None:
+        jobs = ", ".join(str(j) for j in report.unrecorded)
+        first = errors[report.unrecorded[0]]
+        super().__init__(f"the end of job(s) {jobs} could not be recorded ({first}); they keep their GPUs "
+                         "and are tried again on the next pass")
+        self.report = report
+        self.errors = dict(errors)
 
 
 class Orchestrator:
@@ -88,6 +108,9 @@ class Orchestrator:
         self.planned: dict[int, float] = {}  # the last pass's backfill plan: job id -> planned start
         self._layout: Layout | None = None
         self.last_tick: TickReport | None = None
+        # job id -> (the attempt's start time, its time-limit deadline on the monotonic clock)
+        self._deadlines: dict[int, tuple[float, float]] = {}
+        self._unrecorded: dict[int, str] = {}  # job id -> why its end could not be stored (this pass)
         self.lock = threading.RLock()  # every change of jobs, from any door
         self._tick_lock = threading.Lock()  # one tick at a time
 
@@ -209,37 +232,59 @@ class Orchestrator:
             return self.queue.set_priority(job_id, priority, now=self.clock.now())
 
     def complete(self, job_id: int, exit_code: int = 0) -> Job:
-        """Mark a scheduled or running job finished by hand: its process is stopped, its GPUs freed."""
+        """Mark a running job finished by hand, with ``exit_code``. Like a cancel, it is a request, then a
+        fact: the job is signalled (SIGTERM, grace, SIGKILL) with ``stop_reason=complete`` and the code
+        asked for kept in ``exit_code``; it becomes completed (code 0) or failed, and frees its GPUs, only
+        once its processes are gone. The answer is the job as it is then: still running with
+        ``stop_reason`` set, unless the executor already reports its end."""
         with self.lock:
             now = self.clock.now()
             job = self.queue.get(job_id)
             if job.status not in (JobStatus.SCHEDULED, JobStatus.RUNNING):
                 raise IllegalTransition(f"job {job_id} is {job.status.value}; only a running job can be completed")
+            if (job.stop_reason, job.exit_code) != (StopReason.COMPLETE, exit_code):
+                job = self.queue.update(job, now=now, kind="stopping", stop_reason=StopReason.COMPLETE, exit_code=exit_code,
+                                        message=f"{job.display_name}: to be marked finished by hand (exit code "
+                                        f"{exit_code}); SIGTERM, then SIGKILL after {self.grace_s:g} s; its GPUs "
+                                        "are freed when its processes are gone")
             self.executor.stop(job.id, now, self.grace_s)
-            status = JobStatus.COMPLETED if exit_code == 0 else JobStatus.FAILED
-            return self.queue.transition(job, status, now=now, exit_code=exit_code, stop_reason=None,
-                                         message=f"{job.display_name}: marked {status.value} by hand (exit code {exit_code})")
+            return self._collect_one(job) or job
+
+    def _collect_one(self, job: Job) -> Job | None:
+        """Record ``job``'s end at once if the executor already has it (a simulated executor, or a
+        process that died at the first signal); other ends wait for the pass."""
+        for end in self.executor.poll(self.clock.now()):
+            if end.job_id == job.id:
+                return self._record(end)
+        return None
 
     # -- start-up --------------------------------------------------------------------------------
     def reconcile(self) -> None:
-        """After a restart: adopt what still runs, record what ended, then let ticks schedule."""
+        """After a restart: adopt what still runs, record what ended, then let ticks schedule. An end
+        whose write fails stays with the executor and is recorded by a later pass."""
         with self.lock:
             now = self.clock.now()
             holding = [j for j in self.queue.active() if j.status != JobStatus.QUEUED]
             ended = {e.job_id: e for e in self.executor.recover([j.id for j in holding], now)}
             for job in holding:
+                end = ended.get(job.id)
                 if job.status == JobStatus.SCHEDULED:
-                    if job.id in ended and ended[job.id].exit_code is None:
+                    if end is not None and end.exit_code is None and job.stop_reason in (None, StopReason.PREEMPT):
                         # Reserved but never started: not the job's fault, so the attempt is not counted.
                         self.queue.transition(job, JobStatus.QUEUED, now=now, attempts=job.attempts - 1,
                                               message=f"{job.display_name}: start interrupted by a restart; requeued")
+                        self.executor.forget(job.id)
                         continue
                     job = self.queue.transition(job, JobStatus.RUNNING, now=now, message=f"{job.display_name}: adopted after a restart")
-                if job.id in ended:
-                    self.queue.finish(job, ended[job.id].exit_code, now=ended[job.id].end_time, note="ended while the service was down")
+                if end is not None:
+                    self._record(end, note="ended while the service was down")
                 elif job.stop_reason is not None:
                     grace = self.preempt_grace_s if job.stop_reason == StopReason.PREEMPT else self.grace_s
                     self.executor.stop(job.id, now, grace)  # the stop may have been cut short by the restart
+            if self._unrecorded:
+                log.error("after the restart, the end of job(s) %s could not be recorded; the passes will try again",
+                          ", ".join(map(str, sorted(self._unrecorded))))
+                self._unrecorded.clear()
 
     # -- the tick --------------------------------------------------------------------------------
     def tick(self) -> TickReport:
@@ -257,6 +302,7 @@ class Orchestrator:
                 return t
 
             with self.lock:
+                self._unrecorded.clear()
                 finished = self._collect(t0)
                 t = lap("collect", t0)
                 self._enforce_time_limits(t)
@@ -283,8 +329,8 @@ class Orchestrator:
                 t = lap("explain", t)
             self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
                                         started=tuple(started), rejected=verdict.rejected,
-                                        waiting=waiting, phases_s=phases)
-            return self.last_tick
+                                        waiting=waiting, phases_s=phases, unrecorded=tuple(sorted(self._unrecorded)))
+            return self._reported(self.last_tick)
 
     def _held(self, t0: float, phases: dict[str, float], finished: tuple[int, ...]) -> TickReport:
         """The pass of a stopped scheduler: nothing starts, every waiting job says why it waits."""
@@ -293,32 +339,61 @@ class Orchestrator:
         t = self.clock.now()
         phases["explain"] = t - since
         self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                    waiting=waiting, phases_s=phases)
-        return self.last_tick
+                                    waiting=waiting, phases_s=phases, unrecorded=tuple(sorted(self._unrecorded)))
+        return self._reported(self.last_tick)
+
+    def _reported(self, report: TickReport) -> TickReport:
+        """The pass's report, or ``UnrecordedEnds`` if an end could not be stored, so that whoever runs
+        the passes (the service keeps ``last_error``) does not take the pass for a clean one."""
+        if report.unrecorded:
+            raise UnrecordedEnds(report, self._unrecorded)
+        return report
 
     def _collect(self, now: float) -> tuple[int, ...]:
         finished = []
         for end in self.executor.poll(now):
-            job = self.queue.store.get_job(end.job_id)
-            if job is None or job.status != JobStatus.RUNNING:
-                continue  # e.g. completed by hand before its process ended
-            self.queue.finish(job, end.exit_code, now=end.end_time)
-            finished.append(job.id)
+            job = self._record(end)
+            if job is not None:
+                finished.append(job.id)
         return tuple(finished)
 
+    def _record(self, end: JobExit, note: str = "") -> Job | None:
+        """Store the end of a job, then let the executor forget it. If the write fails, the executor
+        keeps the end (and the job its GPUs) for the next pass, and the pass reports it."""
+        try:
+            job = self.queue.store.get_job(end.job_id)
+            if job is None or job.status != JobStatus.RUNNING:
+                self.executor.forget(end.job_id)  # already recorded, or not this core's job
+                return None
+            job = self.queue.finish(job, end.exit_code, now=end.end_time, lost=end.lost, note=note)
+        except Exception as exc:  # a failed write (disk full, read-only, locked): keep the end
+            log.warning("job %s ended but its end could not be recorded (%s: %s); keeping it for the next pass",
+                        end.job_id, type(exc).__name__, exc)
+            self._unrecorded[end.job_id] = f"{type(exc).__name__}: {exc}"
+            return None
+        self._deadlines.pop(end.job_id, None)
+        self.executor.forget(end.job_id)
+        return job
+
     def _enforce_time_limits(self, now: float) -> None:
+        """Stop jobs past their time limit. The deadline is kept on the monotonic clock from the moment
+        the job started (or, for a job adopted after a restart, from its wall-clock start once), so
+        that a step of the system clock neither shortens nor extends it."""
+        mono = self.clock.monotonic()
+        deadlines: dict[int, tuple[float, float]] = {}
         for job in self.queue.index.timed():
-            if (
-                job.status == JobStatus.RUNNING
-                and job.time_limit_s is not None
-                and job.start_time is not None
-                and job.stop_reason is None
-                and now - job.start_time >= job.time_limit_s
-            ):
+            if job.status != JobStatus.RUNNING or job.time_limit_s is None or job.start_time is None:
+                continue
+            deadline = self._deadlines.get(job.id)
+            if deadline is None or deadline[0] != job.start_time:
+                deadline = (job.start_time, mono + job.time_limit_s - max(0.0, now - job.start_time))
+            deadlines[job.id] = deadline
+            if job.stop_reason is None and mono >= deadline[1]:
                 self.queue.update(job, now=now, kind="stopping", stop_reason=StopReason.TIME_LIMIT,
                                   message=f"{job.display_name}: reached its time limit of {job.time_limit_s:g} s; "
                                   f"SIGTERM, then SIGKILL after {self.grace_s:g} s")
                 self.executor.stop(job.id, now, self.grace_s)
+        self._deadlines = deadlines
 
     def _apply(self, snapshot: Snapshot, accepted, now: float) -> list[int]:
         started = []
@@ -336,8 +411,10 @@ class Orchestrator:
             except StartError as exc:
                 self.queue.fail_attempt(job, now=now, exit_code=None, why=f"could not start: {exc}")
                 continue
-            self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=log_path,
-                                  message=f"{job.display_name}: running on {where}")
+            job = self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=log_path,
+                                        message=f"{job.display_name}: running on {where}")
+            if job.time_limit_s is not None and job.start_time is not None:
+                self._deadlines[job.id] = (job.start_time, self.clock.monotonic() + job.time_limit_s)
             started.append(job.id)
         return started
 

@@ -7,6 +7,7 @@ saves the job with an event row in one store transaction.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -25,6 +26,8 @@ from tools.models import (
 from tools.timespec import local_time
 from tools.store import Store
 
+log = logging.getLogger(__name__)
+
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
 
 
@@ -40,7 +43,12 @@ class IllegalTransition(RuntimeError):
 
 @dataclass(frozen=True)
 class Backoff:
-    """Delay before retry ``attempt`` (1-based): base, doubled each time, capped."""
+    """Delay before retry ``attempt`` (1-based): base, doubled each time, capped.
+
+    The retry's ``not_before`` is a wall-clock time, unlike the time-limit and grace deadlines (which
+    are monotonic): it is stored with the job and must mean the same after a restart, which a
+    monotonic reading cannot. A step of the system clock moves it; at worst a retry waits up to the
+    step longer or starts that much sooner."""
 
     base_s: float = 10.0
     factor: float = 2.0
@@ -214,24 +222,40 @@ class JobQueue:
             priority=priority,
         )
 
-    def finish(self, job: Job, exit_code: int | None, *, now: float, note: str = "") -> Job:
-        """Record the end of a running attempt; requeue it with a backoff while retries remain."""
-        self._charge_usage(job, now)
+    def finish(self, job: Job, exit_code: int | None, *, now: float, note: str = "", lost: bool = False) -> Job:
+        """Record the end of a running attempt; requeue it with a backoff while retries remain.
+
+        ``lost``: the executor lost the job (its tmux server or window went away), which is not the
+        job's failure: unless it exited 0 or was being stopped, it is requeued at once and the attempt
+        is not counted, so no retry is used. The job's record is written before its user's fair-share
+        usage, so that a failed write (the caller keeps the end and tries again) never charges twice."""
         code = "no exit code (the job vanished)" if exit_code is None else f"exit code {exit_code}"
         detail = f"{job.display_name}: {code}" + (f"; {note}" if note else "")
-        if job.stop_reason == StopReason.CANCEL:
-            return self.transition(job, JobStatus.CANCELLED, now=now, message=f"{detail}; cancelled",
-                                   exit_code=exit_code, stop_reason=None)
-        if job.stop_reason == StopReason.PREEMPT:
-            return self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, preemptions=job.preemptions + 1,
-                                   message=f"{detail}; preempted and requeued (attempt {job.attempts} counted, "
-                                   "no retry used)")
-        if job.stop_reason == StopReason.TIME_LIMIT:
-            return self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, stop_reason=None,
-                                   message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s")
-        if exit_code == 0:
-            return self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
-        return self.fail_attempt(job, now=now, exit_code=exit_code, why=detail)
+        if job.stop_reason == StopReason.COMPLETE:
+            asked = job.exit_code if job.exit_code is not None else 0
+            status = JobStatus.COMPLETED if asked == 0 else JobStatus.FAILED
+            new = self.transition(job, status, now=now, exit_code=asked, stop_reason=None,
+                                  message=f"{detail}; marked {status.value} by hand (exit code {asked})")
+        elif job.stop_reason == StopReason.CANCEL:
+            new = self.transition(job, JobStatus.CANCELLED, now=now, message=f"{detail}; cancelled",
+                                  exit_code=exit_code, stop_reason=None)
+        elif job.stop_reason == StopReason.PREEMPT:
+            new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, preemptions=job.preemptions + 1,
+                                  message=f"{detail}; preempted and requeued (attempt {job.attempts} counted, "
+                                  "no retry used)")
+        elif job.stop_reason == StopReason.TIME_LIMIT:
+            new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, stop_reason=None,
+                                  message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s")
+        elif exit_code == 0:
+            new = self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
+        elif lost:
+            new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, attempts=max(0, job.attempts - 1),
+                                  message=f"{detail}; lost by the executor (its tmux server or window went away), "
+                                  "not by the job: requeued, attempt not counted, no retry used")
+        else:
+            new = self.fail_attempt(job, now=now, exit_code=exit_code, why=detail)
+        self._charge_usage(job, now)
+        return new
 
     def fail_attempt(self, job: Job, *, now: float, exit_code: int | None, why: str) -> Job:
         """A failed attempt (or a failed start): retry after a backoff, or fail for good. Attempts
@@ -247,8 +271,14 @@ class JobQueue:
                                message=f"{why}; no retries left")
 
     def _charge_usage(self, job: Job, now: float) -> None:
+        """Add the attempt's GPU-seconds to its user's usage. Called once the end is stored: if this
+        write fails, the attempt goes uncharged (and says so in the log) rather than the end being
+        recorded twice."""
         if job.start_time is None:
             return
-        value, as_of = self.store.get_usage().get(job.user, (0.0, now))
-        charged = decayed(value, now - as_of, self.usage_half_life_s) + job.gpu_count * (now - job.start_time)
-        self.store.set_usage(job.user, charged, now)
+        try:
+            value, as_of = self.store.get_usage().get(job.user, (0.0, now))
+            charged = decayed(value, now - as_of, self.usage_half_life_s) + job.gpu_count * (now - job.start_time)
+            self.store.set_usage(job.user, charged, now)
+        except Exception:
+            log.exception("job %s ended but its GPU time could not be added to %s's fair-share usage", job.id, job.user)

@@ -2,7 +2,8 @@
 
 A simulated job runs for ``duration_of(job)`` seconds of simulated time (``None``: until the test
 ends it with ``finish``) and exits with ``exit_code_of(job)``. A stopped job honours SIGTERM at once
-and reports 143, as bash does for a job killed by SIGTERM.
+and reports 143, as bash does for a job killed by SIGTERM. Like every executor, it reports an end on
+each ``poll`` until the orchestrator ``forget``s it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class SimExecutor:
         self._ends: list[tuple[float, int, int, int]] = []  # (time, seq, job_id, exit code)
         self._planned: dict[int, int] = {}  # job_id -> seq of its live entry in _ends
         self._seq = itertools.count()  # deterministic order for jobs that end at the same time
+        self._ended: dict[int, JobExit] = {}  # ends reported and not yet forgotten, in the order they came
         self.fail_next_start: str | None = None  # set by a test: the next start raises StartError
 
     @property
@@ -41,6 +43,7 @@ class SimExecutor:
             raise StartError(message)
         if job.id in self._running:
             raise StartError(f"job {job.id} is already running")
+        self._ended.pop(job.id, None)  # a new attempt: the last one's end is the store's now
         self._running[job.id] = allocation
         duration = self._duration_of(job)
         if duration is not None:
@@ -62,16 +65,23 @@ class SimExecutor:
         return self._ends[0][0] if self._ends else None
 
     def poll(self, now: float) -> list[JobExit]:
-        exits = []
         while (t := self.next_end()) is not None and t <= now:
             t, _, job_id, code = heapq.heappop(self._ends)
             del self._planned[job_id]
             del self._running[job_id]
-            exits.append(JobExit(job_id=job_id, exit_code=code, end_time=t))
-        return exits
+            self._ended[job_id] = JobExit(job_id=job_id, exit_code=code, end_time=t)
+        return list(self._ended.values())
+
+    def forget(self, job_id: int) -> None:
+        self._ended.pop(job_id, None)
 
     def recover(self, job_ids: Iterable[int], now: float) -> list[JobExit]:
-        return [JobExit(job_id=i, exit_code=None, end_time=now) for i in job_ids if i not in self._running]
+        """A job this executor does not run is lost (as if its tmux server had gone with it)."""
+        job_ids = list(job_ids)
+        for i in job_ids:
+            if i not in self._running and i not in self._ended:
+                self._ended[i] = JobExit(job_id=i, exit_code=None, end_time=now, lost=True)
+        return [self._ended[i] for i in job_ids if i in self._ended]
 
     def wait(self, timeout_s: float) -> None:
         pass

@@ -6,12 +6,14 @@ truth about a job lives in files, because tmux's own exit status (``pane_dead_st
 
 Files, per job (``<workdir>/jobs/<id>/``) and per log (``<workdir>/logs/job-<id>.log``)::
 
-    command      the user's command, verbatim; run as ``bash command`` so nothing is re-quoted
+    command      the user's command, verbatim; run with bash as a script, so nothing is re-quoted
     env          the job's whole environment, NUL-separated ``KEY=VALUE`` entries
     wrapper.sh   generated; the window's only process (see below)
+    wrapper.pid  the wrapper's pid and start time (``/proc/<pid>/stat`` field 22), written by the server
     wrapper.err  the wrapper's own stderr (diagnostics; keeps the pane clean)
-    pgid         the job's process group id, written once the job has started
-    exit_code    the job's exit code, written atomically (tmp + rename) when it has ended
+    pgid         the job's process group id and its leader's start time, written once the job has started
+    exit_code    the job's exit code, then `` lost`` if the wrapper itself was sent SIGHUP or SIGTERM (its
+                 window or the tmux server went away); written atomically (tmp + rename) when it has ended
 
 The wrapper protocol, in the order the wrapper does it:
 
@@ -21,14 +23,32 @@ The wrapper protocol, in the order the wrapper does it:
    service). stdin is /dev/null; stdout and stderr are appended to the log. ``$!`` goes to ``pgid``.
 3. It waits for the job. The wrapper is not in the job's group, so the SIGTERM/SIGKILL that ``stop`` sends
    to the group does not touch it, and it records 143 / 137. A HUP/INT/TERM sent to the wrapper itself (the
-   window is killed, someone presses ctrl-C in it) is passed on to the job as SIGTERM.
+   window is killed, someone presses ctrl-C in it) is passed on to the job as SIGTERM; HUP and TERM also
+   mark the end as ``lost``.
 4. Processes the command left behind in its group are stopped (TERM, up to 5 s, KILL) before the job counts
    as ended, so a job never "ends" while a child of it still holds the GPUs.
 5. It writes ``exit_code`` (tmp then ``mv``) and then runs ``tmux wait-for -S <channel>``, which wakes
    ``wait`` at once. The window closes when the wrapper exits.
 
-A job has ended when its ``exit_code`` file exists; it has vanished when its window is gone and there is no
-such file. While a job runs, the pane shows the log as it grows (``tail -f``).
+A job has ended when its ``exit_code`` file exists. A job whose window is gone without such a file (the
+tmux server was killed, the wrapper was SIGKILLed) is *lost*, and its end is reported only once nothing
+of it lives: its group gets SIGTERM, then SIGKILL after ``lost_grace_s``, and the end is reported (with
+``lost=True``, so the orchestrator requeues it without using a retry) once neither the wrapper nor any
+process of the group is left. So a job is never started again while its previous attempt still runs.
+Every end is reported on each ``poll`` until the orchestrator ``forget``s it (it has stored it).
+
+Jobs as their owners (``run_as_owner=True``, for a server that runs as root and serves several people):
+the wrapper runs as root and only the job's command runs as its owner (``setpriv --reuid --regid
+--init-groups``, with the owner's ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL``, in their home directory
+(``/`` if they have none) unless the job names a cwd, which is entered as the owner). ``jobs/``, ``logs/`` and each job's directory
+are root's, mode 0711: the owner can neither write nor list them, so the files the server trusts (exit
+code, pgid, env, wrapper) are out of every job's reach. The command file is the owner's (0400) and
+reaches their bash as an open descriptor (``/dev/fd/3``), so no directory above it needs to be open to
+them; the log is made by the server before the start (``tools.logs.create_log``), owned by the owner,
+0600, and opened for appending by the root wrapper. An owner unknown to this node is a ``StartError``.
+
+Deadlines (the SIGKILL after a stop's grace, the lost-job grace, the window checks) are kept on the
+monotonic clock, so a step of the system clock does not move them.
 
 One module, over 400 lines, because the wrapper script, start, stop, poll and recovery are one
 protocol over the same files and socket.
@@ -38,6 +58,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -48,7 +69,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from tools.clock import Clock, RealClock
 from tools.executor import JobExit, StartError
+from tools.logs import create_log
 from tools.models import Allocation, Job
 
 log = logging.getLogger(__name__)
@@ -62,6 +85,14 @@ _TMUX_TIMEOUT_S = 10.0  # a wedged tmux server must not hang the service loop fo
 # tmux's words for "there is no server / no such session" (or one still shutting down after a
 # kill-server): nothing runs there, which is not an error.
 _GONE = ("no server running", "error connecting to", "can't find session", "server exited unexpectedly", "lost server")
+_SHARED_DIR_MODE = 0o711  # jobs/, logs/, jobs/<id>/ when jobs run as their owners: enter, never list or write
+
+# How the wrapper runs the command: as the server's user, or as the job's owner (see the module's doc).
+_RUN_AS_SERVER = r'''env -i "${{job_env[@]}}" "$BASH" --noprofile --norc "$job_dir/command"'''
+_RUN_AS_OWNER = (
+    r'''env -i "${{job_env[@]}}" {setpriv} --reuid={uid} --regid={gid} --init-groups -- '''
+    r'''{env_bin} -C {user_cwd} "$BASH" --noprofile --norc /dev/fd/3 3< "$job_dir/command"'''
+)
 
 _WRAPPER = r"""#!/bin/bash
 # Generated by gpuherd (tools/tmux_executor.py) for job {job_id}; the protocol is described there.
@@ -70,8 +101,9 @@ job_dir={job_dir}
 log={log}
 exec 2>>"$job_dir/wrapper.err"
 
+lost=
 finish() {{  # record the exit code atomically, wake the service, and end the window
-  printf '%s\n' "$1" > "$job_dir/exit_code.tmp" && mv -f "$job_dir/exit_code.tmp" "$job_dir/exit_code"
+  printf '%s%s\n' "$1" "${{lost:+ lost}}" > "$job_dir/exit_code.tmp" && mv -f "$job_dir/exit_code.tmp" "$job_dir/exit_code"
   {tmux} -S {socket} wait-for -S {channel}
   exit 0
 }}
@@ -86,14 +118,21 @@ fi
 tail -c "+$(( $(wc -c < "$log") + 1 ))" --pid=$$ -f -- "$log" &
 tail_pid=$!
 
+# Set before the job starts, so that no hangup can come between its start and the trap (the job does
+# not inherit them: a trapped signal is reset in a child). The window's end (HUP) or a TERM sent to the
+# wrapper is not the job's doing: its end is marked lost. Closing the window or ctrl-C must not orphan it.
+pgid=
+trap 'lost=1; [[ -n $pgid ]] && kill -TERM -- "-$pgid" 2>/dev/null' HUP TERM
+trap '[[ -n $pgid ]] && kill -TERM -- "-$pgid" 2>/dev/null' INT
+
 set -m  # job control: the job below gets a process group of its own
 mapfile -d '' -t job_env < "$job_dir/env"
-env -i "${{job_env[@]}}" "$BASH" --noprofile --norc "$job_dir/command" < /dev/null >> "$log" 2>&1 &
+{run} < /dev/null >> "$log" 2>&1 &
 pgid=$!
-printf '%s\n' "$pgid" > "$job_dir/pgid.tmp" && mv -f "$job_dir/pgid.tmp" "$job_dir/pgid"
-
-# Set only now, so the job does not inherit it: closing the window or ctrl-C must not orphan the job.
-trap 'kill -TERM -- "-$pgid" 2>/dev/null' HUP INT TERM
+# The leader's start time tells this group from a later one that reuses the number.
+start=
+{{ read -r line < "/proc/$pgid/stat"; }} 2>/dev/null && {{ read -ra stat <<< "${{line##*) }}"; start=${{stat[19]}}; }}
+printf '%s %s\n' "$pgid" "$start" > "$job_dir/pgid.tmp" && mv -f "$job_dir/pgid.tmp" "$job_dir/pgid"
 
 # `wait` also returns when a trapped signal comes or the job is stopped (SIGSTOP): look again until
 # the job has really ended and been reaped.
@@ -130,17 +169,62 @@ finish "$code"
 """
 
 
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks since boot) of a process, or None if gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = data.rsplit(b")", 1)[-1].split()  # skip "pid (comm) ": comm may hold spaces and parentheses
+    try:
+        return fields[0].decode(), int(fields[2]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    """Whether ``pid`` is a live (not zombie) process, and the same one if its ``start`` is known."""
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X") and (start is None or st[2] == start)
+
+
+def _group_members(pgid: int, leader_start: int | None) -> list[int]:
+    """The live processes of process group ``pgid``. The number is not reused while any process of the
+    group lives, so a leader with another start time means the group is long gone."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        st = _proc_stat(pid)
+        if st is None:
+            continue
+        state, pgrp, start = st
+        if pid == pgid and leader_start is not None and start != leader_start:
+            return []
+        if pgrp == pgid and state not in ("Z", "X"):
+            members.append(pid)
+    return members
+
+
 @dataclass
 class _Running:
-    """What the executor remembers about a job it started or adopted."""
+    """What the executor remembers about a job it started or adopted, until it is forgotten."""
 
-    kill_at: float | None = None  # SIGKILL deadline set by stop()
+    wrapper: tuple[int, int | None] | None = None  # the wrapper's pid and start time, when known
+    kill_at: float | None = None  # SIGKILL deadline (monotonic) set by stop(), or by losing the window
     term_pending: bool = False  # stop() came before the job's pgid file existed
     kill_sent: bool = False
+    vanished: bool = False  # its window went away without an exit code: finishing off what is left
+    end: JobExit | None = None  # reported on every poll until forget()
 
 
 class TmuxExecutor:
-    """The ``Executor`` for one node's local jobs, each one a window of a private tmux server."""
+    """The ``Executor`` for one node's local jobs, each one a window of a private tmux server.
+
+    ``run_as_owner``: run each job's command as its owner (uid, gid, supplementary groups, home), for a
+    server that runs as root; see the module's doc. ``lost_grace_s``: SIGTERM to SIGKILL for what is left
+    of a job whose window vanished. ``clock``: its ``monotonic()`` times the deadlines."""
 
     def __init__(
         self,
@@ -149,6 +233,10 @@ class TmuxExecutor:
         session_name: str = "herd",
         base_env: dict[str, str] | None = None,
         window_check_s: float = 2.0,
+        *,
+        run_as_owner: bool = False,
+        lost_grace_s: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         for what, name in (("socket_name", socket_name), ("session_name", session_name)):
             if not _NAME.match(name):
@@ -161,12 +249,22 @@ class TmuxExecutor:
         self.base_env = dict(base_env)
         # Listing windows costs a fork; exit files are checked on every poll, vanished windows less often.
         self.window_check_s = window_check_s
+        self.lost_grace_s = lost_grace_s
+        self.clock: Clock = clock or RealClock()
         self.channel = f"{session_name}-job-ended"
+        self.run_as_owner = run_as_owner
 
         tmux, env_bin, bash = shutil.which("tmux"), shutil.which("env"), shutil.which("bash")
         if not (tmux and env_bin and bash):
             raise RuntimeError("TmuxExecutor needs tmux, env and bash on PATH")
         self._tmux_bin, self._env_bin, self._bash = tmux, env_bin, bash
+        self._setpriv: str | None = None
+        if run_as_owner:
+            if os.geteuid() != 0:
+                raise RuntimeError("running jobs as their owners needs the server to run as root")
+            self._setpriv = shutil.which("setpriv")
+            if self._setpriv is None:
+                raise RuntimeError("running jobs as their owners needs setpriv (util-linux) on PATH")
         # Every tmux client we run, and so the server the first one starts, sees only this; the server's
         # global environment is copied from the client that started it.
         path = self.base_env.get("PATH") or os.environ.get("PATH") or FALLBACK_PATH
@@ -200,8 +298,10 @@ class TmuxExecutor:
     def start(self, job: Job, allocation: Allocation, now: float) -> str:
         if allocation.more:
             raise StartError(f"job {job.id} spans nodes ({allocation.describe()}); tmux runs jobs on one node")
-        if job.id in self._jobs and self._read_exit(job.id) is None:
+        known = self._jobs.get(job.id)
+        if known is not None and known.end is None:
             raise StartError(f"job {job.id} is already running")
+        owner = self._owner(job) if self.run_as_owner else None
         self._ensure_session()
         windows = self._live_windows()
         if windows is None:
@@ -210,6 +310,9 @@ class TmuxExecutor:
             raise StartError(f"job {job.id} already has a live tmux window ({self.window_name(job.id)})")
 
         env = {**self.base_env, **job.env}
+        if owner is not None:
+            env |= {"HOME": owner.pw_dir, "USER": owner.pw_name, "LOGNAME": owner.pw_name,
+                    "SHELL": owner.pw_shell or "/bin/sh"}
         # NVML numbers GPUs by PCI bus; CUDA's default order is fastest-first. Make them agree.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices()
@@ -219,17 +322,20 @@ class TmuxExecutor:
                 raise StartError(f"job {job.id}: environment variable {key!r} cannot be passed on")
 
         job_dir, log_file = self.job_dir(job.id), self.log_path(job.id)
+        ids = (owner.pw_uid, owner.pw_gid) if owner is not None else None
         try:
-            job_dir.mkdir(parents=True, exist_ok=True)
-            log_file.parent.mkdir(parents=True, exist_ok=True)
+            for d in (job_dir.parent, job_dir, log_file.parent):
+                d.mkdir(parents=True, exist_ok=True)
+                if owner is not None:
+                    os.chmod(d, _SHARED_DIR_MODE)
             # The previous attempt's results must not be mistaken for this one's.
-            for name in ("exit_code", "exit_code.tmp", "pgid", "pgid.tmp"):
+            for name in ("exit_code", "exit_code.tmp", "pgid", "pgid.tmp", "wrapper.pid"):
                 (job_dir / name).unlink(missing_ok=True)
-            (job_dir / "command").write_text(job.command, encoding="utf-8")
-            (job_dir / "env").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
+            _write(job_dir / "command", job.command.encode(), 0o400 if ids else 0o644, ids)
+            _write(job_dir / "env", b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()), 0o600)
             wrapper = job_dir / "wrapper.sh"
-            wrapper.write_text(self._wrapper(job, job_dir, log_file), encoding="utf-8")
-            log_file.touch()
+            _write(wrapper, self._wrapper(job, job_dir, log_file, owner).encode(), 0o700)
+            create_log(log_file, owner=ids)
         except (OSError, UnicodeError) as e:
             raise StartError(f"job {job.id}: cannot write its files under {job_dir}: {e}") from e
 
@@ -237,8 +343,8 @@ class TmuxExecutor:
         # client's PATH...); the wrapper sets what it needs itself.
         cmd = shlex.join([self._env_bin, "-i", self._bash, "--noprofile", "--norc", str(wrapper)])
         new_window = (
-            "new-window", "-d", "-t", f"={self.session_name}:", "-n", self.window_name(job.id),
-            "-c", str(self.workdir), f"exec {cmd}",
+            "new-window", "-d", "-P", "-F", "#{pane_pid}", "-t", f"={self.session_name}:",
+            "-n", self.window_name(job.id), "-c", str(self.workdir), f"exec {cmd}",
         )
         result = self._tmux(*new_window)
         if result.returncode != 0 and any(g in result.stderr for g in _GONE):
@@ -247,14 +353,23 @@ class TmuxExecutor:
             result = self._tmux(*new_window)
         if result.returncode != 0:
             raise StartError(f"job {job.id}: tmux new-window failed: {result.stderr.strip()}")
-        self._jobs[job.id] = _Running()
+        running = _Running()
+        try:
+            pid = int(result.stdout.strip())
+            st = _proc_stat(pid)
+            running.wrapper = (pid, st[2] if st is not None else None)
+            _write(job_dir / "wrapper.pid", f"{pid} {running.wrapper[1] or ''}\n".encode(), 0o644)
+        except (ValueError, OSError) as e:
+            log.warning("job %s: cannot record its wrapper's pid (%s); a lost window is judged by its group alone",
+                        job.id, e)
+        self._jobs[job.id] = running
         return str(log_file)
 
     def stop(self, job_id: int, now: float, grace_s: float) -> None:
         running = self._jobs.get(job_id)
-        if running is None or self._read_exit(job_id) is not None:
+        if running is None or running.end is not None or self._read_exit(job_id) is not None:
             return  # unknown or already ended: nothing to stop
-        deadline = now + grace_s
+        deadline = self.clock.monotonic() + grace_s
         running.kill_at = deadline if running.kill_at is None else min(running.kill_at, deadline)
         # Before the wrapper wrote the pgid there is nothing to signal yet; poll sends it later.
         running.term_pending = not self._signal(job_id, signal.SIGTERM)
@@ -262,44 +377,41 @@ class TmuxExecutor:
     def poll(self, now: float) -> list[JobExit]:
         if not self._jobs:
             return []
+        mono = self.clock.monotonic()
         windows = None
-        if now >= self._next_window_check:
+        if mono >= self._next_window_check and any(r.end is None for r in self._jobs.values()):
             # Windows are listed before exit files are read: a wrapper that ends in between has
             # written its exit file before its window closed, so it is never taken for vanished.
             windows = self._live_windows()
-            self._next_window_check = now + self.window_check_s
+            self._next_window_check = mono + self.window_check_s
         exits: list[JobExit] = []
         for job_id, running in list(self._jobs.items()):
-            ended = self._read_exit(job_id)
-            if ended is not None:
-                exits.append(JobExit(job_id, ended[0], now))
-            elif windows is not None and self.window_name(job_id) not in windows:
-                log.warning("job %s vanished: its tmux window is gone and it left no exit code", job_id)
-                exits.append(JobExit(job_id, None, now))
-            else:
-                if running.term_pending:
-                    running.term_pending = not self._signal(job_id, signal.SIGTERM)
-                if running.kill_at is not None and now >= running.kill_at and not running.kill_sent:
-                    running.kill_sent = self._signal(job_id, signal.SIGKILL)
-                continue
-            del self._jobs[job_id]
+            if running.end is None:
+                running.end = self._check(job_id, running, windows, now, mono)
+            if running.end is not None:
+                exits.append(running.end)
         return exits
+
+    def forget(self, job_id: int) -> None:
+        self._jobs.pop(job_id, None)
 
     def recover(self, job_ids: Iterable[int], now: float) -> list[JobExit]:
         windows = self._live_windows()  # before the exit files, as in poll
+        mono = self.clock.monotonic()
         exits: list[JobExit] = []
         for job_id in job_ids:
-            if job_id in self._jobs:
-                continue
-            ended = self._read_exit(job_id)
-            if ended is not None:
-                code, mtime = ended
-                # It ended while nobody watched; the file's time is when.
-                exits.append(JobExit(job_id, code, min(mtime, now)))
-            elif windows is None or self.window_name(job_id) in windows:
-                self._jobs[job_id] = _Running()  # still running (or unknown yet): poll decides
-            else:
-                exits.append(JobExit(job_id, None, now))
+            running = self._jobs.get(job_id)
+            if running is None:
+                running = self._jobs[job_id] = _Running(wrapper=self._read_ids(self.job_dir(job_id) / "wrapper.pid"))
+                ended = self._read_exit(job_id)
+                if ended is not None:
+                    code, lost, mtime = ended
+                    # It ended while nobody watched; the file's time is when.
+                    running.end = JobExit(job_id, code, min(mtime, now), lost=lost)
+                elif windows is not None:  # else unknown yet: poll decides
+                    running.end = self._check(job_id, running, windows, now, mono)
+            if running.end is not None:
+                exits.append(running.end)
         return exits
 
     def wait(self, timeout_s: float) -> None:
@@ -335,6 +447,51 @@ class TmuxExecutor:
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def _check(self, job_id: int, running: _Running, windows: set[str] | None, now: float,
+               mono: float) -> JobExit | None:
+        """The job's end if it has ended (and, if lost, nothing of it is left), else None; sends what
+        signals are due."""
+        if not running.vanished:
+            ended = self._read_exit(job_id)
+            if ended is not None:
+                return JobExit(job_id, ended[0], now, lost=ended[1])
+            if windows is None or self.window_name(job_id) in windows:
+                if running.term_pending:
+                    running.term_pending = not self._signal(job_id, signal.SIGTERM)
+                if running.kill_at is not None and mono >= running.kill_at and not running.kill_sent:
+                    running.kill_sent = self._signal(job_id, signal.SIGKILL)
+                return None
+            # Its window is gone and it left no exit code: the tmux server or the wrapper was killed.
+            # Its processes may live on; finish them off before the job counts as ended.
+            log.warning("job %s lost its tmux window without an exit code; stopping what is left of it "
+                        "(SIGTERM, SIGKILL after %g s)", job_id, self.lost_grace_s)
+            running.vanished = True
+            deadline = mono + self.lost_grace_s
+            running.kill_at = deadline if running.kill_at is None else min(running.kill_at, deadline)
+            self._signal(job_id, signal.SIGTERM)
+        group = self._group(job_id)
+        wrapper = running.wrapper is not None and _alive(*running.wrapper)
+        if not group and not wrapper:
+            ended = self._read_exit(job_id)  # the wrapper may have recorded it before it went
+            return JobExit(job_id, ended[0] if ended else None, now, lost=True)
+        if running.kill_at is not None and mono >= running.kill_at:
+            if group:
+                self._signal(job_id, signal.SIGKILL)
+            elif wrapper and mono >= running.kill_at + self.lost_grace_s:
+                # The job is gone but its wrapper neither records it nor ends (stopped?): end it.
+                try:
+                    os.kill(running.wrapper[0], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        return None
+
+    def _owner(self, job: Job) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(job.user)
+        except KeyError:
+            raise StartError(f"job {job.id}: its owner {job.user!r} is not a user on this node, so it cannot "
+                             "run as them") from None
+
     def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [self._tmux_bin, "-L", self.socket_name, "-f", "/dev/null", *args]
         try:
@@ -359,11 +516,11 @@ class TmuxExecutor:
             )
             if result.returncode != 0 and "duplicate session" not in result.stderr:
                 raise StartError(f"cannot start tmux server {self.socket_name!r}: {result.stderr.strip()}")
+        # The wrapper reaches the server by path: it runs without TMUX_TMPDIR or any environment. A
+        # server started again (after it was killed) keeps the same path.
+        self._socket_path = self._query_socket_path() or self._socket_path
         if self._socket_path is None:
-            # The wrapper reaches the server by path: it runs without TMUX_TMPDIR or any environment.
-            self._socket_path = self._query_socket_path()
-            if self._socket_path is None:
-                raise StartError(f"cannot find the socket of tmux server {self.socket_name!r}")
+            raise StartError(f"cannot find the socket of tmux server {self.socket_name!r}")
         self._session_seen = True
 
     def _query_socket_path(self) -> str | None:
@@ -380,37 +537,67 @@ class TmuxExecutor:
         rows = (line.partition("\t") for line in result.stdout.splitlines())
         return {name for name, _, dead in rows if dead != "1"}
 
-    def _wrapper(self, job: Job, job_dir: Path, log_file: Path) -> str:
+    def _wrapper(self, job: Job, job_dir: Path, log_file: Path, owner: pwd.struct_passwd | None) -> str:
         assert self._socket_path is not None
         q = shlex.quote
+        if owner is None:
+            cwd = job.cwd or str(self.workdir)
+            run = _RUN_AS_SERVER.format()
+        else:
+            # The owner's job starts in their home unless it names a directory (the work directory
+            # holds the server's database); it is entered as the owner, so that they reach only
+            # what they could reach themselves.
+            cwd = job.cwd or (owner.pw_dir if owner.pw_dir and os.path.isdir(owner.pw_dir) else "/")
+            run = _RUN_AS_OWNER.format(setpriv=q(self._setpriv or "setpriv"), uid=owner.pw_uid, gid=owner.pw_gid,
+                                       env_bin=q(self._env_bin), user_cwd=q(cwd))
         return _WRAPPER.format(
             job_id=job.id, path=q(self._tmux_env["PATH"]), job_dir=q(str(job_dir)), log=q(str(log_file)),
-            cwd=q(job.cwd or str(self.workdir)), tmux=q(self._tmux_bin), socket=q(self._socket_path),
-            channel=q(self.channel),
+            cwd=q(cwd), tmux=q(self._tmux_bin), socket=q(self._socket_path), channel=q(self.channel), run=run,
         )
 
-    def _read_exit(self, job_id: int) -> tuple[int | None, float] | None:
-        """(exit code, file time) once the job has ended, else None. A garbled file reads as code None."""
+    def _read_exit(self, job_id: int) -> tuple[int | None, bool, float] | None:
+        """(exit code, lost, file time) once the job has ended, else None. A garbled file reads as code None."""
         path = self.job_dir(job_id) / "exit_code"
         try:
             text = path.read_text()
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             return None
+        words = text.split()
         try:
-            return int(text.strip()), mtime
-        except ValueError:
-            return None, mtime
+            code = int(words[0])
+        except (IndexError, ValueError):
+            code = None
+        return code, "lost" in words[1:], mtime
+
+    @staticmethod
+    def _read_ids(path: Path) -> tuple[int, int | None] | None:
+        """A ``<pid> [<start time>]`` file (``pgid``, ``wrapper.pid``), or None if absent or garbled."""
+        try:
+            words = path.read_text().split()
+            return int(words[0]), int(words[1]) if len(words) > 1 else None
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _group(self, job_id: int) -> list[int]:
+        """The job's live processes (its process group's), or [] if it never started or they are gone."""
+        ids = self._read_ids(self.job_dir(job_id) / "pgid")
+        if ids is None or ids[0] <= 1:
+            return []
+        return _group_members(*ids)
 
     def _signal(self, job_id: int, sig: signal.Signals) -> bool:
         """Send ``sig`` to the job's process group; False if its pgid is not known yet."""
-        try:
-            pgid = int((self.job_dir(job_id) / "pgid").read_text().strip())
-        except (FileNotFoundError, ValueError):
+        ids = self._read_ids(self.job_dir(job_id) / "pgid")
+        if ids is None:
             return False
+        pgid, leader_start = ids
         if pgid <= 1:  # never killpg(0) (our own group) or 1
             log.error("job %s: refusing to signal process group %s", job_id, pgid)
             return True
+        leader = _proc_stat(pgid)
+        if leader is not None and leader_start is not None and leader[2] != leader_start:
+            return True  # the number names another process now: the job's group is gone
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
@@ -433,3 +620,17 @@ class TmuxExecutor:
             self._woken.set()
             if rc != 0:  # no server (yet, or any more): do not spin
                 self._closing.wait(0.5)
+
+
+def _write(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Write a file the server trusts as a new inode (tmp + rename, never through a link), with ``mode``,
+    owned by ``owner`` (uid, gid) when given."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(fd, mode)  # the umask must not narrow (or widen) it
+        if owner is not None:
+            os.fchown(fd, *owner)
+        f.write(data)
+    os.replace(tmp, path)

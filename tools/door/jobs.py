@@ -231,7 +231,7 @@ def set_priority(ctx: ToolContext, args: SetPriority) -> Job:
 
 
 class CompleteJob(Args):
-    """Mark a running job finished by hand: its process is stopped and its GPUs are freed."""
+    """Mark a running job finished by hand: it is stopped, and recorded (its GPUs freed) once its processes are gone."""
 
     job_id: int = Field(description="The job's id.")
     exit_code: int = Field(0, description="The exit code to record; 0 means completed.")

@@ -36,4 +36,11 @@ class Api:
         return self.http.get(f"/jobs/{job_id}").json()
 
     def all_jobs(self) -> list[dict]:
-        return self.http.get("/jobs").json()
+        """Every job, oldest first, following ``GET /jobs``'s pages (newest first) to the end."""
+        found, cursor = [], None
+        while True:
+            page = self.http.get("/jobs", params={"limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+            found += page["jobs"]
+            cursor = page["next"]
+            if cursor is None:
+                return found[::-1]

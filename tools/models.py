@@ -6,11 +6,12 @@ snapshot handed to a policy can never change under it.
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class JobStatus(StrEnum):
@@ -103,6 +104,38 @@ RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB
 
 UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 
+# -- limits: what a request may ask for, so that every stored job can be started and read back ----------
+MAX_ID = 2**63 - 1  # SQLite's INTEGER: a larger id cannot even be looked up
+JobId = Annotated[int, Field(ge=1, le=MAX_ID, description="A job's id.")]
+# Times are Unix seconds before the year 3000, so that every time can be shown as a local date.
+MAX_TIME = 32_503_680_000.0
+# Run times and time limits are at most a year (366 days).
+MAX_DURATION_S = 366 * 86_400.0
+MAX_GPUS_PER_JOB = 4096
+MAX_COMMAND = 20_000  # characters
+MAX_NAME = 200
+MAX_CWD = 4096  # PATH_MAX
+# A job's variables go to ``env -i`` as arguments: Linux takes at most 128 KiB per argument and about
+# 2 MiB for all of them together, so each value and the whole map stay well inside that.
+MAX_ENV_VARS = 128
+MAX_ENV_VALUE = 32_768  # bytes (UTF-8)
+MAX_ENV_BYTES = 131_072  # all "KEY=VALUE" entries together, in bytes (UTF-8)
+MAX_DEPENDENCIES = 32
+# The context under which the store reads jobs back: limits added after a job was accepted are not
+# applied to it again (it was valid when it was stored, and must stay readable).
+STORED = {"stored": True}
+
+
+def no_nul(value: str) -> str:
+    """Text that a process can receive: NUL ends a C string, so a job could never get it."""
+    if "\0" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
+
 
 class JobRequest(BaseModel):
     """What a person asks for: REST's body, the CLI's flags, chat's ``submit_job`` and a replayed trace
@@ -113,26 +146,39 @@ class JobRequest(BaseModel):
     orchestrator's clock.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
-    name: str | None = Field(None, max_length=200, validation_alias=AliasChoices("name", "run_id"),
+    # Integers, numbers and booleans are taken only as such (strict): `priority: true` is not 1 and
+    # `preemptible: "yes"` is not true. A number given for a float field is fine.
+    name: str | None = Field(None, max_length=MAX_NAME, validation_alias=AliasChoices("name", "run_id"),
                              description="A short label for the job (the seed's run_id); none if not given.")
-    command: str = Field(min_length=1, max_length=20_000, description="The shell command, run with bash, exactly as the user gave it.")
-    cwd: str | None = Field(None, description="Absolute working directory on the server; the server's work directory if not given.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the job.")
-    gpu_count: int = Field(ge=1, description="Whole GPUs, all on one node.")
-    priority: int = Field(5, ge=1, le=10, description="1 (lowest) to 10 (highest); 5 if not given.")
-    est_duration_s: float | None = Field(None, gt=0, description="The user's estimate of the run time in seconds; unknown if not given.")
-    time_limit_s: float | None = Field(None, gt=0, description="Stop the job after this many seconds of running; no limit if not given.")
-    max_retries: int = Field(1, ge=0, le=10, description="Retries after a failed attempt; 1 if not given.")
+    command: str = Field(min_length=1, max_length=MAX_COMMAND,
+                         description="The shell command, run with bash, exactly as the user gave it.")
+    cwd: str | None = Field(None, max_length=MAX_CWD,
+                            description="Absolute working directory on the server; the server's work directory if not given.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Extra environment variables for the job: at most {MAX_ENV_VARS}, each value at most "
+        f"{MAX_ENV_VALUE} bytes, {MAX_ENV_BYTES} bytes in all.")
+    gpu_count: int = Field(ge=1, le=MAX_GPUS_PER_JOB, strict=True, description="Whole GPUs, all on one node.")
+    priority: int = Field(5, ge=1, le=10, strict=True, description="1 (lowest) to 10 (highest); 5 if not given.")
+    est_duration_s: float | None = Field(
+        None, gt=0, strict=True, json_schema_extra={"maximum": MAX_DURATION_S},
+        description="The user's estimate of the run time in seconds (at most a year); unknown if not given.")
+    time_limit_s: float | None = Field(
+        None, gt=0, strict=True, json_schema_extra={"maximum": MAX_DURATION_S},
+        description="Stop the job after this many seconds of running (at most a year); no limit if not given.")
+    max_retries: int = Field(1, ge=0, le=10, strict=True, description="Retries after a failed attempt; 1 if not given.")
     begin_at: str | float | None = Field(
         None, description="Not before this time: '22:00' (its next occurrence), '2026-11-30 22:00', '+3h', 'now', "
         "or Unix seconds; as soon as GPUs are free if not given.")
-    after: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs completed successfully (exit code 0).")
-    after_any: tuple[int, ...] = Field((), max_length=32, description="Start only after these jobs ended, however they ended.")
+    after: tuple[Annotated[int, Field(ge=1, le=MAX_ID, strict=True)], ...] = Field(
+        (), max_length=MAX_DEPENDENCIES, description="Start only after these jobs completed successfully (exit code 0).")
+    after_any: tuple[Annotated[int, Field(ge=1, le=MAX_ID, strict=True)], ...] = Field(
+        (), max_length=MAX_DEPENDENCIES, description="Start only after these jobs ended, however they ended.")
     preemptible: bool = Field(
-        False, description="True if the job may be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of "
-        "higher priority; it should checkpoint on SIGTERM.")
+        False, strict=True, description="True if the job may be stopped (SIGTERM, grace, SIGKILL) and requeued for a "
+        "job of higher priority; it should checkpoint on SIGTERM.")
 
     @model_validator(mode="before")
     @classmethod
@@ -148,16 +194,59 @@ class JobRequest(BaseModel):
     def _command_not_blank(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("command is empty")
+        return no_nul(v)
+
+    @field_validator("name", "cwd")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return v if v is None else no_nul(v)
+
+    @field_validator("est_duration_s", "time_limit_s")
+    @classmethod
+    def _at_most_a_year(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and v > MAX_DURATION_S and not _stored(info):
+            raise ValueError(f"must be at most {MAX_DURATION_S:.0f} s (366 days)")
+        return v
+
+    @field_validator("begin_at", mode="before")
+    @classmethod
+    def _a_time(cls, v: Any) -> Any:
+        """Text as people write times, or Unix seconds: a finite number before the year 3000, not a
+        boolean. (The time itself is read by the door, on the orchestrator's clock.)"""
+        if isinstance(v, str):
+            if len(v) > 100:
+                raise ValueError("a time is at most 100 characters; write e.g. 22:00, +3h or 2026-11-30 22:00")
+            return no_nul(v)
+        if isinstance(v, bool):
+            raise ValueError("give a time as text ('22:00', '+3h') or as Unix seconds, not true or false")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("Input should be a finite number")
+        if isinstance(v, (int, float)) and v > MAX_TIME:
+            raise ValueError(f"{v!r} is out of range; Unix seconds must fall before the year 3000 ({MAX_TIME:.0f})")
         return v
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+    def _env_names(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for key in v:
             if not _ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
             if key in RESERVED_ENV:
                 raise ValueError(f"{key} is set by gpuherd for each job and cannot be overridden")
+        if _stored(info):
+            return v
+        if len(v) > MAX_ENV_VARS:
+            raise ValueError(f"{len(v)} variables; at most {MAX_ENV_VARS}")
+        total = 0
+        for key, value in v.items():
+            if "\0" in value:
+                raise ValueError(f"{key}: must not contain a NUL character")
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_ENV_VALUE:
+                raise ValueError(f"{key}: its value has {size} bytes; at most {MAX_ENV_VALUE}")
+            total += len(key) + 1 + size
+        if total > MAX_ENV_BYTES:
+            raise ValueError(f"the variables take {total} bytes; at most {MAX_ENV_BYTES} in all")
         return v
 
     @model_validator(mode="after")
@@ -172,11 +261,25 @@ class JobRequest(BaseModel):
         return (*self.after, *self.after_any)
 
 
+class IdempotencyKey(BaseModel):
+    """A submission's ``Idempotency-Key`` as the store keeps it: a retry by the same acting user with the
+    same key gets the job the first try made, and a retry with another request is refused."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scope: str  # who acted: a retry must come from the same acting user
+    key: str
+    fingerprint: str  # a digest of the request, to tell a retry from another request under the same key
+
+
 class JobSpec(JobRequest):
     """A request with its owner and its begin time read: what the queue stores."""
 
     user: UserName = Field(description="Who owns the job.")
-    begin_at: float | None = Field(None, ge=0, description="Not started before this time (Unix seconds).")
+    begin_at: float | None = Field(None, ge=0, le=MAX_TIME, description="Not started before this time (Unix seconds).")
+    # The submission's Idempotency-Key, for the store to keep beside the job in the same transaction;
+    # never part of the job's record (the store hands back the job without it).
+    idempotency: IdempotencyKey | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Job(JobSpec):

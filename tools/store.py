@@ -6,6 +6,11 @@ Rules it does enforce, because they must hold even if a caller is wrong:
 - the queue-size limit is checked and the job inserted in one ``BEGIN IMMEDIATE`` transaction.
 Every saved change of a job comes with an event row in the same transaction.
 
+Faults of the database itself (locked past the busy timeout, a disk I/O error, a read-only file) come
+out as ``StorageError``, one line saying what failed; the transaction was rolled back and the in-memory
+cache left as it was, so the next call may succeed without a restart. ``fault`` says whether the last
+operation failed. Reads have connections of their own: in WAL mode they never wait for a write.
+
 One module, over 400 lines, because the SQLite store and its in-memory twin meet one contract and
 are read side by side when either changes.
 """
@@ -13,15 +18,19 @@ are read side by side when either changes.
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol, Sequence
 
 from tools.models import (
     ACTIVE,
     HOLDS_GPUS,
+    MAX_ID,
+    STORED,
     Event,
     Gpu,
     InventorySource,
@@ -40,8 +49,40 @@ class GpuConflict(RuntimeError):
     """A save would have given a GPU to two jobs; nothing was written."""
 
 
+class StorageError(RuntimeError):
+    """The database could not be read or written (locked too long, an I/O error, a read-only file);
+    a write was rolled back, so nothing changed."""
+
+
+class AlreadySubmitted(Exception):
+    """A submission's idempotency key was used before: for job ``job_id``, by a request with
+    ``fingerprint``. Nothing was written."""
+
+    def __init__(self, job_id: int, fingerprint: str) -> None:
+        super().__init__(f"this idempotency key was used for job {job_id}")
+        self.job_id, self.fingerprint = job_id, fingerprint
+
+
+@dataclass(frozen=True)
+class StoreFault:
+    """Why the last read or write failed; cleared by the next one that works."""
+
+    operation: str  # "read" or "write"
+    message: str
+
+
+def in_id_range(value: int) -> bool:
+    """Whether ``value`` can be an id at all (SQLite's INTEGER, ids from 1)."""
+    return 0 < value <= MAX_ID
+
+
 class Store(Protocol):
     keeps_events: bool  # False: events are dropped, so callers need not build them
+    fault: StoreFault | None  # why the last read or write failed; None once one works again
+
+    def probe(self) -> StoreFault | None:
+        """After a fault, try a small write: the fault that remains."""
+        ...
 
     def add_job(self, job: Job, *, max_queued: int | None) -> Job:
         """Insert a new job (its ``id`` is ignored and assigned here); enforce the queue-size limit."""
@@ -51,6 +92,16 @@ class Store(Protocol):
     def list_jobs(
         self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, limit: int | None = None
     ) -> list[Job]: ...
+    def page_jobs(
+        self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, before: int | None = None,
+        limit: int,
+    ) -> list[Job]:
+        """At most ``limit`` jobs with ids below ``before`` (all if None), newest first; the cost does not
+        grow with the history."""
+        ...
+    def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
+        """(fingerprint, job id) of the submission made with this idempotency key, if any."""
+        ...
     def active_jobs(self) -> list[Job]: ...
     def count_by_status(self) -> dict[JobStatus, int]: ...
     def add_event(self, event: Event) -> None: ...
@@ -81,6 +132,18 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- Matches the order the scheduler reads waiting jobs in.
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, priority DESC, submit_time, id);
 CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user, status);
+-- Pages of the history, newest first (GET /jobs): by id within a status, within a user.
+CREATE INDEX IF NOT EXISTS jobs_by_status_id ON jobs (status, id);
+CREATE INDEX IF NOT EXISTS jobs_by_user_id ON jobs (user, id);
+
+-- Idempotency-Key of a submission: written with the job, in its transaction.
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope       TEXT    NOT NULL,         -- the acting user
+    key         TEXT    NOT NULL,
+    fingerprint TEXT    NOT NULL,         -- digest of the request
+    job_id      INTEGER NOT NULL REFERENCES jobs (id),
+    PRIMARY KEY (scope, key)
+);
 
 -- One row per held GPU: the primary key makes double-booking impossible.
 CREATE TABLE IF NOT EXISTS allocations (
@@ -143,6 +206,11 @@ def _queue_full_message(max_queued: int) -> str:
 class SqliteStore:
     """SQLite in WAL mode with ``synchronous=FULL``: a write that returned is on disk.
 
+    Writes go through one connection, serialised by a lock, each in a ``BEGIN IMMEDIATE`` transaction
+    that waits at most ``busy_timeout_s`` for another process's lock. Reads take a connection of their
+    own from a small pool: WAL readers see the last commit and never wait for a writer, so a write stuck
+    on the file's lock holds up no read.
+
     The active jobs are also kept in memory, updated after each commit: every tick and submission
     reads all of them, and parsing them back from JSON each time cost more the longer the queue. This
     is right as long as this store is the only writer of its file, as the service is.
@@ -150,28 +218,114 @@ class SqliteStore:
 
     keeps_events = True
 
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
+    def __init__(self, path: Path | str, *, busy_timeout_s: float = 5.0) -> None:
+        memory = str(path) == ":memory:"
+        if not memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the service's threads, serialised by a lock; autocommit mode so
-        # that every transaction is an explicit BEGIN ... COMMIT below.
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._path = str(path)
+        self._busy_ms = max(0, int(busy_timeout_s * 1000))
+        self.fault: StoreFault | None = None
+        # The writer: shared by the service's threads, serialised by a lock; autocommit mode so that
+        # every transaction is an explicit BEGIN ... COMMIT below.
+        self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         self._db.executescript(_SCHEMA)
+        # Readers (none for an in-memory database, which only its one connection sees).
+        self._readers: queue.SimpleQueue[sqlite3.Connection] | None = None if memory else queue.SimpleQueue()
+        self._opened: list[sqlite3.Connection] = []
         self._active: dict[int, Job] = {j.id: j for j in self.list_jobs(statuses=ACTIVE)}
 
-    # -- transactions --------------------------------------------------------------------------
+    # -- connections, transactions and faults --------------------------------------------------
     def _tx(self) -> "_Transaction":
-        return _Transaction(self._db, self._lock)
+        return _Transaction(self._db, self._lock, self)
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of one query, on a reader of its own (the writer's connection for ``:memory:``)."""
+        if self._readers is None:
+            with self._lock:
+                return self._fetch(self._db, sql, args)
+        try:
+            db = self._readers.get_nowait()
+        except queue.Empty:
+            db = self._new_reader()
+        try:
+            return self._fetch(db, sql, args)
+        finally:
+            self._readers.put(db)
+
+    def _fetch(self, db: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[tuple]:
+        try:
+            rows = db.execute(sql, args).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed("read", exc) from exc
+        if self.fault is not None and self.fault.operation == "read":
+            self.fault = None
+        return rows
+
+    def _new_reader(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            db.execute("PRAGMA query_only=ON")
+        except (sqlite3.Error, OSError) as exc:
+            raise self._failed("read", exc) from exc
+        with self._lock:
+            self._opened.append(db)
+        return db
+
+    def _failed(self, operation: str, exc: BaseException) -> StorageError:
+        """Remember the fault; the one-line error to raise for it."""
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.fault = StoreFault(operation, why)
+        doing = "reading" if operation == "read" else "writing"
+        done = "" if operation == "read" else "; nothing was changed"
+        return StorageError(f"the database failed while {doing} ({why}){done}; try again")
+
+    @property
+    def busy_timeout_s(self) -> float:
+        """How long a write waits for another connection's lock before it fails."""
+        return self._busy_ms / 1000
+
+    @busy_timeout_s.setter
+    def busy_timeout_s(self, seconds: float) -> None:
+        with self._lock:
+            self._busy_ms = max(0, int(seconds * 1000))
+            self._db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+
+    def probe(self) -> StoreFault | None:
+        """After a fault, try one small write (waiting briefly for the lock): the fault that remains."""
+        if self.fault is None:
+            return None
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA busy_timeout=200")
+                with self._tx() as db:
+                    db.execute("INSERT INTO settings (key, value) VALUES ('health_probe', '1') "
+                               "ON CONFLICT (key) DO UPDATE SET value = value + 1")
+            except StorageError:
+                pass
+            finally:
+                try:
+                    self._db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+                except sqlite3.Error:
+                    pass
+        return self.fault
 
     # -- jobs ----------------------------------------------------------------------------------
     def add_job(self, job: Job, *, max_queued: int | None) -> Job:
+        key = job.idempotency
+        job = job.model_copy(update={"idempotency": None})
         with self._lock:  # until the cache matches the database
             with self._tx() as db:
+                if key is not None:
+                    found = db.execute("SELECT fingerprint, job_id FROM idempotency WHERE scope = ? AND key = ?",
+                                       (key.scope, key.key)).fetchone()
+                    if found is not None:
+                        raise AlreadySubmitted(found[1], found[0])
                 if max_queued is not None:
                     (queued,) = db.execute(
                         "SELECT count(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
@@ -184,9 +338,16 @@ class SqliteStore:
                 )
                 job = job.model_copy(update={"id": cur.lastrowid})
                 db.execute("UPDATE jobs SET data = ? WHERE id = ?", (job.model_dump_json(), job.id))
+                if key is not None:
+                    db.execute("INSERT INTO idempotency (scope, key, fingerprint, job_id) VALUES (?, ?, ?, ?)",
+                               (key.scope, key.key, key.fingerprint, job.id))
                 self._insert_event(db, _submitted(job))
             self._active[job.id] = job
         return job
+
+    def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
+        rows = self._read("SELECT fingerprint, job_id FROM idempotency WHERE scope = ? AND key = ?", (scope, key))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def save_job(self, job: Job, event: Event | None) -> None:
         with self._lock:  # until the cache matches the database
@@ -215,9 +376,10 @@ class SqliteStore:
         job = self._active.get(job_id)
         if job is not None:
             return job
-        with self._lock:
-            row = self._db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return Job.model_validate_json(row[0]) if row else None
+        if not in_id_range(job_id):
+            return None
+        rows = self._read("SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0][0]) if rows else None
 
     def list_jobs(
         self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, limit: int | None = None
@@ -237,16 +399,41 @@ class SqliteStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return [Job.model_validate_json(r[0]) for r in rows]
+        return [_job(r[0]) for r in self._read(sql, args)]
+
+    def page_jobs(
+        self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, before: int | None = None,
+        limit: int,
+    ) -> list[Job]:
+        wanted = None if statuses is None else sorted({JobStatus(s) for s in statuses})
+        if wanted is not None and set(wanted) <= ACTIVE:  # all in memory
+            return _page(self.active_jobs(), wanted, user, before, limit)
+        where, args = [], []
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if before is not None:
+            where.append("id < ?")
+            args.append(min(before, MAX_ID))
+        if wanted is None:
+            sql = "SELECT id, data FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+            rows = self._read(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        else:
+            # One walk down an index per status (each at most `limit` rows), merged: never a sort of
+            # every job of a status.
+            parts, bound = [], []
+            for status in wanted:
+                parts.append("SELECT * FROM (SELECT id, data FROM jobs WHERE " + " AND ".join(["status = ?", *where])
+                             + " ORDER BY id DESC LIMIT ?)")
+                bound += [status.value, *args, limit]
+            rows = self._read(" UNION ALL ".join(parts) + " ORDER BY 1 DESC LIMIT ?", [*bound, limit])
+        return [_job(data) for _, data in rows]
 
     def active_jobs(self) -> list[Job]:
         return list(self._active.values())  # id order: jobs are added in id order and never come back
 
     def count_by_status(self) -> dict[JobStatus, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT status, count(*) FROM jobs GROUP BY status").fetchall()
+        rows = self._read("SELECT status, count(*) FROM jobs GROUP BY status")
         counts = {s: 0 for s in JobStatus}
         counts.update({JobStatus(s): n for s, n in rows})
         return counts
@@ -264,17 +451,18 @@ class SqliteStore:
             self._insert_event(db, event)
 
     def events(self, *, job_id: int | None = None, after_id: int = 0, limit: int = 1000) -> list[Event]:
+        if job_id is not None and not in_id_range(job_id):
+            return []
         sql = "SELECT id, time, kind, job_id, message, data FROM events WHERE id > ?"
-        args: list[object] = [after_id]
+        args: list[object] = [min(max(after_id, 0), MAX_ID)]
         if job_id is not None:
             sql += " AND job_id = ?"
             args.append(job_id)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
         return [
-            Event(id=i, time=t, kind=k, job_id=j, message=m, data=json.loads(d)) for i, t, k, j, m, d in rows
+            Event(id=i, time=t, kind=k, job_id=j, message=m, data=json.loads(d))
+            for i, t, k, j, m, d in self._read(sql, args)
         ]
 
     # -- inventory, usage, settings -------------------------------------------------------------
@@ -289,13 +477,11 @@ class SqliteStore:
             db.executemany("INSERT INTO gpus (node, idx, source, data) VALUES (?, ?, ?, ?)", rows)
 
     def load_inventory(self) -> list[Node]:
-        with self._lock:
-            rows = self._db.execute("SELECT source, data FROM gpus ORDER BY node, idx").fetchall()
+        rows = self._read("SELECT source, data FROM gpus ORDER BY node, idx")
         return _nodes_from_gpus((source, Gpu.model_validate_json(data)) for source, data in rows)
 
     def get_usage(self) -> dict[str, tuple[float, float]]:
-        with self._lock:
-            rows = self._db.execute("SELECT user, gpu_seconds, as_of FROM usage").fetchall()
+        rows = self._read("SELECT user, gpu_seconds, as_of FROM usage")
         return {user: (value, as_of) for user, value, as_of in rows}
 
     def set_usage(self, user: str, gpu_seconds: float, as_of: float) -> None:
@@ -314,18 +500,18 @@ class SqliteStore:
         return reservation
 
     def delete_reservation(self, reservation_id: int) -> bool:
+        if not in_id_range(reservation_id):
+            return False
         with self._tx() as db:
             return db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount > 0
 
     def reservations(self) -> list[Reservation]:
-        with self._lock:
-            rows = self._db.execute("SELECT data FROM reservations ORDER BY id").fetchall()
+        rows = self._read("SELECT data FROM reservations ORDER BY id")
         return [Reservation.model_validate_json(data) for (data,) in rows]
 
     def get_setting(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     def set_setting(self, key: str, value: str) -> None:
         with self._tx() as db:
@@ -337,19 +523,31 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
+            for db in self._opened:
+                db.close()
+            self._opened.clear()
             self._db.close()
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception, under the store's lock."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception, under the store's lock.
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
-        self._db, self._lock = db, lock
+    A database fault (not a refusal such as a constraint) is remembered by the store and raised as
+    ``StorageError``; after a failed ``COMMIT`` the transaction is rolled back, so the connection is
+    never left inside one and the next transaction can work."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, store: SqliteStore) -> None:
+        self._db, self._lock, self._store = db, lock, store
 
     def __enter__(self) -> sqlite3.Connection:
         self._lock.acquire()
         try:
+            if self._db.in_transaction:  # left over by a rollback that failed too
+                self._db.execute("ROLLBACK")
             self._db.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, OSError) as exc:
+            self._lock.release()
+            raise self._store._failed("write", exc) from exc
         except BaseException:
             self._lock.release()
             raise
@@ -357,9 +555,45 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                try:
+                    self._db.execute("COMMIT")
+                except (sqlite3.Error, OSError) as failed:
+                    self._rollback()
+                    raise self._store._failed("write", failed) from failed
+                self._store.fault = None
+                return
+            self._rollback()
+            if isinstance(exc, (sqlite3.Error, OSError)) and not isinstance(exc, sqlite3.IntegrityError):
+                raise self._store._failed("write", exc) from exc
         finally:
             self._lock.release()
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except (sqlite3.Error, OSError):
+            pass  # the next transaction tries again
+
+
+def _job(data: str) -> Job:
+    """A stored job: valid when it was stored, so limits added since are not applied to it again."""
+    return Job.model_validate_json(data, context=STORED)
+
+
+def _page(jobs: Iterable[Job], statuses: Iterable[JobStatus] | None, user: str | None, before: int | None,
+          limit: int) -> list[Job]:
+    """``page_jobs`` over jobs in id order."""
+    wanted = None if statuses is None else set(statuses)
+    found = []
+    for job in sorted(jobs, key=lambda j: j.id, reverse=True):
+        if (before is None or job.id < before) and (wanted is None or job.status in wanted) \
+                and (user is None or job.user == user):
+            found.append(job)
+            if len(found) == limit:
+                break
+    return found
 
 
 def _submitted(job: Job) -> Event:
@@ -390,13 +624,24 @@ class MemoryStore:
         self._reservations: dict[int, Reservation] = {}
         self._next_reservation = 0
         self._queued = 0
+        self._submissions: dict[tuple[str, str], tuple[str, int]] = {}
+        self.fault: StoreFault | None = None  # never: nothing here can fail
+
+    def probe(self) -> StoreFault | None:
+        return None
 
     def add_job(self, job: Job, *, max_queued: int | None) -> Job:
+        key = job.idempotency
+        if key is not None and (key.scope, key.key) in self._submissions:
+            fingerprint, job_id = self._submissions[key.scope, key.key]
+            raise AlreadySubmitted(job_id, fingerprint)
         if max_queued is not None and self._queued >= max_queued:
             raise QueueFull(_queue_full_message(max_queued))
-        job = job.model_copy(update={"id": len(self._jobs) + 1})
+        job = job.model_copy(update={"id": len(self._jobs) + 1, "idempotency": None})
         self._jobs[job.id] = self._active[job.id] = job
         self._queued += 1
+        if key is not None:
+            self._submissions[key.scope, key.key] = (key.fingerprint, job.id)
         if self._keep_events:
             self.add_event(_submitted(job))
         return job
@@ -441,6 +686,24 @@ class MemoryStore:
             if (wanted is None or j.status in wanted) and (user is None or j.user == user)
         ]
         return jobs[:limit] if limit is not None else jobs
+
+    def page_jobs(
+        self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, before: int | None = None,
+        limit: int,
+    ) -> list[Job]:
+        top = len(self._jobs) if before is None else min(before - 1, len(self._jobs))  # ids are 1, 2, ...
+        wanted = None if statuses is None else set(statuses)
+        found = []
+        for job_id in range(top, 0, -1):
+            job = self._jobs[job_id]
+            if (wanted is None or job.status in wanted) and (user is None or job.user == user):
+                found.append(job)
+                if len(found) == limit:
+                    break
+        return found
+
+    def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
+        return self._submissions.get((scope, key))
 
     def active_jobs(self) -> list[Job]:
         return list(self._active.values())

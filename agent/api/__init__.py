@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import anyio
 from fastapi import FastAPI
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agent.api import chat, errors, gpu, jobs, orchestrator, queue, quotas, reservations
 from agent.api.deps import ServiceDep
@@ -15,9 +16,14 @@ from agent.settings import Settings
 
 
 class Health(BaseModel):
-    ok: bool
+    ok: bool = Field(description="False when degraded: see problems.")
+    status: Literal["ok", "degraded"]
     loop_alive: bool
     inventory: str | None
+    problems: list[str] = Field(default_factory=list, description="Why it is degraded, one line each.")
+    storage_error: str | None = Field(None, description="Why the database failed, while it still fails.")
+    storage_error_at: float | None = Field(None, description="When a request last met a storage fault (Unix seconds).")
+    loop_error: str | None = Field(None, description="The scheduler loop's last pass failed, with this.")
 
 
 def create_app(target: Settings | Service | None = None) -> FastAPI:
@@ -49,8 +55,22 @@ def create_app(target: Settings | Service | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz(service: ServiceDep) -> Health:
-        """Up and answering; ``loop_alive`` says whether the scheduler loop runs."""
+        """Up and answering; ``degraded`` (with why) while the database fails, the scheduler loop is not
+        running or its last pass failed. A storage fault is checked again here with one small write."""
         source = service.resources.source
-        return Health(ok=True, loop_alive=service.loop_alive, inventory=source.value if source else None)
+        probe = getattr(service.store, "probe", None)
+        fault = probe() if probe is not None else None
+        seen = app.state.storage_fault
+        problems = []
+        if fault is not None:
+            problems.append(f"storage: the last {fault.operation} failed ({fault.message})")
+        if service.run_loop and not service.loop_alive:
+            problems.append("scheduler: its loop is not running")
+        if service.last_error:
+            problems.append(f"scheduler: the last pass failed ({service.last_error})")
+        return Health(ok=not problems, status="degraded" if problems else "ok", loop_alive=service.loop_alive,
+                      inventory=source.value if source else None, problems=problems,
+                      storage_error=fault.message if fault is not None else None,
+                      storage_error_at=seen[0] if seen else None, loop_error=service.last_error)
 
     return app

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.deps import ToolsDep
+from agent.api.queue import JobIdPath
 from tools.door import jobs
-from tools.models import Event, Job, JobStatus
+from tools.models import MAX_ID, Event, Job, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -17,16 +18,22 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 class CompleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    exit_code: int | None = Field(None, description="The exit code to record; 0 (completed) if not given.")
+    exit_code: int | None = Field(None, ge=-(2**31), le=2**31 - 1, strict=True,
+                                  description="The exit code to record; 0 (completed) if not given.")
 
 
 @router.get("")
 def list_jobs(
     tools: ToolsDep,
-    status: Annotated[list[str] | None, Query(description="Only these statuses (repeat or comma-separate).")] = None,
-    user: str | None = None,
-    limit: Annotated[int | None, Query(ge=1, description="Only the newest this many.")] = None,
-) -> list[Job]:
+    status: Annotated[list[Annotated[str, Query(max_length=100)]] | None, Query(
+        max_length=20, description="Only these statuses (repeat or comma-separate).")] = None,
+    user: Annotated[str | None, Query(max_length=64, description="Only this user's jobs.")] = None,
+    limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE, description="At most this many, the newest.")] = jobs.JOBS_PAGE,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="The next of the page before: only jobs "
+                                        "older than this one.")] = None,
+) -> jobs.JobPage:
+    """Jobs of any status, finished ones too, newest first, a page at a time: ``next``, when not null,
+    is the cursor of the next (older) page."""
     statuses = None
     if status:
         names = [s.strip() for item in status for s in item.split(",") if s.strip()]
@@ -34,42 +41,43 @@ def list_jobs(
         if unknown:
             raise ValueError(f"unknown status {', '.join(unknown)}; choose from {', '.join(JobStatus)}")
         statuses = [JobStatus(n) for n in names]
-    return jobs.list_jobs(tools, jobs.ListJobs(statuses=statuses, user=user, limit=limit))
+    return jobs.list_jobs(tools, jobs.ListJobs(statuses=statuses, user=user, limit=limit, cursor=cursor))
 
 
 @router.get("/{job_id}")
-def get_job(job_id: int, tools: ToolsDep) -> jobs.JobDetail:
+def get_job(job_id: JobIdPath, tools: ToolsDep) -> jobs.JobDetail:
     """The whole record: status, allocation, exit code, attempts, times, pending reason; for a waiting
     job also its position and estimated start."""
     return jobs.get_job(tools, jobs.GetJob(job_id=job_id))
 
 
 @router.get("/{job_id}/explain")
-def explain_job(job_id: int, tools: ToolsDep) -> jobs.Explanation:
+def explain_job(job_id: JobIdPath, tools: ToolsDep) -> jobs.Explanation:
     """Why a job waits, like Slurm's sprio: its priority factors and total, pending reason, position,
     estimated start, and the quota of its user and group. Other jobs: their status."""
     return jobs.explain_job(tools, jobs.ExplainJob(job_id=job_id))
 
 
 @router.get("/{job_id}/events")
-def job_events(job_id: int, tools: ToolsDep) -> list[Event]:
+def job_events(job_id: JobIdPath, tools: ToolsDep) -> list[Event]:
     """Everything that happened to the job, oldest first."""
     return jobs.job_events(tools, jobs.JobEvents(job_id=job_id))
 
 
 @router.get("/{job_id}/logs")
 def job_logs(
-    job_id: int,
+    job_id: JobIdPath,
     tools: ToolsDep,
-    tail: Annotated[int | None, Query(ge=0, description="Only the last this many lines.")] = None,
-    offset: Annotated[int | None, Query(ge=0, description="Only the bytes from here on (to follow a log).")] = None,
+    tail: Annotated[int | None, Query(ge=0, le=jobs.MAX_LOG_LINES, description="Only the last this many lines.")] = None,
+    offset: Annotated[int | None, Query(ge=0, le=jobs.MAX_OFFSET,
+                                        description="Only the bytes from here on (to follow a log).")] = None,
 ) -> jobs.JobLog:
     """The job's stdout and stderr. Empty until it has started."""
     return jobs.job_logs(tools, jobs.JobLogs(job_id=job_id, tail=tail, offset=offset))
 
 
 @router.post("/{job_id}/complete")
-def complete(job_id: int, tools: ToolsDep, body: CompleteRequest | None = None) -> Job:
+def complete(job_id: JobIdPath, tools: ToolsDep, body: CompleteRequest | None = None) -> Job:
     """Mark a running job finished by hand: its process is stopped and its GPUs are freed."""
     exit_code = body.exit_code if body is not None and body.exit_code is not None else 0
     return jobs.complete_job(tools, jobs.CompleteJob(job_id=job_id, exit_code=exit_code))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.deps import ToolsDep
 from tools.door import jobs
-from tools.models import Job, JobRequest, UserName
+from tools.models import MAX_ID, Job, JobRequest, UserName
+
+# A job's id in a path: within SQLite's 64-bit range, so a larger one is a 422 naming it, not a 500.
+JobIdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="The job's id.")]
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
@@ -21,29 +26,46 @@ class SubmitBody(JobRequest):
 class PriorityRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    priority: int = Field(description="The new priority, 1 (lowest) to 10 (highest).")
+    priority: int = Field(ge=1, le=10, strict=True, description="The new priority, 1 (lowest) to 10 (highest).")
 
 
 @router.post("/submit", status_code=status.HTTP_201_CREATED)
-def submit(body: SubmitBody, tools: ToolsDep) -> jobs.Submitted:
+def submit(
+    body: SubmitBody,
+    tools: ToolsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+        description="Any unique text (a UUID): a retry with the same key, by the same user, gets the first try's "
+        "job (201, same id) instead of a second job; the same key with another body is a 422.")] = None,
+) -> jobs.Submitted:
     """Queue a job; 201 with its id and position in the scheduling order."""
-    return jobs.submit_job(tools, body, user=body.user)
+    submitted = jobs.submit_job(tools, body, user=body.user, idempotency_key=idempotency_key)
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return submitted
 
 
 @router.get("")
-def list_queue(tools: ToolsDep, user: str | None = None) -> jobs.QueueView:
+def list_queue(
+    tools: ToolsDep,
+    user: Annotated[str | None, Query(max_length=64, description="Only this user's jobs.")] = None,
+    limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE, description="At most this many jobs.")] = jobs.QUEUE_PAGE,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="The next of the page before: the jobs "
+                                        "after this one.")] = None,
+) -> jobs.QueueView:
     """Running jobs, then waiting jobs in scheduling order, each with its pending reason and estimated
-    start; plus stats."""
-    return jobs.list_queue(tools, jobs.ListQueue(user=user))
+    start; plus stats. A page at a time: ``next``, when not null, is the cursor of the next page."""
+    return jobs.page_of_queue(tools, jobs.ListQueue(user=user), limit=limit, cursor=cursor)
 
 
 @router.delete("/{job_id}")
-def cancel(job_id: int, tools: ToolsDep) -> Job:
+def cancel(job_id: JobIdPath, tools: ToolsDep) -> Job:
     """Cancel a queued job, or stop a running one (SIGTERM, grace, SIGKILL) and free its GPUs."""
     return jobs.cancel_job(tools, jobs.CancelJob(job_id=job_id))
 
 
 @router.patch("/{job_id}/priority")
-def set_priority(job_id: int, body: PriorityRequest, tools: ToolsDep) -> Job:
+def set_priority(job_id: JobIdPath, body: PriorityRequest, tools: ToolsDep) -> Job:
     """Change a queued job's priority."""
     return jobs.set_priority(tools, jobs.SetPriority(job_id=job_id, priority=body.priority))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable
 
 import click
@@ -11,6 +12,7 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:10000"
 EXIT_FAILED = 1  # the server refused or the command failed
 EXIT_UNREACHABLE = 2  # no server answered
+RETRY_AFTER_S = 1.0  # before the one retry of a request whose connection failed
 
 
 class CliError(Exception):
@@ -26,10 +28,17 @@ class Client:
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The answer's JSON; a refusal raises CliError with the server's ``detail``."""
+    def call(self, method: str, path: str, *, retry: bool = False, **kwargs: Any) -> Any:
+        """The answer's JSON; a refusal raises CliError with the server's ``detail``. ``retry``: send the
+        same request once more after a connection error (safe for a submission with an Idempotency-Key)."""
         try:
-            response = self._http.request(method, path, **kwargs)
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if not retry:
+                    raise
+                time.sleep(RETRY_AFTER_S)
+                response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise CliError(
                 f"cannot reach the gpuherd server at {self.url} ({type(exc).__name__}); "

@@ -6,6 +6,7 @@ import os
 import shlex
 import sys
 import time
+import uuid
 
 import click
 from pydantic import ValidationError
@@ -17,6 +18,8 @@ from agent.messages import describe_errors
 from tools.models import JobRequest
 
 TERMINAL = ("completed", "failed", "cancelled")
+QUEUE_PAGE = 1000  # jobs per request when reading the whole queue
+JOBS_PAGE = 50  # jobs `herd jobs` shows unless told otherwise
 FOLLOW_POLL_S = 0.5
 
 
@@ -63,7 +66,10 @@ def submit(client: Client, as_json: bool, command: tuple[str, ...], gpus: int, p
         # Refused here, before any request, in the server's words for the same request.
         raise CliError(describe_errors(exc.errors())) from None
     body = request.model_dump(mode="json", exclude_unset=True) | {"user": user}
-    result = client.call("POST", "/queue/submit", json=body)
+    # One key per submission: if the answer is lost (the server crashed, the connection dropped), the
+    # retry with the same key gets the job the first try made instead of queueing it twice.
+    result = client.call("POST", "/queue/submit", json=body, headers={"Idempotency-Key": str(uuid.uuid4())},
+                         retry=True)
     if as_json:
         print_json(result)
         return
@@ -74,7 +80,7 @@ def submit(client: Client, as_json: bool, command: tuple[str, ...], gpus: int, p
 @server_command("queue", "running and waiting jobs in scheduling order, with reasons")
 @click.option("--user", help="only this user's jobs")
 def queue(client: Client, as_json: bool, user: str | None) -> None:
-    view = client.call("GET", "/queue", params={"user": user} if user else None)
+    view = _whole_queue(client, user)
     if as_json:
         print_json(view)
         return
@@ -101,6 +107,17 @@ def queue(client: Client, as_json: bool, user: str | None) -> None:
         f"\n{running} running on {stats['running_gpus']} GPU(s); {counts.get('queued', 0)} waiting for "
         f"{stats['queued_gpus']} GPU(s) (limit {stats['max_queued']}); policy {view['policy']}"
     )
+
+
+def _whole_queue(client: Client, user: str | None) -> dict:
+    """``GET /queue`` page after page: the first page's view, with every page's jobs."""
+    params: dict = {"limit": QUEUE_PAGE} | ({"user": user} if user else {})
+    view = client.call("GET", "/queue", params=params)
+    entries = list(view["jobs"])
+    while view.get("next"):
+        view = client.call("GET", "/queue", params=params | {"cursor": view["next"]})
+        entries += view["jobs"]
+    return view | {"jobs": entries, "next": None}
 
 
 def _where_or_why(job: dict, position: int | None) -> str:
@@ -212,15 +229,23 @@ def priority(client: Client, as_json: bool, job_id: int, priority: int) -> None:
         click.echo(f"Job {job['id']} now has priority {job['priority']}.")
 
 
-@server_command("jobs", "all jobs, finished ones too")
+@server_command("jobs", "jobs of any status, finished ones too, newest first, a page at a time")
 @click.option("--status", help="e.g. running or completed,failed")
 @click.option("--user")
-@click.option("--limit", type=int, help="only the newest N")
-def jobs(client: Client, as_json: bool, status: str | None, user: str | None, limit: int | None) -> None:
-    params = {k: v for k, v in (("status", status), ("user", user), ("limit", limit)) if v}
-    found = client.call("GET", "/jobs", params=params)
+@click.option("--limit", type=click.IntRange(1, 1000), default=JOBS_PAGE, show_default=True,
+              help="jobs per page: the newest N")
+@click.option("--before", type=JOB, help="only jobs older than this one (the next page)")
+@click.option("--all", "every", is_flag=True, help="every page, to the oldest job")
+def jobs(client: Client, as_json: bool, status: str | None, user: str | None, limit: int, before: int | None,
+         every: bool) -> None:
+    params = {k: v for k, v in (("status", status), ("user", user), ("limit", limit), ("cursor", before)) if v}
+    page = client.call("GET", "/jobs", params=params)
+    found = list(page["jobs"])
+    while every and page["next"]:
+        page = client.call("GET", "/jobs", params=params | {"cursor": page["next"]})
+        found += page["jobs"]
     if as_json:
-        print_json(found)
+        print_json({"jobs": found, "next": page["next"]})
         return
     rows = [
         [j["id"], j["name"] or "-", j["user"], j["gpu_count"], j["priority"], j["status"], j["exit_code"],
@@ -229,6 +254,9 @@ def jobs(client: Client, as_json: bool, status: str | None, user: str | None, li
     ]
     click.echo(table(["ID", "NAME", "USER", "GPUS", "PRIO", "STATE", "EXIT", "SUBMITTED", "COMMAND"], rows)
                if rows else "No jobs.")
+    if page["next"]:
+        again = " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in (("status", status), ("user", user)) if v)
+        click.echo(f"\nOlder jobs: herd jobs {again + ' ' if again else ''}--before {page['next']} (or --all)")
 
 
 @server_command("explain", "why a job waits: pending reason, place, estimated start, priority factors, quotas")

@@ -187,9 +187,9 @@ class SetScheduling(Args):
 def set_scheduling(ctx: ToolContext, args: SetScheduling) -> SchedulerState:
     ctx.check_admin("starting or stopping the scheduler")
     core = ctx.core
-    with core.orchestrator.lock:
-        core.orchestrator.enabled = args.enabled
+    with core.orchestrator.lock:  # saved first: a setting that could not be saved is not taken either
         core.store.set_setting(ENABLED_KEY, str(args.enabled).lower())
+        core.orchestrator.enabled = args.enabled
     log.info("scheduler %s", "started" if args.enabled else "stopped")
     core.changed()
     return scheduler_state(ctx)
@@ -205,9 +205,9 @@ def set_policy(ctx: ToolContext, args: SetPolicy) -> SchedulerState:
     ctx.check_admin("changing the policy")
     core = ctx.core
     policy = core.make_policy(args.policy)  # ValueError naming the choices
-    with core.orchestrator.lock:
-        core.orchestrator.policy = policy
+    with core.orchestrator.lock:  # saved first, as above
         core.store.set_setting(POLICY_KEY, args.policy)
+        core.orchestrator.policy = policy
     log.info("policy set to %s", args.policy)
     core.changed()
     return scheduler_state(ctx)

@@ -6,6 +6,8 @@ Times (``begin_at``) are written as people write them (``22:00``, ``+3h``, ``202
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -16,8 +18,19 @@ from policies.plan import estimate_starts
 from policies.snapshot import Snapshot
 from tools.door.context import Args, PermissionDenied, ToolContext
 from tools.logs import read_log
-from tools.models import HOLDS_GPUS, Event, Job, JobRequest, JobSpec, JobStatus
+from tools.models import (
+    HOLDS_GPUS,
+    MAX_TIME,
+    Event,
+    IdempotencyKey,
+    Job,
+    JobId,
+    JobRequest,
+    JobSpec,
+    JobStatus,
+)
 from tools.queue import QueueStats
+from tools.store import AlreadySubmitted
 from tools.timespec import parse_end, parse_time
 
 
@@ -25,9 +38,12 @@ def when(name: str, value: str | float, now: float, *, start: float | None = Non
     """A time argument in Unix seconds (the end of a window counts from its ``start``); a ValueError
     names the argument."""
     try:
-        return parse_time(value, now) if start is None else parse_end(value, start, now)
-    except ValueError as exc:
+        t = parse_time(value, now) if start is None else parse_end(value, start, now)
+    except (ValueError, OverflowError) as exc:  # OverflowError: "+99999999d"
         raise ValueError(f"{name}: {exc}") from None
+    if not 0 <= t <= MAX_TIME:
+        raise ValueError(f"{name}: {value!r} is out of range; a time must fall before the year 3000")
+    return t
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,16 @@ class QueueView(BaseModel):
     policy: str
     jobs: list[QueueEntry]
     stats: QueueStats
+    next: int | None = Field(None, description="More jobs follow: pass this as cursor for the next page; null: "
+                             "this was the last page.")
+
+
+QUEUE_PAGE = 500  # jobs in a page of the queue, unless asked otherwise
+MAX_PAGE = 1000  # the largest page of jobs anyone may ask for
+
+
+class QueueGone(LookupError):
+    """The job a page of the queue was to continue after has left the queue."""
 
 
 def list_queue(ctx: ToolContext, args: ListQueue) -> QueueView:
@@ -84,11 +110,26 @@ def list_queue(ctx: ToolContext, args: ListQueue) -> QueueView:
     return QueueView(policy=plan.policy, jobs=entries, stats=stats)
 
 
+def page_of_queue(ctx: ToolContext, args: ListQueue, *, limit: int = QUEUE_PAGE, cursor: int | None = None) -> QueueView:
+    """``list_queue`` a page at a time, in the same order: the ``limit`` jobs after job ``cursor`` (the
+    last one of the page before; from the start if None). The plan covers the whole queue either way;
+    a page bounds only what is sent."""
+    view = list_queue(ctx, args)
+    start = 0
+    if cursor is not None:
+        start = next((i for i, e in enumerate(view.jobs, start=1) if e.job.id == cursor), 0)
+        if not start:
+            raise QueueGone(f"cursor: job {cursor} is no longer in the queue; list it again from the start")
+    page = view.jobs[start:start + limit]
+    more = start + limit < len(view.jobs)
+    return view.model_copy(update={"jobs": page, "next": page[-1].job.id if more and page else None})
+
+
 class GetJob(Args):
     """One job's whole record: status, allocation, exit code, attempts, times and pending reason; for a
     waiting job also its place in line and estimated start."""
 
-    job_id: int = Field(description="The job's id.")
+    job_id: JobId = Field(description="The job's id.")
 
 
 class JobDetail(Job):
@@ -104,23 +145,35 @@ def get_job(ctx: ToolContext, args: GetJob) -> JobDetail:
     return JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id))
 
 
+JOBS_PAGE = 100  # jobs in a page of the history, unless asked otherwise
+
+
 class ListJobs(Args):
-    """Jobs of any status, finished ones too, oldest first."""
+    """Jobs of any status, finished ones too, newest first, a page at a time."""
 
     statuses: list[JobStatus] | None = Field(None, description="Only these statuses; null for all.")
     user: str | None = Field(None, description="Only this user's jobs; null for everyone's.")
-    limit: int | None = Field(None, ge=1, description="Only the newest this many; null for all.")
+    limit: int = Field(JOBS_PAGE, ge=1, le=MAX_PAGE, description="At most this many jobs (the newest).")
+    cursor: JobId | None = Field(None, description="Only jobs older than this one: the next of the page before.")
 
 
-def list_jobs(ctx: ToolContext, args: ListJobs) -> list[Job]:
-    jobs = ctx.core.store.list_jobs(statuses=args.statuses, user=args.user)
-    return jobs[-args.limit:] if args.limit else jobs
+class JobPage(BaseModel):
+    jobs: list[Job] = Field(description="Newest first.")
+    next: int | None = Field(description="Older jobs follow: pass this as cursor for the next page; null: this "
+                             "was the last page.")
+
+
+def list_jobs(ctx: ToolContext, args: ListJobs) -> JobPage:
+    """One page, read from the store a page at a time: its cost does not grow with the history."""
+    found = ctx.core.store.page_jobs(statuses=args.statuses, user=args.user, before=args.cursor, limit=args.limit + 1)
+    page = found[:args.limit]
+    return JobPage(jobs=page, next=page[-1].id if len(found) > args.limit else None)
 
 
 class JobEvents(Args):
     """Everything that happened to a job, oldest first."""
 
-    job_id: int = Field(description="The job's id.")
+    job_id: JobId = Field(description="The job's id.")
 
 
 def job_events(ctx: ToolContext, args: JobEvents) -> list[Event]:
@@ -128,12 +181,16 @@ def job_events(ctx: ToolContext, args: JobEvents) -> list[Event]:
     return ctx.core.store.events(job_id=args.job_id)
 
 
+MAX_LOG_LINES = 1_000_000
+MAX_OFFSET = 2**63 - 1  # a file offset
+
+
 class JobLogs(Args):
     """A job's stdout and stderr: the last lines, or what was written from an offset on."""
 
-    job_id: int = Field(description="The job's id.")
-    tail: int | None = Field(None, ge=0, description="Only the last this many lines.")
-    offset: int | None = Field(None, ge=0, description="Only the bytes from here on (to follow a log).")
+    job_id: JobId = Field(description="The job's id.")
+    tail: int | None = Field(None, ge=0, le=MAX_LOG_LINES, description="Only the last this many lines.")
+    offset: int | None = Field(None, ge=0, le=MAX_OFFSET, description="Only the bytes from here on (to follow a log).")
 
 
 class JobLog(BaseModel):
@@ -160,6 +217,11 @@ class Submitted(BaseModel):
     status: JobStatus
     position: int | None
     not_before: float | None = None  # the begin time it waits for (Unix seconds), if any
+    replayed: bool = Field(False, exclude=True)  # the answer to a retry: the job the first try made
+
+
+class KeyReused(ValueError):
+    """An idempotency key came back with a different request."""
 
 
 def check_cwd(cwd: str | None) -> None:
@@ -169,20 +231,54 @@ def check_cwd(cwd: str | None) -> None:
     path = Path(cwd)
     if not path.is_absolute():
         raise ValueError(f"cwd must be an absolute path, not {cwd!r}")
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, an embedded NUL
+        raise ValueError(f"cwd is not a usable path here ({getattr(exc, 'strerror', None) or exc})") from None
+    if not is_dir:
         raise ValueError(f"cwd {cwd} is not an existing directory on this server")
 
 
 _REQUEST_FIELDS = set(JobRequest.model_fields) - {"begin_at"}
 
 
-def submit_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None) -> Submitted:
-    """Queue ``request`` for the actor, or for ``user`` when an administrator names one; say where it stands."""
-    job = queue_job(ctx, request, user=user)
+def submit_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None,
+               idempotency_key: str | None = None) -> Submitted:
+    """Queue ``request`` for the actor, or for ``user`` when an administrator names one; say where it stands.
+
+    With an ``idempotency_key`` (REST's ``Idempotency-Key``), a retry by the same acting user gets the job
+    its first try made instead of a second one; the key is saved with the job, in its transaction, so a
+    retry after a crash finds it. The same key with a different request is refused (``KeyReused``)."""
+    key = None
+    if idempotency_key is not None:
+        key = IdempotencyKey(scope=ctx.actor.user or "", key=idempotency_key, fingerprint=_fingerprint(request, user))
+        earlier = ctx.core.store.find_submission(key.scope, key.key)
+        if earlier is not None:
+            return _replayed(ctx, key, *earlier)
+    try:
+        job = queue_job(ctx, request, user=user, idempotency=key)
+    except AlreadySubmitted as exc:  # a retry that raced its first try: the store let one of them in
+        assert key is not None
+        return _replayed(ctx, key, exc.fingerprint, exc.job_id)
     return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id), not_before=job.not_before)
 
 
-def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None) -> Job:
+def _fingerprint(request: JobRequest, user: str | None) -> str:
+    body = {"request": request.model_dump(mode="json"), "user": user}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _replayed(ctx: ToolContext, key: IdempotencyKey, fingerprint: str, job_id: int) -> Submitted:
+    if fingerprint != key.fingerprint:
+        raise KeyReused(f"Idempotency-Key: {key.key!r} was already used for another submission (job {job_id}); "
+                        "send a new key with a new job")
+    job = ctx.core.queue.get(job_id)
+    return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id),
+                     not_before=job.not_before, replayed=True)
+
+
+def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None,
+              idempotency: IdempotencyKey | None = None) -> Job:
     """``submit_job`` without working out the new job's place in line (a replay submits thousands)."""
     if ctx.actor.user is None and user is None:
         raise PermissionDenied("a submission needs a user")
@@ -190,7 +286,8 @@ def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None)
     check_cwd(request.cwd)
     given = request.model_dump(include=_REQUEST_FIELDS)  # a front door's body may say more (REST: user)
     begin_at = None if request.begin_at is None else when("begin_at", request.begin_at, ctx.core.clock.now())
-    spec = JobSpec(user=owner, begin_at=begin_at, **given)  # pydantic.ValidationError names the field at fault
+    # pydantic.ValidationError names the field at fault
+    spec = JobSpec(user=owner, begin_at=begin_at, idempotency=idempotency, **given)
     job = ctx.orchestrator.submit(spec)
     ctx.core.changed()
     return job
@@ -206,7 +303,7 @@ def queue_position(ctx: ToolContext, job_id: int) -> int | None:
 class CancelJob(Args):
     """Cancel a job: a queued one is withdrawn; a running one gets SIGTERM, a grace period, then SIGKILL."""
 
-    job_id: int = Field(description="The job's id.")
+    job_id: JobId = Field(description="The job's id.")
 
 
 def cancel_job(ctx: ToolContext, args: CancelJob) -> Job:
@@ -219,8 +316,8 @@ def cancel_job(ctx: ToolContext, args: CancelJob) -> Job:
 class SetPriority(Args):
     """Change a queued job's priority (1 lowest to 10 highest)."""
 
-    job_id: int = Field(description="The job's id.")
-    priority: int = Field(description="The new priority, 1 to 10.")
+    job_id: JobId = Field(description="The job's id.")
+    priority: int = Field(ge=1, le=10, description="The new priority, 1 to 10.")
 
 
 def set_priority(ctx: ToolContext, args: SetPriority) -> Job:
@@ -233,8 +330,8 @@ def set_priority(ctx: ToolContext, args: SetPriority) -> Job:
 class CompleteJob(Args):
     """Mark a running job finished by hand: it is stopped, and recorded (its GPUs freed) once its processes are gone."""
 
-    job_id: int = Field(description="The job's id.")
-    exit_code: int = Field(0, description="The exit code to record; 0 means completed.")
+    job_id: JobId = Field(description="The job's id.")
+    exit_code: int = Field(0, ge=-(2**31), le=2**31 - 1, description="The exit code to record; 0 means completed.")
 
 
 def complete_job(ctx: ToolContext, args: CompleteJob) -> Job:
@@ -249,7 +346,7 @@ class ExplainJob(Args):
     """Why a job waits (or what it is doing), from the scheduler's own pending reason, never guessed; for a
     waiting job also its place in line, estimated start, priority factors and its user's and group's quota."""
 
-    job_id: int = Field(description="The job's id.")
+    job_id: JobId = Field(description="The job's id.")
 
 
 class FactorView(BaseModel):

@@ -73,6 +73,7 @@ class Sampler:
 
     def __init__(self, count: Callable[[], int]) -> None:
         self.count, self.most, self.history = count, 0, []
+        self.last_alive = float("-inf")  # the last time a sample found any process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -81,15 +82,13 @@ class Sampler:
         last = None
         while not self._stop.is_set():
             n = self.count()
+            if n:
+                self.last_alive = time.time()
             self.most = max(self.most, n)
             if n != last:
                 self.history.append((time.time(), n))
                 last = n
             time.sleep(0.005)
-
-    def first(self, n: int, after: float) -> float | None:
-        """When the count first became ``n`` after ``after``."""
-        return next((t for t, m in self.history if m == n and t > after), None)
 
     def stop(self) -> None:
         self._stop.set()
@@ -162,12 +161,13 @@ def tmux_core(tmp_path: Path):
 def test_killing_tmux_never_runs_a_job_twice_and_uses_no_retry(tmux_core):
     orch = tmux_core()
     marker = f"herdmark-{uuid4().hex[:8]}"
-    sampler = Sampler(lambda: len(processes_named(marker)))
+    sampler, old = Sampler(lambda: len(processes_named(marker))), None
     try:
         job = orch.submit(JobSpec(user="ana", command=f'trap "" TERM HUP; exec -a {marker} sleep 120', gpu_count=1,
                                   max_retries=0))
         tick_until(orch, lambda: processes_named(marker), "the job to run")
         first = processes_named(marker)
+        old = Sampler(lambda: len([p for p in processes_named(marker) if p in first]))
 
         killed_at = time.time()
         subprocess.run(["tmux", "-L", orch.executor.socket_name, "kill-server"], capture_output=True, timeout=10)
@@ -184,12 +184,14 @@ def test_killing_tmux_never_runs_a_job_twice_and_uses_no_retry(tmux_core):
         lost = [e for e in events if e.kind == "queued"]
         assert len(lost) == 1 and "lost by the executor" in lost[0].message and "no retry used" in lost[0].message
         assert sampler.most == 1, f"two copies of the job ran at once: {sampler.history}"
-        gone = sampler.first(0, after=killed_at)
-        assert gone <= lost[0].time, "requeued while its old process still ran"
-        print(f"\ntmux killed -> old processes gone {gone - killed_at:.2f} s (lost grace 1 s) -> requeued "
-              f"{lost[0].time - gone:.3f} s later -> running again as pid {again[0]}")
+        old.stop()
+        assert lost[0].time >= old.last_alive, "requeued while its old process still ran"
+        print(f"\ntmux killed -> old process last seen {old.last_alive - killed_at:.2f} s later (lost grace 1 s) -> "
+              f"requeued {(lost[0].time - old.last_alive) * 1000:.0f} ms after that -> running again as pid {again[0]}")
     finally:
         sampler.stop()
+        if old is not None:
+            old.stop()
         kill_all(marker)
 
 
@@ -261,10 +263,11 @@ def test_complete_keeps_the_gpus_until_the_processes_are_gone(tmux_core):
         sampler.stop()
     done = orch.queue.get(a.id)
     assert (done.status, done.exit_code, done.stop_reason) == (S.COMPLETED, 0, None)
-    gone, started = sampler.first(0, after=asked), orch.queue.get(b.id).start_time
-    assert gone is not None and started >= gone and gone >= asked + 1.5  # it ignored SIGTERM: SIGKILL after the grace
-    print(f"\ncomplete -> processes gone {gone - asked:.2f} s (grace 1.5 s) -> GPU to job b "
-          f"{(started - gone) * 1000:.0f} ms later")
+    # Samples are 5 ms apart: the last one that found a process of job a bounds its death from below.
+    last_alive, started = sampler.last_alive, orch.queue.get(b.id).start_time
+    assert started >= last_alive >= asked + 1.4  # it ignored SIGTERM: alive until the SIGKILL after the grace (1.5 s)
+    print(f"\ncomplete -> processes last seen {last_alive - asked:.2f} s later (grace 1.5 s) -> GPU to job b "
+          f"{(started - last_alive) * 1000:.0f} ms after that")
     assert "got TERM" in Path(done.log_path).read_text()
     orch.cancel(b.id)
 

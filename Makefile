@@ -22,7 +22,7 @@ tmux:
 	  fi; }
 
 run: $(STAMP) tmux
-	$(VENV)/bin/herd serve
+	$(VENV)/bin/herd serve --single-user
 
 test: $(STAMP) tmux
 	$(PY) -m pytest -q

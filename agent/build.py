@@ -28,6 +28,7 @@ from tools.orchestrator import Orchestrator
 from tools.queue import JobQueue
 from tools.store import SqliteStore, Store
 from tools.tmux_executor import TmuxExecutor
+from tools.tokens import TokenStore
 
 log = logging.getLogger("gpuherd")
 
@@ -84,15 +85,18 @@ def build_core(
     policy: Policy | None = None,
     rules: Rules | None = None,
     multi_node: bool = False,
+    jobs_run_as_owners: bool = False,
 ) -> Core:
     """The core for ``settings``. ``nodes`` declares the inventory (else ``settings.gpus`` on this node,
     else what NVML detects); ``policy`` and ``rules`` replace the configured ones (a replay's own
     policy object); ``multi_node`` lets a job larger than any node take whole nodes (replays only:
-    the live executors run one node's jobs)."""
+    the live executors run one node's jobs); ``jobs_run_as_owners`` (a shared server's) refuses jobs of
+    users this node does not know. A core with its own database keeps bearer tokens there."""
     clock = clock or RealClock()
     workdir = settings.workdir.resolve()
     if store is None or executor is None:
         workdir.mkdir(parents=True, exist_ok=True)
+    tokens = TokenStore(workdir / "herd.db") if store is None else None
     store = store if store is not None else SqliteStore(workdir / "herd.db")
     resources = ResourceManager(store, probe if probe is not None else local_probe(settings.node_name))
     if nodes is None and settings.gpus is not None:
@@ -127,7 +131,8 @@ def build_core(
     )
     return Core(clock=clock, store=store, queue=queue, resources=resources, executor=orchestrator.executor,
                 orchestrator=orchestrator, multifactor=multifactor, make_policy=make_policy,
-                policy_names=POLICY_NAMES, inventory_notice=notice)
+                policy_names=POLICY_NAMES, inventory_notice=notice, tokens=tokens,
+                owners_must_exist=jobs_run_as_owners)
 
 
 # -- saved choices: an explicit setting wins, else what was saved, else the default --------------------

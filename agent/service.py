@@ -18,6 +18,7 @@ import time
 from agent.audit import AuditLog
 from agent.build import NO_MODEL, ModelNotConfigured, build_core, build_model
 from agent.chat import ChatAgent
+from agent.identity import Identities, Mode, mode_of
 from agent.llm import Model
 from agent.loop import Bounds
 from agent.settings import Settings
@@ -62,7 +63,9 @@ class Service:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.model = model or build_model(settings)
         self.audit = AuditLog(self.workdir / "agent.db")
-        self.core = build_core(settings, clock=clock, executor=executor, probe=probe, model=self.model, audit=self.audit)
+        self.core = build_core(settings, clock=clock, executor=executor, probe=probe, model=self.model, audit=self.audit,
+                               jobs_run_as_owners=mode_of(settings) == Mode.SHARED)
+        self.identities = Identities.for_server(settings, self.core.tokens)
         self.core.changed = self.wake
         self.run_loop = run_loop
         self.ticks = 0
@@ -102,14 +105,16 @@ class Service:
     def chat(self) -> ChatAgent:
         if self.model is None:
             raise ModelNotConfigured(f"chat needs a model: {NO_MODEL}")
+        # The model acts for the person asking, never as an administrator.
         return ChatAgent(
-            self.model, context_for=lambda user: self.tools(Actor(user=user)),
+            self.model, context_for=lambda user: self.tools(Actor(user=user, via="chat")),
             audit=self.audit, clock=self.clock, bounds=Bounds(budget_s=max(15.0, self.settings.model_timeout_s)),
         )
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Say where the inventory came from, adopt what still runs, then start ticking."""
+        log.info("identity: %s", self.identities.describe())
         notice = self.core.inventory_notice
         if self.resources.source == InventorySource.DECLARED:
             log.warning("%s", notice)
@@ -136,6 +141,8 @@ class Service:
             thread.join(timeout=5)
         self._threads.clear()
         self.resources.close()
+        if self.core.tokens is not None:
+            self.core.tokens.close()
         self.store.close()
         self.audit.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -37,6 +38,14 @@ QuotaMap = Annotated[dict[str, GpuQuota], NoDecode]
 GroupMap = Annotated[dict[str, list[str]], NoDecode]
 DEFAULT_WEIGHTS = Weights()  # the defaults live with the policy; settings only override them
 OFF = ("off", "never", "none", "null", "")  # how a person turns preemption off
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address or a name) is this machine only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class ConfigError(ValueError):
@@ -116,6 +125,15 @@ class Settings(BaseSettings):
     tick_interval_s: float = Field(0.5, gt=0, description="Longest time between two scheduler passes.")
     metrics_interval_s: float = Field(5.0, gt=0, description="How often live GPU readings are refreshed.")
     log_level: str = Field("info", description="Log level of the server.")
+
+    # Who may act (agent/identity.py): the mode, the administrators, and what the web may reach.
+    single_user: bool = Field(False, description="Loopback requests without a token act as the server's user "
+                              "(make run); refused with a non-loopback host.")
+    admins: list[str] = Field(default_factory=list, description="Unix users who administer the server, besides root.")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names the server answers to, besides "
+                                     "localhost names and the bind address (a name in a URL people use).")
+    ssl_certfile: Path | None = Field(None, description="TLS certificate (PEM) for the TCP port, with ssl_keyfile.")
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM) for the TCP port.")
 
     # The model: any OpenAI-compatible endpoint. Without a base URL or a key there is no model: chat
     # answers 503 and scheduling stays deterministic.
@@ -213,6 +231,15 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.group_quotas) - set(self.groups))
         if unknown:
             raise ValueError(f"group_quotas: no group {', '.join(unknown)} in groups (give its members there)")
+        return self
+
+    @model_validator(mode="after")
+    def _single_user_on_loopback(self) -> Settings:
+        if self.single_user and not is_loopback(self.host):
+            raise ValueError(f"single_user: a server on {self.host} is reachable from other machines, where a request "
+                             "without a token must not act as the server's user; use a loopback host, or tokens")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
         return self
 
     @property

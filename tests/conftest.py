@@ -64,7 +64,9 @@ def make_api(tmp_path, monkeypatch):
     opened: list[TestClient] = []
 
     def make(*, durations=None, codes=None, probe=None, executor=None, model=None, run_loop=False, **settings) -> Api:
-        settings = Settings(**{"workdir": tmp_path / "herd", "gpus": 4, **settings})
+        # Single-user, as `make run` serves: a loopback request acts as the server's user (identity's own
+        # tests turn it off).
+        settings = Settings(**{"workdir": tmp_path / "herd", "gpus": 4, "single_user": True, **settings})
         clock = SimClock(T0)
         sim = executor or SimExecutor(
             duration_of=lambda job: (durations or {}).get(job.id),
@@ -72,7 +74,7 @@ def make_api(tmp_path, monkeypatch):
         )
         service = Service(settings, clock=clock, executor=sim, probe=probe or UnavailableProbe("no NVML in tests"),
                           model=model, run_loop=run_loop)
-        http = TestClient(create_app(service))
+        http = TestClient(create_app(service), base_url="http://localhost", client=("127.0.0.1", 50000))
         http.__enter__()
         opened.append(http)
         return Api(http, service, clock, sim)
@@ -94,8 +96,9 @@ def herd_server(tmp_path: Path):
     every server it made, and its tmux server (so every job), is killed at the end."""
     made: list[HerdServer] = []
 
-    def make(*args: str, env: dict[str, str] | None = None, workdir: Path | None = None) -> HerdServer:
-        server = HerdServer(workdir or tmp_path / f"herd-{len(made)}", *args, env=env)
+    def make(*args: str, env: dict[str, str] | None = None, workdir: Path | None = None,
+             single_user: bool = True) -> HerdServer:
+        server = HerdServer(workdir or tmp_path / f"herd-{len(made)}", *args, env=env, single_user=single_user)
         made.append(server)
         return server
 

@@ -24,9 +24,11 @@ START_TIMEOUT_S = 30.0  # a cold start imports FastAPI and pydantic; a loaded 2-
 
 
 class HerdServer:
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None, single_user: bool = True) -> None:
+        """``single_user``: loopback requests act as the server's user, as under `make run` (identity's own
+        tests start a shared server instead)."""
         self.workdir = workdir
-        self.args = list(args)
+        self.args = [*(["--single-user"] if single_user else []), *args]
         self.socket = f"herd-test-{uuid4().hex[:8]}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("HERD_", "RESEARCH_AGENT_", "OPENAI_"))},

@@ -336,5 +336,5 @@ def test_no_server_is_one_clear_line_from_the_real_command():
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        f"herd: cannot reach the gpuherd server at {url} (ConnectError); start it with `herd serve` or point HERD_URL at it"
+        f"herd: cannot reach the gpuherd server at {url} (ConnectError); start it with `herd serve`, or point HERD_URL (or HERD_SOCKET) at it"
     ]

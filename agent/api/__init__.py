@@ -5,12 +5,15 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Literal
 
+import socket
+
 import anyio
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from agent.api import chat, errors, gpu, jobs, orchestrator, queue, quotas, reservations
+from agent.api import chat, errors, gpu, jobs, orchestrator, queue, quotas, reservations, tokens
 from agent.api.deps import ServiceDep
+from agent.api.websafety import WebSafety
 from agent.service import Service
 from agent.settings import Settings
 
@@ -26,12 +29,22 @@ class Health(BaseModel):
     loop_error: str | None = Field(None, description="The scheduler loop's last pass failed, with this.")
 
 
+def server_names(settings: Settings) -> list[str]:
+    """The host names requests may carry: the bind address, this machine's names, the configured ones."""
+    names = [socket.gethostname(), socket.getfqdn(), *settings.allowed_hosts]
+    if settings.host not in ("0.0.0.0", "::", ""):
+        names.append(settings.host)
+    return names
+
+
 def create_app(target: Settings | Service | None = None) -> FastAPI:
     """An app around ``target``: a ``Service`` (tests build their own) or the settings to build one with."""
 
+    settings = target.settings if isinstance(target, Service) else target or Settings()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service = target if isinstance(target, Service) else Service(target or Settings())
+        service = target if isinstance(target, Service) else Service(settings)
         try:
             await anyio.to_thread.run_sync(service.start)  # reconciling runs tmux; keep the event loop free
         except BaseException:
@@ -50,7 +63,8 @@ def create_app(target: Settings | Service | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (queue, gpu, orchestrator, jobs, quotas, reservations, chat):
+    app.add_middleware(WebSafety, hosts=server_names(settings))
+    for module in (queue, gpu, orchestrator, jobs, quotas, reservations, chat, tokens):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

@@ -8,7 +8,7 @@ import anyio
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.api.deps import ServiceDep
+from agent.api.deps import ServiceDep, ToolsDep
 from agent.audit import AuditEntry
 from tools.models import UserName
 
@@ -19,7 +19,8 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     message: str = Field(min_length=1, max_length=4000, description="What the user asks, in plain language.")
-    user: UserName = Field(description="Who is asking; the agent acts for this user only.")
+    user: UserName | None = Field(None, description="Who the agent acts for: the caller if not given; another "
+                                  "user only when an administrator asks.")
     session_id: str | None = Field(None, max_length=64, description="Continue an earlier conversation.")
 
 
@@ -31,22 +32,27 @@ class ChatResponse(BaseModel):
 
 
 @router.post("/chat")
-async def chat(body: ChatRequest, service: ServiceDep) -> ChatResponse:
-    """Ask the agent; 503 when no model endpoint is configured."""
+async def chat(body: ChatRequest, service: ServiceDep, tools: ToolsDep) -> ChatResponse:
+    """Ask the agent, which acts for the caller only; 503 when no model endpoint is configured."""
+    user = tools.owner(body.user)  # who the door says is asking; a body naming someone else: admins only
     agent = service.chat()
     # The model call takes seconds: run it in a worker thread, the event loop keeps serving.
-    reply = await anyio.to_thread.run_sync(lambda: agent.ask(body.message, user=body.user, session_id=body.session_id))
+    reply = await anyio.to_thread.run_sync(lambda: agent.ask(body.message, user=user, session_id=body.session_id))
     return ChatResponse(reply=reply.reply, actions=reply.actions, session_id=reply.session_id, stop=reply.stop)
 
 
 @router.get("/agent/turns")
 def agent_turns(
     service: ServiceDep,
+    tools: ToolsDep,
     session_id: str | None = None,
     kind: str | None = Query(None, pattern="^(chat|schedule)$"),
     limit: int = Query(20, ge=1, le=500),
     messages: bool = Query(False, description="Include the whole conversation of each record."),
 ) -> list[AuditEntry]:
-    """The agent's conversations, newest first: tool calls, verdicts, latency and token counts."""
+    """The agent's conversations, newest first: tool calls, verdicts, latency and token counts. A person's
+    chats are theirs and the administrators'; the scheduling agent's turns are everyone's to read."""
     entries = service.audit.entries(session_id=session_id, kind=kind, limit=limit)
+    if not tools.actor.admin:
+        entries = [e for e in entries if e.kind != "chat" or (e.user is not None and e.user == tools.actor.user)]
     return entries if messages else [e.model_copy(update={"messages": None}) for e in entries]

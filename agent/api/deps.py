@@ -6,18 +6,33 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from agent.api.peer import PEER_UID
 from agent.service import Service
+from agent.settings import is_loopback
 from tools.door.context import ToolContext
 
 
+class Starting(RuntimeError):
+    """The server is still starting (reconciling with what runs); nothing is answered yet."""
+
+
 def get_service(request: Request) -> Service:
-    return request.app.state.service
+    service = getattr(request.app.state, "service", None)
+    if service is None:  # the socket may accept a request before the service has started
+        raise Starting("the server is starting; try again in a moment")
+    return service
 
 
 def get_tools(request: Request) -> ToolContext:
-    """The typed tools, for the identity this request carries: an operator acting for anyone (REST has
-    no accounts yet)."""
-    return get_service(request).tools()
+    """The typed tools, for the identity this request carries (``agent/identity.py``): the kernel's word
+    over the Unix socket, a bearer token over TCP, or nobody."""
+    service = get_service(request)
+    actor = service.identities.actor(
+        peer_uid=request.scope.get(PEER_UID),
+        authorization=request.headers.get("authorization"),
+        loopback=request.client is not None and is_loopback(request.client.host),
+    )
+    return service.tools(actor)
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

@@ -21,11 +21,13 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.api.deps import Starting
 from agent.build import ModelNotConfigured
 from agent.messages import describe_errors
 from policies.reservations import InvalidReservation
-from tools.door.context import PermissionDenied
+from tools.door.context import NotAuthenticated, PermissionDenied
 from tools.door.rules import ReservationNotFound
+from tools.tokens import TokenNotFound
 from tools.inventory import InventoryConflict, UnknownGpu
 from tools.nvml import ProbeUnavailable
 from tools.orchestrator import InvalidJob
@@ -42,7 +44,9 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: a submission is a few KiB; its larges
 STATUS_BY_EXCEPTION: dict[type[Exception], int] = {
     JobNotFound: 404,
     ReservationNotFound: 404,
+    TokenNotFound: 404,
     UnknownGpu: 404,
+    NotAuthenticated: 401,  # a change asked for by nobody, or with a token that is not valid
     PermissionDenied: 403,
     IllegalTransition: 409,  # e.g. cancelling a completed job
     InventoryConflict: 409,  # a new inventory would drop GPUs that running jobs hold
@@ -50,6 +54,7 @@ STATUS_BY_EXCEPTION: dict[type[Exception], int] = {
     ProbeUnavailable: 409,  # asked to detect GPUs where NVML cannot read any
     QueueFull: 429,
     QueueGone: 409,  # a page of the queue asked to continue after a job that has left it
+    Starting: 503,
     ModelNotConfigured: 503,  # chat or the agent policy without a model endpoint
     InvalidJob: 422,  # can never run here, e.g. more GPUs than any node has
     InvalidReservation: 422,  # an empty or past window, unknown GPUs, an overlap, no room

@@ -15,11 +15,14 @@ class OrchestratorStatus(cluster.SchedulerState):
     ticks: int = Field(description="Scheduler passes since this server started.")
     loop_alive: bool
     last_error: str | None = Field(description="The last pass's failure, if the last pass failed.")
+    mode: str = Field(description="shared, personal or single-user: who may act, and as whom jobs run.")
+    identity: str = Field(description="The mode in a sentence.")
 
 
 def describe(state: cluster.SchedulerState, service: ServiceDep) -> OrchestratorStatus:
     return OrchestratorStatus(**state.model_dump(), ticks=service.ticks, loop_alive=service.loop_alive,
-                              last_error=service.last_error)
+                              last_error=service.last_error, mode=service.identities.mode.value,
+                              identity=service.identities.describe())
 
 
 @router.get("/status")

@@ -20,7 +20,8 @@ router = APIRouter(prefix="/queue", tags=["queue"])
 class SubmitBody(JobRequest):
     """The seed's submission body: what the job asks for (``run_id`` for its name), and whose it is."""
 
-    user: UserName = Field(description="Who owns the job.")
+    user: UserName | None = Field(None, description="Who owns the job: the caller if not given; another user "
+                                  "only when an administrator submits (on a personal server, a label).")
 
 
 class PriorityRequest(BaseModel):

@@ -1,12 +1,14 @@
 """``herd``: the command line. ``herd serve`` runs the server; every other command talks to it over REST.
 
-The server is found at ``--url`` or ``$HERD_URL`` (default ``http://127.0.0.1:10000``). Output is a table
+The server is found at ``--url`` or ``$HERD_URL``; else through its Unix socket (``$HERD_SOCKET``, or
+``herd.sock`` in ``$HERD_WORKDIR`` or ``./.herd``) when it exists, where the kernel says who you are; else
+at ``http://127.0.0.1:10000``. Over TCP, a change needs your token (``herd token``). Output is a table
 for people, or the server's JSON with ``--json``. A failed command exits non-zero with the server's
 message on one line (2 when no server answers), never a traceback.
 
 Layout: ``client.py`` the HTTP client and the exit codes, ``output.py`` tables and every time and
 duration shown, ``params.py`` the values read from the command line; the commands, on click, in
-``jobs.py``, ``cluster.py``, ``chat.py`` and ``serve.py``. Other packages add commands through the
+``jobs.py``, ``cluster.py``, ``chat.py``, ``tokens.py`` and ``serve.py``. Other packages add commands through the
 ``gpuherd.commands`` entry points (``herd eval`` comes from ``evals``, which agent/ never imports).
 """
 
@@ -18,7 +20,7 @@ from typing import Sequence
 import click
 from click.shell_completion import get_completion_class
 
-from agent.cli import chat, cluster, jobs, serve
+from agent.cli import chat, cluster, jobs, serve, tokens
 from agent.cli.client import CliError
 
 PLUGINS = "gpuherd.commands"
@@ -44,7 +46,7 @@ def herd() -> None:
     """gpuherd: share GPUs, queue jobs, watch them run."""
 
 
-for command in (*serve.COMMANDS, *jobs.COMMANDS, *cluster.COMMANDS, *chat.COMMANDS):
+for command in (*serve.COMMANDS, *jobs.COMMANDS, *cluster.COMMANDS, *chat.COMMANDS, *tokens.COMMANDS):
     herd.add_command(command)
 
 

@@ -8,14 +8,13 @@ import click
 
 from agent.cli.client import Client, server_command
 from agent.cli.output import print_json, table
-from agent.cli.params import current_user
 
 
 @server_command("ask", 'ask the agent in plain language: herd ask "4 GPUs for 3 hours -- python ft.py"')
 @click.argument("message", nargs=-1, required=True)
-@click.option("--user", default=current_user, help="who asks (default $USER)")
+@click.option("--user", help="who the agent acts for (default: you; another user: administrators only)")
 @click.option("--session", help="continue an earlier conversation")
-def ask(client: Client, as_json: bool, message: tuple[str, ...], user: str, session: str | None) -> None:
+def ask(client: Client, as_json: bool, message: tuple[str, ...], user: str | None, session: str | None) -> None:
     data = client.call("POST", "/chat", json={"message": " ".join(message), "user": user, "session_id": session})
     if as_json:
         print_json(data)

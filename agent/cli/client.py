@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import click
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:10000"
+TOKEN_FILE = Path("~/.config/gpuherd/token")
 EXIT_FAILED = 1  # the server refused or the command failed
 EXIT_UNREACHABLE = 2  # no server answered
 RETRY_AFTER_S = 1.0  # before the one retry of a request whose connection failed
@@ -24,9 +27,29 @@ class CliError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+    """Over the server's Unix socket, where the kernel says who you are; or over TCP with your token."""
+
+    def __init__(self, url: str | None = None, *, socket_path: Path | None = None, token: str | None = None,
+                 timeout_s: float = 30.0) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        if socket_path is not None:
+            self.url = f"unix:{socket_path}"
+            self._http = httpx.Client(base_url="http://localhost", timeout=timeout_s,
+                                      transport=httpx.HTTPTransport(uds=str(socket_path)))
+        else:
+            self.url = (url or DEFAULT_URL).rstrip("/")
+            self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
+
+    @classmethod
+    def connect(cls, url: str | None, env: Mapping[str, str] = os.environ) -> Client:
+        """``--url``/``$HERD_URL`` if given; else the server's socket if it exists (``$HERD_SOCKET``, else
+        ``herd.sock`` in ``$HERD_WORKDIR`` or ``./.herd``); else TCP on the default address. Over TCP the
+        token is ``$HERD_TOKEN`` or the first line of ``~/.config/gpuherd/token``."""
+        if url is None:
+            socket_path = Path(env.get("HERD_SOCKET") or Path(env.get("HERD_WORKDIR") or ".herd") / "herd.sock")
+            if socket_path.exists():
+                return cls(socket_path=socket_path)
+        return cls(url, token=env.get("HERD_TOKEN") or _saved_token())
 
     def call(self, method: str, path: str, *, retry: bool = False, **kwargs: Any) -> Any:
         """The answer's JSON; a refusal raises CliError with the server's ``detail``. ``retry``: send the
@@ -42,7 +65,7 @@ class Client:
         except httpx.TransportError as exc:
             raise CliError(
                 f"cannot reach the gpuherd server at {self.url} ({type(exc).__name__}); "
-                "start it with `herd serve` or point HERD_URL at it",
+                "start it with `herd serve`, or point HERD_URL (or HERD_SOCKET) at it",
                 EXIT_UNREACHABLE,
             ) from None
         if response.status_code >= 400:
@@ -60,18 +83,26 @@ class Client:
         self._http.close()
 
 
+def _saved_token() -> str | None:
+    try:
+        return TOKEN_FILE.expanduser().read_text().strip().splitlines()[0] or None
+    except (OSError, IndexError):
+        return None
+
+
 def server_command(name: str, help: str) -> Callable[[Callable[..., Any]], click.Command]:
     """A command that talks to the server: it gets ``--url`` and ``--json``, and is called with
     ``(client, as_json, **its own parameters)``. Put its own options below this decorator."""
 
     def decorate(run: Callable[..., Any]) -> click.Command:
         @click.command(name, help=help, short_help=help)
-        @click.option("--url", envvar="HERD_URL", default=DEFAULT_URL,
-                      help=f"the server (default: $HERD_URL or {DEFAULT_URL})")
+        @click.option("--url", envvar="HERD_URL",
+                      help=f"the server over TCP (default: $HERD_URL, else the server's socket ./.herd/herd.sock "
+                           f"or $HERD_SOCKET when it exists, else {DEFAULT_URL})")
         @click.option("--json", "as_json", is_flag=True, help="print the server's JSON instead of a table")
         @functools.wraps(run)  # carries the options declared on ``run``
-        def command(url: str, as_json: bool, **params: Any) -> Any:
-            with Client(url) as client:
+        def command(url: str | None, as_json: bool, **params: Any) -> Any:
+            with Client.connect(url) as client:
                 return run(client, as_json, **params)
 
         return command

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from agent.cli.client import Client, CliError, server_command
 from agent.cli.output import clock, format_duration, print_json, stamp, table, when
-from agent.cli.params import DURATION, JOB, JOBS, current_user
+from agent.cli.params import DURATION, JOB, JOBS
 from agent.messages import describe_errors
 from tools.models import JobRequest
 
@@ -29,7 +29,7 @@ FOLLOW_POLL_S = 0.5
 @click.option("--name", help="a label for the job")
 @click.option("--time", "time_limit", type=DURATION, help="time limit, e.g. 2h, 90m, 1h30m")
 @click.option("--estimate", type=DURATION, help="your estimate of the run time (sjf uses it)")
-@click.option("--user", default=current_user, help="owner (default $USER)")
+@click.option("--user", help="owner (default: you, as the server knows you; another user: administrators only)")
 @click.option("--cwd", default=".", help="working directory on the server (default: here)")
 @click.option("--env", multiple=True, metavar="KEY=VALUE", help="extra environment variable (repeat)")
 @click.option("--retries", type=int, help="retries after a failure (default 1)")
@@ -41,7 +41,7 @@ FOLLOW_POLL_S = 0.5
               help="may be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of higher priority")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def submit(client: Client, as_json: bool, command: tuple[str, ...], gpus: int, priority: int | None, name: str | None,
-           time_limit: float | None, estimate: float | None, user: str, cwd: str, env: tuple[str, ...],
+           time_limit: float | None, estimate: float | None, user: str | None, cwd: str, env: tuple[str, ...],
            retries: int | None, begin: str | None, after: tuple[list[int], ...], after_any: tuple[list[int], ...],
            preemptible: bool) -> None:
     if not command:
@@ -65,7 +65,7 @@ def submit(client: Client, as_json: bool, command: tuple[str, ...], gpus: int, p
     except ValidationError as exc:
         # Refused here, before any request, in the server's words for the same request.
         raise CliError(describe_errors(exc.errors())) from None
-    body = request.model_dump(mode="json", exclude_unset=True) | {"user": user}
+    body = request.model_dump(mode="json", exclude_unset=True) | ({"user": user} if user else {})
     # One key per submission: if the answer is lost (the server crashed, the connection dropped), the
     # retry with the same key gets the job the first try made instead of queueing it twice.
     result = client.call("POST", "/queue/submit", json=body, headers={"Idempotency-Key": str(uuid.uuid4())},

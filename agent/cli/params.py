@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 from typing import Any, Callable
 
 import click
@@ -48,5 +46,3 @@ JOBS = Parsed("job[,job]", lambda text: [_job_id(part) for part in text.split(",
 GPU_IDS = Parsed("0,1", _gpu_ids)
 
 
-def current_user() -> str:
-    return os.environ.get("USER") or getpass.getuser()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
 
@@ -12,6 +14,8 @@ from agent.cli.client import CliError
 from agent.cli.params import DURATION
 from agent.messages import describe_errors
 from agent.settings import POLICY_NAMES, ConfigError, Settings
+
+SOCKET_NAME = "herd.sock"  # in the work directory
 
 
 @click.command("serve", short_help="run the server (REST API and scheduler)",
@@ -32,11 +36,16 @@ from agent.settings import POLICY_NAMES, ConfigError, Settings
               help="a job preempts preemptible jobs N priority levels lower (default 2); off: never")
 @click.option("--preempt-grace", "preempt_grace_s", type=DURATION,
               help="SIGTERM to SIGKILL for a preempted job (default 30s)")
+@click.option("--single-user", is_flag=True, default=None,
+              help="loopback requests without a token act as the server's user (make run); loopback hosts only")
+@click.option("--ssl-certfile", help="TLS certificate (PEM) for the TCP port, with --ssl-keyfile")
+@click.option("--ssl-keyfile", help="TLS private key (PEM) for the TCP port")
 def serve(stopped: bool, **flags: object) -> None:
     # Imported here: the other commands do without the server's stack (FastAPI, uvicorn).
     import uvicorn
 
     from agent.api import create_app
+    from agent.api.peer import PeerCredentialsProtocol
 
     given = {key: value for key, value in flags.items() if value is not None}  # unset: HERD_* or the default
     if stopped:
@@ -50,15 +59,48 @@ def serve(stopped: bool, **flags: object) -> None:
     if shutil.which("tmux") is None:
         raise CliError("gpuherd runs every job in tmux, which is not installed: e.g. sudo apt-get install tmux")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    socket_path = settings.workdir.resolve() / SOCKET_NAME
+    scheme = "https" if settings.ssl_certfile else "http"
     click.echo(
-        f"gpuherd: serving http://{settings.host}:{settings.port} from {settings.workdir.resolve()}; "
+        f"gpuherd: serving {scheme}://{settings.host}:{settings.port} and {socket_path} from {settings.workdir.resolve()}; "
         f"jobs run in `tmux -L {settings.tmux_socket} attach`",
         err=True,
     )
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
-    )
+    common = dict(log_level=settings.log_level, timeout_graceful_shutdown=5, http=PeerCredentialsProtocol)
+    tcp = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile, **common))
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    socket_path.unlink(missing_ok=True)  # left by a server that was killed
+    local = _socket_server_class()(uvicorn.Config(app, uds=str(socket_path), lifespan="off", **common))
+    with asyncio.Runner(loop_factory=tcp.config.get_loop_factory()) as runner:  # uvloop where installed
+        runner.run(_serve_both(tcp, local))
+
+
+def _socket_server_class():
+    import uvicorn
+
+    class SocketServer(uvicorn.Server):
+        """A server that leaves the process's signals to the TCP one."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    return SocketServer
+
+
+async def _serve_both(tcp, local) -> None:
+    """The TCP server runs the app's lifespan (the service) and owns the process's signals; the Unix
+    socket's server answers beside it (uvicorn makes the socket world-writable: every local user may
+    connect, and the kernel says who they are) and stops when it does."""
+    beside = asyncio.create_task(local.serve())
+    try:
+        await tcp.serve()
+    finally:
+        local.should_exit = True
+        await beside
 
 
 COMMANDS = (serve,)

@@ -121,6 +121,8 @@ def set_inventory(ctx: ToolContext, args: SetInventory) -> GpuStatus:
             core.resources.detect(now=core.clock.now(), held=held)
         else:
             core.resources.declare(args.nodes, now=core.clock.now(), held=held)
+    ctx.record("re-detect the inventory" if args.nodes is None else
+               "declare the inventory: " + ", ".join(f"{n.name} ({n.gpus} GPUs)" for n in args.nodes))
     nodes = core.resources.nodes()
     if args.nodes is None:
         core.inventory_notice = (
@@ -191,6 +193,7 @@ def set_scheduling(ctx: ToolContext, args: SetScheduling) -> SchedulerState:
         core.store.set_setting(ENABLED_KEY, str(args.enabled).lower())
         core.orchestrator.enabled = args.enabled
     log.info("scheduler %s", "started" if args.enabled else "stopped")
+    ctx.record("start the scheduler" if args.enabled else "stop the scheduler")
     core.changed()
     return scheduler_state(ctx)
 
@@ -209,5 +212,6 @@ def set_policy(ctx: ToolContext, args: SetPolicy) -> SchedulerState:
         core.store.set_setting(POLICY_KEY, args.policy)
         core.orchestrator.policy = policy
     log.info("policy set to %s", args.policy)
+    ctx.record(f"policy {args.policy}")
     core.changed()
     return scheduler_state(ctx)

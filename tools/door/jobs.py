@@ -6,6 +6,7 @@ Times (``begin_at``) are written as people write them (``22:00``, ``+3h``, ``202
 
 from __future__ import annotations
 
+import pwd
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from policies.plan import estimate_starts
 from policies.snapshot import Snapshot
-from tools.door.context import Args, PermissionDenied, ToolContext
+from tools.door.context import Args, ToolContext
 from tools.logs import read_log
 from tools.models import (
     HOLDS_GPUS,
@@ -103,8 +104,9 @@ class QueueGone(LookupError):
 def list_queue(ctx: ToolContext, args: ListQueue) -> QueueView:
     plan = outlook(ctx)
     stats = ctx.core.queue.stats(plan.snapshot.now)
-    entries = [QueueEntry(position=None, job=j) for j in plan.snapshot.holding]
-    entries += [QueueEntry(position=i, job=j, estimated_start=plan.starts.get(j.id)) for i, j in enumerate(plan.order, start=1)]
+    entries = [QueueEntry(position=None, job=ctx.shown(j)) for j in plan.snapshot.holding]
+    entries += [QueueEntry(position=i, job=ctx.shown(j), estimated_start=plan.starts.get(j.id))
+                for i, j in enumerate(plan.order, start=1)]
     if args.user is not None:
         entries = [e for e in entries if e.job.user == args.user]
     return QueueView(policy=plan.policy, jobs=entries, stats=stats)
@@ -140,9 +142,9 @@ class JobDetail(Job):
 def get_job(ctx: ToolContext, args: GetJob) -> JobDetail:
     job = ctx.core.queue.get(args.job_id)
     if job.status != JobStatus.QUEUED:
-        return JobDetail(**job.model_dump())
+        return ctx.shown(JobDetail(**job.model_dump()))
     plan = outlook(ctx)
-    return JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id))
+    return ctx.shown(JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id)))
 
 
 JOBS_PAGE = 100  # jobs in a page of the history, unless asked otherwise
@@ -167,7 +169,7 @@ def list_jobs(ctx: ToolContext, args: ListJobs) -> JobPage:
     """One page, read from the store a page at a time: its cost does not grow with the history."""
     found = ctx.core.store.page_jobs(statuses=args.statuses, user=args.user, before=args.cursor, limit=args.limit + 1)
     page = found[:args.limit]
-    return JobPage(jobs=page, next=page[-1].id if len(found) > args.limit else None)
+    return JobPage(jobs=[ctx.shown(j) for j in page], next=page[-1].id if len(found) > args.limit else None)
 
 
 class JobEvents(Args):
@@ -204,6 +206,7 @@ class JobLog(BaseModel):
 
 def job_logs(ctx: ToolContext, args: JobLogs) -> JobLog:
     job = ctx.core.queue.get(args.job_id)
+    ctx.check_reader(job)
     chunk = read_log(Path(job.log_path), tail=args.tail, offset=args.offset) if job.log_path else None
     return JobLog(
         job_id=job.id, status=job.status, path=job.log_path, text=chunk.text if chunk else "",
@@ -222,6 +225,14 @@ class Submitted(BaseModel):
 
 class KeyReused(ValueError):
     """An idempotency key came back with a different request."""
+
+
+def check_unix_user(user: str) -> None:
+    """Jobs run as their owners here, so an owner must be a Unix user of this node."""
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"user {user} does not exist on this server, and jobs run as their owner's Unix user") from None
 
 
 def check_cwd(cwd: str | None) -> None:
@@ -280,15 +291,17 @@ def _replayed(ctx: ToolContext, key: IdempotencyKey, fingerprint: str, job_id: i
 def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None,
               idempotency: IdempotencyKey | None = None) -> Job:
     """``submit_job`` without working out the new job's place in line (a replay submits thousands)."""
-    if ctx.actor.user is None and user is None:
-        raise PermissionDenied("a submission needs a user")
     owner = ctx.owner(user)
+    if ctx.core.owners_must_exist:
+        check_unix_user(owner)
     check_cwd(request.cwd)
     given = request.model_dump(include=_REQUEST_FIELDS)  # a front door's body may say more (REST: user)
     begin_at = None if request.begin_at is None else when("begin_at", request.begin_at, ctx.core.clock.now())
     # pydantic.ValidationError names the field at fault
     spec = JobSpec(user=owner, begin_at=begin_at, idempotency=idempotency, **given)
     job = ctx.orchestrator.submit(spec)
+    if owner != ctx.actor.user and ctx.core.owners_must_exist:  # elsewhere a named user is only a label
+        ctx.record(f"submitted job {job.id} for {owner}", job.id)
     ctx.core.changed()
     return job
 
@@ -309,6 +322,7 @@ class CancelJob(Args):
 def cancel_job(ctx: ToolContext, args: CancelJob) -> Job:
     ctx.check_owner(ctx.core.queue.get(args.job_id))
     job = ctx.orchestrator.cancel(args.job_id)
+    ctx.record(f"cancel job {job.id}", job.id)
     ctx.core.changed()
     return job
 
@@ -323,6 +337,7 @@ class SetPriority(Args):
 def set_priority(ctx: ToolContext, args: SetPriority) -> Job:
     ctx.check_owner(ctx.core.queue.get(args.job_id))
     job = ctx.orchestrator.set_priority(args.job_id, args.priority)
+    ctx.record(f"priority of job {job.id} to {args.priority}", job.id)
     ctx.core.changed()
     return job
 
@@ -337,6 +352,7 @@ class CompleteJob(Args):
 def complete_job(ctx: ToolContext, args: CompleteJob) -> Job:
     ctx.check_owner(ctx.core.queue.get(args.job_id))
     job = ctx.orchestrator.complete(args.job_id, args.exit_code)
+    ctx.record(f"complete job {job.id} with exit code {args.exit_code}", job.id)
     ctx.core.changed()
     return job
 

@@ -73,6 +73,8 @@ def reserve_gpus(ctx: ToolContext, args: ReserveGpus) -> Reservation:
                                  gpu_count=args.gpu_count, start=start, end=end)
         reservation = orch.reserve(Reservation(node=node, gpus=gpus, user=args.user, group=args.group,
                                                start=start, end=end, note=args.note))
+    ctx.record(f"reserve {reservation.node} GPU(s) {','.join(map(str, reservation.gpus))} for {reservation.holder()} "
+               f"(reservation {reservation.id})")
     ctx.core.changed()
     return reservation
 
@@ -89,5 +91,6 @@ def unreserve(ctx: ToolContext, args: Unreserve) -> Reservation:
         reservation = ctx.orchestrator.unreserve(args.reservation_id)
     except LookupError as exc:
         raise ReservationNotFound(str(exc)) from None
+    ctx.record(f"remove reservation {reservation.id}")
     ctx.core.changed()
     return reservation

@@ -90,8 +90,8 @@ def build_core(
     """The core for ``settings``. ``nodes`` declares the inventory (else ``settings.gpus`` on this node,
     else what NVML detects); ``policy`` and ``rules`` replace the configured ones (a replay's own
     policy object); ``multi_node`` lets a job larger than any node take whole nodes (replays only:
-    the live executors run one node's jobs); ``jobs_run_as_owners`` (a shared server's) refuses jobs of
-    users this node does not know. A core with its own database keeps bearer tokens there."""
+    the live executors run one node's jobs); ``jobs_run_as_owners`` (a shared server's) runs each job as
+    its owner and refuses jobs of users this node does not know. A core with its own database keeps bearer tokens there."""
     clock = clock or RealClock()
     workdir = settings.workdir.resolve()
     if store is None or executor is None:
@@ -120,7 +120,8 @@ def build_core(
     orchestrator = Orchestrator(
         queue=queue,
         inventory=resources,
-        executor=executor if executor is not None else TmuxExecutor(workdir, socket_name=settings.tmux_socket),
+        executor=executor if executor is not None else TmuxExecutor(
+            workdir, socket_name=settings.tmux_socket, run_as_owner=jobs_run_as_owners),
         clock=clock,
         policy=policy or make_policy(_saved_policy(settings, store, model)),
         grace_s=settings.grace_s,

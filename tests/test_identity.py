@@ -187,3 +187,20 @@ def test_a_personal_server_lets_only_its_own_user_act(tmp_path):
 
     with pytest.raises(PermissionDenied, match="personal mode"):
         ToolContext(core=None, actor=other).owner(None)  # type: ignore[arg-type]
+
+
+def test_a_users_job_runs_as_that_user_and_its_log_is_served_only_as_written(server, other_user):
+    status, job = over_socket(server, "POST", "/queue/submit", {"command": "id -u; id -un; echo HOME=$HOME", "gpu_count": 1},
+                              as_user=other_user)
+    assert status == 201, job
+    server.wait_for(job["job_id"], "completed")
+    status, log = over_socket(server, "GET", f"/jobs/{job['job_id']}/logs", as_user=other_user)
+    uid = subprocess.run(["id", "-u", other_user], capture_output=True, text=True, check=True).stdout.strip()
+    assert status == 200 and log["text"].split()[:2] == [uid, other_user], log
+
+    # A log replaced by a link to a root-only file is refused, never followed.
+    path = Path(log["path"])
+    path.unlink()
+    path.symlink_to("/etc/shadow")
+    status, refused = over_socket(server, "GET", f"/jobs/{job['job_id']}/logs", as_user=other_user)
+    assert status == 409 and "root:" not in json.dumps(refused)

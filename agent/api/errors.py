@@ -27,6 +27,7 @@ from agent.messages import describe_errors
 from policies.reservations import InvalidReservation
 from tools.door.context import NotAuthenticated, PermissionDenied
 from tools.door.rules import ReservationNotFound
+from tools.logs import UnsafeLog
 from tools.tokens import TokenNotFound
 from tools.inventory import InventoryConflict, UnknownGpu
 from tools.nvml import ProbeUnavailable
@@ -45,6 +46,7 @@ STATUS_BY_EXCEPTION: dict[type[Exception], int] = {
     JobNotFound: 404,
     ReservationNotFound: 404,
     TokenNotFound: 404,
+    UnsafeLog: 409,  # the job replaced its log with a link or another file: not served
     UnknownGpu: 404,
     NotAuthenticated: 401,  # a change asked for by nobody, or with a token that is not valid
     PermissionDenied: 403,

@@ -110,7 +110,7 @@ def test_exit_code_is_reported(ex, code):
 def test_log_is_appended_across_attempts(ex):
     ex.start(job(command="echo attempt"), ALLOC, time.time())
     assert wait_exit(ex, 1).exit_code == 0
-    time.sleep(0.2)  # let the first window close
+    ex.forget(1)
     ex.start(job(command="echo attempt; exit 2"), ALLOC, time.time())
     assert wait_exit(ex, 1).exit_code == 2
     assert ex.log_path(1).read_text() == "attempt\nattempt\n"
@@ -235,6 +235,15 @@ def test_end_is_noticed_within_a_second(ex, tmp_path):
     print(f"\nend-detection latency (job end -> poll reports it): "
           + ", ".join(f"{x * 1000:.1f} ms" for x in latencies))
     assert max(latencies) < 1.0
+
+
+def test_an_attempt_starts_at_once_after_the_last_one_ended(ex):
+    for attempt in range(5):  # its window may still be closing when the next attempt starts
+        ex.start(job(command=f"echo {attempt}; exit 3"), ALLOC, time.time())
+        ends = wait_until(lambda: ex.poll(time.time()), 5, 0.005, what="the end")
+        assert [(e.job_id, e.exit_code) for e in ends] == [(1, 3)]
+        ex.forget(1)
+    assert ex.log_path(1).read_text() == "0\n1\n2\n3\n4\n"
 
 
 def test_a_start_after_the_tmux_server_died_starts_it_again(ex):

@@ -65,6 +65,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -307,7 +308,9 @@ class TmuxExecutor:
         if windows is None:
             raise StartError(f"cannot list the windows of tmux session {self.session_name!r}")
         if self.window_name(job.id) in windows:
-            raise StartError(f"job {job.id} already has a live tmux window ({self.window_name(job.id)})")
+            if self._read_exit(job.id) is None:
+                raise StartError(f"job {job.id} already has a live tmux window ({self.window_name(job.id)})")
+            self._close_ended_window(job.id)  # the last attempt's wrapper, between its exit file and its end
 
         env = {**self.base_env, **job.env}
         if owner is not None:
@@ -484,6 +487,17 @@ class TmuxExecutor:
                 except ProcessLookupError:
                     pass
         return None
+
+    def _close_ended_window(self, job_id: int) -> None:
+        """Wait (up to 2 s) for the window of an attempt that has ended to close, then close it: its
+        wrapper has written the exit code and has nothing left to do but wake the service."""
+        name = self.window_name(job_id)
+        for _ in range(100):
+            windows = self._live_windows()
+            if windows is not None and name not in windows:
+                return
+            time.sleep(0.02)
+        self._tmux("kill-window", "-t", f"={self.session_name}:={name}")
 
     def _owner(self, job: Job) -> pwd.struct_passwd:
         try:

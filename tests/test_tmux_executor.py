@@ -196,9 +196,10 @@ def test_a_killed_window_is_reported_as_lost(ex):
     time.sleep(0.2)
     ex._tmux("kill-window", "-t", f"={ex.session_name}:={ex.window_name(1)}")
     e = wait_exit(ex, 1, timeout_s=5.0)
-    # The job dies of the SIGTERM the wrapper passes on (143), which the wrapper marks lost; or the
-    # window is found gone first (None). Either way it is the infrastructure's failure, not the job's.
-    assert e.exit_code in (None, 143) and e.lost
+    # The job dies of the hangup (129) or of the SIGTERM the wrapper passes on (143), which the wrapper
+    # marks lost; or the window is found gone first (None). Either way it is the infrastructure's
+    # failure, not the job's.
+    assert e.exit_code in (None, 129, 143) and e.lost
 
 
 def test_a_job_whose_wrapper_died_is_ended_only_once_its_processes_are_gone(make_executor):

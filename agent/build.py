@@ -16,6 +16,7 @@ from agent.llm import Model, ModelSettings, OpenAIModel
 from agent.loop import Bounds
 from agent.scheduler import AgentPolicy
 from agent.settings import AGENT_POLICY, POLICY_NAMES, Settings
+from policies.estimates import DEFAULT_PREDICTOR, Predictor
 from policies.multifactor import MultifactorPolicy
 from policies.ordering import FALLBACK_POLICY, Policy, get_policy
 from policies.rules import Rules, Weights
@@ -86,23 +87,31 @@ def build_core(
     rules: Rules | None = None,
     multi_node: bool = False,
     jobs_run_as_owners: bool = False,
+    predictor: Predictor | None = DEFAULT_PREDICTOR,
 ) -> Core:
     """The core for ``settings``. ``nodes`` declares the inventory (else ``settings.gpus`` on this node,
     else what NVML detects); ``policy`` and ``rules`` replace the configured ones (a replay's own
     policy object); ``multi_node`` lets a job larger than any node take whole nodes (replays only:
     the live executors run one node's jobs); ``jobs_run_as_owners`` (a shared server's) runs each job as
-    its owner and refuses jobs of users this node does not know. A core with its own database keeps bearer tokens there."""
+    its owner and refuses jobs of users this node does not know. A core with its own database keeps bearer tokens there.
+    ``predictor`` estimates the run time of a job queued without an estimate from the history of
+    completed jobs (None: no such estimates, as a replay with ``--estimate none`` wants)."""
     clock = clock or RealClock()
     workdir = settings.workdir.resolve()
     if store is None or executor is None:
         workdir.mkdir(parents=True, exist_ok=True)
     tokens = TokenStore(workdir / "herd.db") if store is None else None
-    store = store if store is not None else SqliteStore(workdir / "herd.db")
+    if store is None:
+        store = SqliteStore(workdir / "herd.db")
+        # Jobs' environments and token hashes are in it: the server's alone (its -wal and -shm files
+        # take its mode).
+        (workdir / "herd.db").chmod(0o600)
     resources = ResourceManager(store, probe if probe is not None else local_probe(settings.node_name))
     if nodes is None and settings.gpus is not None:
         nodes = [NodeDeclaration(name=settings.node_name, gpus=settings.gpus)]
     notice = resources.initialize(clock.now(), list(nodes) if nodes is not None else None)
-    queue = JobQueue(store, max_queued=settings.max_queue_size, usage_half_life_s=settings.usage_half_life_s)
+    queue = JobQueue(store, max_queued=settings.max_queue_size, usage_half_life_s=settings.usage_half_life_s,
+                     estimator=predictor)
     multifactor = build_multifactor(settings)
 
     def make_policy(name: str) -> Policy:

@@ -204,3 +204,8 @@ def test_a_users_job_runs_as_that_user_and_its_log_is_served_only_as_written(ser
     path.symlink_to("/etc/shadow")
     status, refused = over_socket(server, "GET", f"/jobs/{job['job_id']}/logs", as_user=other_user)
     assert status == 409 and "root:" not in json.dumps(refused)
+
+
+def test_the_database_is_the_servers_alone(server):
+    # It holds jobs' environments and the tokens' hashes.
+    assert (server.workdir / "herd.db").stat().st_mode & 0o777 == 0o600

@@ -113,7 +113,29 @@ def test_parse_duration(text, want_s):
     assert parse_duration(text) == want_s
 
 
-@pytest.mark.parametrize("text", ["90", "h", "2x", "1h 30m", "", "0s", "-1h", "+1h"])
+@pytest.mark.parametrize("text", ["h", "2x", "1h 30m", "", "0s", "-1h", "+1h", "0", "1:60", "1:00:60", "1-24",
+                                  "1-2:60", ":30", "1-", "1.5", "2:00:00h"])
 def test_parse_duration_refuses(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+# Slurm's forms (sbatch --time): minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds.
+@pytest.mark.parametrize("text, want_s", [
+    ("120", 7200), ("90", 5400), ("1", 60), ("90:30", 5430), ("2:00:00", 7200), ("0:30:00", 1800),
+    ("36:00:00", 36 * 3600), ("1-12", 36 * 3600), ("1-12:30", 36 * 3600 + 1800), ("1-12:00:00", 36 * 3600),
+    ("2-00:00:01", 2 * 86400 + 1), (" 2:00:00 ", 7200),
+])
+def test_parse_duration_takes_slurms_forms(text, want_s):
+    assert parse_duration(text) == want_s
+
+
+def test_a_bare_number_is_minutes_but_a_time_from_now_needs_its_unit():
+    assert parse_duration("90") == 5400
+    with pytest.raises(ValueError, match="'90' is not a duration; write e.g. 2h, 90m, 30s or 1h30m"):
+        parse_duration("90", bare=False)
+    with pytest.raises(ValueError, match="not a time from now"):
+        parse_time("+90", NOW, tz=UTC)
+    with pytest.raises(ValueError, match=r"write e.g. 2h, 90m, 30s, 1h30m, 2:00:00, 1-12:00:00 or 120 \(minutes\)"):
+        parse_duration("soon")

@@ -1,4 +1,5 @@
-"""Times and durations as people write them: ``22:00``, ``2026-11-30 22:00``, ``+3h``, ``now``, ``90m``.
+"""Times and durations as people write them: ``22:00``, ``2026-11-30 22:00``, ``+3h``, ``now``, ``90m``,
+and Slurm's durations (``2:00:00``, ``1-12:00:00``, ``120`` minutes).
 
 Pure: the current time is passed in, and a wall-clock time is read in the given time zone (this
 machine's when none is given), so the same text means the same instant in tests and in the service.
@@ -13,20 +14,50 @@ from datetime import datetime, time, timedelta, tzinfo
 
 _UNITS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+# Slurm's forms: minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes,
+# days-hours:minutes:seconds.
+_SLURM = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
 TIME_FORMS = "22:00, 2026-11-30 22:00, +3h or now"
+DURATION_FORMS = "2h, 90m, 30s, 1h30m, 2:00:00, 1-12:00:00 or 120 (minutes)"
 
 
-def parse_duration(text: str) -> float:
-    """``2h``, ``90m``, ``30s``, ``1h30m``, ``1.5h``, ``2d`` -> seconds. A unit is required: ``90`` is ambiguous."""
+def parse_duration(text: str, *, bare: bool = True) -> float:
+    """Seconds of a duration: with units (``2h``, ``90m``, ``30s``, ``1h30m``, ``1.5h``, ``2d``) or in
+    Slurm's forms (``120`` minutes, ``90:30`` minutes and seconds, ``2:00:00``, ``1-12``, ``1-12:30``,
+    ``1-12:00:00``). ``bare``: False refuses Slurm's forms (a time from now, ``+90``, needs its unit)."""
     text = text.strip().lower()
     parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration; write e.g. 2h, 90m, 30s or 1h30m")
-    seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if parts and "".join(n + u for n, u in parts) == text:
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    elif bare and (slurm := _slurm_seconds(text)) is not None:
+        seconds = slurm
+    else:
+        forms = DURATION_FORMS if bare else "2h, 90m, 30s or 1h30m"
+        raise ValueError(f"{text!r} is not a duration; write e.g. {forms}")
     if seconds <= 0:
         raise ValueError("a duration must be longer than 0 s")
     return seconds
+
+
+def _slurm_seconds(text: str) -> float | None:
+    """Seconds of a duration in Slurm's forms (see ``parse_duration``), or None if it is not one."""
+    match = _SLURM.fullmatch(text)
+    if match is None:
+        return None
+    days, first, second, third = match.groups()
+    if days is not None:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+        if hours > 23 or minutes > 59 or seconds > 59:
+            return None
+        return int(days) * 86_400 + hours * 3600 + minutes * 60 + seconds
+    if third is not None:  # hours:minutes:seconds
+        if int(second) > 59 or int(third) > 59:
+            return None
+        return int(first) * 3600 + int(second) * 60 + int(third)
+    if second is not None:  # minutes:seconds
+        return None if int(second) > 59 else int(first) * 60 + int(second)
+    return int(first) * 60  # minutes
 
 
 def parse_time(value: str | float, now: float, *, tz: tzinfo | None = None) -> float:
@@ -53,7 +84,7 @@ def _resolve(value: str | float, now: float, *, base: float, tz: tzinfo | None) 
         return now
     if text.startswith("+"):
         try:
-            return base + parse_duration(text[1:])
+            return base + parse_duration(text[1:], bare=False)
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a time from now: {exc}") from None
     clock = _CLOCK.fullmatch(text)

@@ -111,7 +111,7 @@ def build_core(
         nodes = [NodeDeclaration(name=settings.node_name, gpus=settings.gpus)]
     notice = resources.initialize(clock.now(), list(nodes) if nodes is not None else None)
     queue = JobQueue(store, max_queued=settings.max_queue_size, usage_half_life_s=settings.usage_half_life_s,
-                     estimator=predictor)
+                     estimator=predictor, max_queued_per_user=settings.max_queued_per_user)
     multifactor = build_multifactor(settings)
 
     def make_policy(name: str) -> Policy:

@@ -111,7 +111,11 @@ class Settings(BaseSettings):
         100,
         ge=1,
         validation_alias=_env("max_queue_size", "HERD_MAX_QUEUE_SIZE", "RESEARCH_AGENT_MAX_QUEUE_SIZE"),
-        description="Most jobs that may wait at once; a submission beyond it gets 429.",
+        description="Most submissions that may wait at once (an array counts once); one more gets 429.",
+    )
+    max_queued_per_user: int | None = Field(
+        None, ge=1, description="Most jobs one user may have waiting, each task of an array counted; none: no limit "
+        "but max_queue_size. One more gets 429.",
     )
     orchestration_enabled: bool = Field(
         True,

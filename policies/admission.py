@@ -9,7 +9,7 @@ that could never start. So a person reads the same sentence from every door.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 from tools.models import TERMINAL, Job, JobSpec, JobStatus, PendingReason, Reservation
 
@@ -90,6 +90,24 @@ def dependency_wait(job: JobSpec, status_of: Callable[[int], JobStatus | None]) 
     if waiting_for:
         return Wait(PendingReason.DEPENDENCY, "waits for job(s) " + ", ".join(waiting_for))
     return None
+
+
+def array_limit_wait(job: Job, running: Mapping[int, int]) -> Wait | None:
+    """A task of an array with a limit of tasks at once (``0-109%8``) waits while that many of its array's
+    tasks hold GPUs (``running``: array id -> its tasks holding GPUs, see ``tasks_holding``)."""
+    if job.array_id is None or job.array_limit is None or running.get(job.array_id, 0) < job.array_limit:
+        return None
+    return Wait(PendingReason.ARRAY_TASK_LIMIT, f"array {job.array_id} already runs {job.array_limit} task(s) at once, "
+                                                f"the most its %{job.array_limit} allows")
+
+
+def tasks_holding(jobs: Iterable[Job]) -> dict[int, int]:
+    """Array id -> how many of ``jobs`` (those holding GPUs) are its tasks."""
+    counts: dict[int, int] = {}
+    for job in jobs:
+        if job.array_id is not None:
+            counts[job.array_id] = counts.get(job.array_id, 0) + 1
+    return counts
 
 
 def reservations_against(reservations: tuple[Reservation, ...], user: str, group: str | None, start: float,

@@ -35,7 +35,16 @@ from tools.timespec import local_time
 
 from policies.plan import Slot, Timeline
 from policies.preemption import choose_preemptions
-from policies.admission import Wait, begin_time_wait, dependency_wait, quota_wait, reservations_against, size_wait
+from policies.admission import (
+    Wait,
+    array_limit_wait,
+    begin_time_wait,
+    dependency_wait,
+    quota_wait,
+    reservations_against,
+    size_wait,
+    tasks_holding,
+)
 from policies.snapshot import Decisions, Proposal, Reasons, Snapshot
 
 Entries = Iterable[tuple[tuple, int]]  # (sort key, job id), in order
@@ -70,6 +79,7 @@ class Placer:
         self.limit = most if cap is None else min(most, cap)  # a job asking for more can never start
         self._blocked_by: int | None = None
         self._user_use, self._group_use = (dict(m) for m in snapshot.in_use)
+        self._array_use = tasks_holding(snapshot.holding)  # array id -> its tasks holding GPUs
         self._reservations = tuple(r for r in snapshot.reservations if r.end > snapshot.now)
         self._refused_around: dict[frozenset[int], int] = {}  # reservation ids -> smallest size that did not fit
         self._messages: dict[int, str] = {}  # reservation id -> why a job it keeps out waits
@@ -171,7 +181,8 @@ class Placer:
             return Offer.WAITS if first == Offer.SIZE_FULL else first  # its size may still fit others
         if self.head_slot is not None:
             self._after_head += 1
-        wait = begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job) or self._made_room_wait(job)
+        wait = (begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job) or self._made_room_wait(job)
+                or array_limit_wait(job, self._array_use))
         if wait is not None:
             self.waiting[job.id] = wait
             return Offer.WAITS
@@ -362,6 +373,8 @@ class Placer:
         self._started_ids.add(job.id)
         self._started_jobs.append((job, proposal.gpus))
         self._user_use[job.user] = self._user_use.get(job.user, 0) + job.gpu_count
+        if job.array_id is not None:
+            self._array_use[job.array_id] = self._array_use.get(job.array_id, 0) + 1
         group = self._rules.group_of(job.user)
         if group is not None:
             self._group_use[group] = self._group_use.get(group, 0) + job.gpu_count

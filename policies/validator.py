@@ -12,7 +12,16 @@ from enum import StrEnum
 
 from tools.models import Allocation, Job, JobStatus, PendingReason
 
-from policies.admission import Wait, begin_time_wait, dependency_wait, quota_wait, reservations_against, size_wait
+from policies.admission import (
+    Wait,
+    array_limit_wait,
+    begin_time_wait,
+    dependency_wait,
+    quota_wait,
+    reservations_against,
+    size_wait,
+    tasks_holding,
+)
 from policies.snapshot import Preemption, Proposal, Snapshot
 
 
@@ -33,6 +42,7 @@ class Violation(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"  # would take its user or group over a GPU quota
     RESERVED = "reserved"  # a GPU is reserved for someone else while the job would run
     DEPENDENCY = "dependency"  # a job it runs after has not ended as required
+    ARRAY_TASK_LIMIT = "array_task_limit"  # its array already runs as many tasks as its %N allows
 
 
 @dataclass(frozen=True)
@@ -70,13 +80,14 @@ def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal
     taken: dict[tuple[str, int], int] = {}  # GPUs given to earlier proposals of this batch
     seen_jobs: set[int] = set()
     user_use, group_use = (dict(m) for m in snapshot.in_use)  # GPUs in use, with this batch's
+    array_use = tasks_holding(snapshot.holding)  # array id -> its tasks holding GPUs, with this batch's
     accepted: list[Accepted] = []
     rejected: list[Rejection] = []
     for proposal in proposals:
         problems = _check(snapshot, proposal, taken, seen_jobs)
         job = snapshot.jobs_by_id.get(proposal.job_id)
         if job is not None:
-            problems += _rule_problems(snapshot, job, proposal, user_use, group_use)
+            problems += _rule_problems(snapshot, job, proposal, user_use, group_use, array_use)
         if problems:
             rejected.append(Rejection(proposal, tuple(problems)))
             continue
@@ -84,6 +95,8 @@ def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal
         for ref in proposal.gpus:
             taken[ref] = proposal.job_id
         user_use[job.user] = user_use.get(job.user, 0) + job.gpu_count
+        if job.array_id is not None:
+            array_use[job.array_id] = array_use.get(job.array_id, 0) + 1
         group = snapshot.rules.group_of(job.user)
         if group is not None:
             group_use[group] = group_use.get(group, 0) + job.gpu_count
@@ -99,16 +112,19 @@ RULE_VIOLATIONS = {
     PendingReason.DEPENDENCY: Violation.DEPENDENCY,
     PendingReason.DEPENDENCY_NEVER: Violation.DEPENDENCY,
     PendingReason.RESERVATION: Violation.RESERVED,
+    PendingReason.ARRAY_TASK_LIMIT: Violation.ARRAY_TASK_LIMIT,
 }
 
 
 def _rule_problems(snapshot: Snapshot, job: Job, proposal: Proposal, user_use: dict[str, int],
-                   group_use: dict[str, int]) -> list[Problem]:
-    """The admission rules that depend on the rest of the cluster: quotas, dependencies, reservations."""
+                   group_use: dict[str, int], array_use: dict[int, int]) -> list[Problem]:
+    """The admission rules that depend on the rest of the cluster: quotas, dependencies, reservations,
+    an array's limit of tasks at once."""
     rules, now = snapshot.rules, snapshot.now
     waits = [
         quota_wait(rules, job.user, job.gpu_count, user_use, group_use),
         dependency_wait(job, lambda dep: _status_of(snapshot, dep)),
+        array_limit_wait(job, array_use),
     ]
     group = rules.group_of(job.user)
     for r in reservations_against(snapshot.reservations, job.user, group, now, now + rules.runtime(job)):

@@ -55,6 +55,17 @@ class PendingReason(StrEnum):
     RESERVATION = "Reservation"  # the GPUs that would fit it are reserved for someone else
     HELD = "Held"  # the scheduler is stopped, so nothing new starts
     INFEASIBLE = "Infeasible"  # asks for more GPUs than any node has usable
+    ARRAY_TASK_LIMIT = "JobArrayTaskLimit"  # its array already runs as many tasks as its %N allows
+
+
+class EndReason(StrEnum):
+    """How a job's last attempt ended, beside its status: what the accounting and ``herd jobs --state``
+    read (``timeout`` is Slurm's TIMEOUT: stopped at its time limit, status ``failed``)."""
+
+    COMPLETED = "completed"  # exit code 0
+    FAILED = "failed"  # a non-zero exit code (or no exit code) with no retry left, or it could not start
+    TIMEOUT = "timeout"  # stopped at its time limit
+    CANCELLED = "cancelled"  # cancelled by a person
 
 
 class StopReason(StrEnum):
@@ -100,7 +111,8 @@ class Allocation(BaseModel):
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by the executor for each job; a submission may not override them.
-RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID"})
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID", "HERD_ARRAY_JOB_ID",
+                          "HERD_ARRAY_TASK_ID", "HERD_ARRAY_TASK_COUNT"})
 
 UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 
@@ -121,6 +133,11 @@ MAX_ENV_VARS = 128
 MAX_ENV_VALUE = 32_768  # bytes (UTF-8)
 MAX_ENV_BYTES = 131_072  # all "KEY=VALUE" entries together, in bytes (UTF-8)
 MAX_DEPENDENCIES = 32
+# An array (``0-109%8``): at most this many tasks (Slurm's default MaxArraySize is 1001), indices below
+# MAX_ARRAY_INDEX.
+MAX_ARRAY_TASKS = 1000
+MAX_ARRAY_INDEX = 1_000_000
+_ARRAY_RANGE = re.compile(r"^(\d{1,7})(?:-(\d{1,7})(?::(\d{1,7}))?)?$")
 # The context under which the store reads jobs back: limits added after a job was accepted are not
 # applied to it again (it was valid when it was stored, and must stay readable).
 STORED = {"stored": True}
@@ -131,6 +148,34 @@ def no_nul(value: str) -> str:
     if "\0" in value:
         raise ValueError("must not contain a NUL character")
     return value
+
+
+def parse_array(text: str) -> tuple[tuple[int, ...], int | None]:
+    """The task indices and the at-once limit of an array as Slurm writes it: ``0-109``, ``0-109%8``,
+    ``1,3,5-7``, ``0-15:4`` (every 4th), each index once, in order. ValueError says what to write."""
+    spec, _, limit_text = text.strip().partition("%")
+    limit = None
+    if limit_text:
+        if not limit_text.isdigit() or int(limit_text) < 1:
+            raise ValueError(f"%{limit_text} is not a limit of tasks at once; write e.g. 0-109%8")
+        limit = int(limit_text)
+    indices: set[int] = set()
+    for part in spec.split(","):
+        match = _ARRAY_RANGE.match(part.strip())
+        if match is None:
+            raise ValueError(f"{part.strip()!r} is not a range of task indices; write e.g. 0-109, 0-109%8, "
+                             "1,3,5-7 or 0-15:4")
+        first = int(match[1])
+        last = int(match[2]) if match[2] is not None else first
+        step = int(match[3]) if match[3] is not None else 1
+        if last < first or step < 1:
+            raise ValueError(f"{part.strip()!r} is an empty range; write the lower index first, e.g. 0-109")
+        if last >= MAX_ARRAY_INDEX:
+            raise ValueError(f"task indices run from 0 to {MAX_ARRAY_INDEX - 1}")
+        if (last - first) // step + 1 + len(indices) > MAX_ARRAY_TASKS:
+            raise ValueError(f"an array has at most {MAX_ARRAY_TASKS} tasks")
+        indices.update(range(first, last + 1, step))
+    return tuple(sorted(indices)), limit
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -179,6 +224,10 @@ class JobRequest(BaseModel):
     preemptible: bool = Field(
         False, strict=True, description="True if the job may be stopped (SIGTERM, grace, SIGKILL) and requeued for a "
         "job of higher priority; it should checkpoint on SIGTERM.")
+    array: str | None = Field(
+        None, max_length=200, description="A job array, as Slurm writes it: '0-109' (110 tasks), '0-109%8' (at most 8 "
+        "running at once), '1,3,5-7', '0-15:4'. Each task is a job of its own with HERD_ARRAY_JOB_ID and "
+        f"HERD_ARRAY_TASK_ID set; at most {MAX_ARRAY_TASKS} tasks. No array if not given.")
 
     @model_validator(mode="before")
     @classmethod
@@ -200,6 +249,13 @@ class JobRequest(BaseModel):
     @classmethod
     def _text(cls, v: str | None) -> str | None:
         return v if v is None else no_nul(v)
+
+    @field_validator("array")
+    @classmethod
+    def _an_array(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_array(no_nul(v))
+        return v
 
     @field_validator("est_duration_s", "time_limit_s")
     @classmethod
@@ -300,10 +356,38 @@ class Job(JobSpec):
     not_before: float | None = None  # earliest start (begin_at, or a retry's backoff)
     stop_reason: StopReason | None = None  # set while the orchestrator is stopping it
     log_path: str | None = None
+    # A task of an array: the array's id (its first task's job id), this task's index, how many tasks
+    # the array has and how many may run at once (None: no limit). None for a job that is no task.
+    array_id: int | None = None
+    array_index: int | None = None
+    array_size: int | None = None
+    array_limit: int | None = None
+    # Accounting: seconds run by its attempts that ended (the current one not yet counted), when its
+    # first attempt started, and how its last attempt ended (None while it has not ended).
+    run_s: float = 0.0
+    first_start_time: float | None = None
+    end_reason: EndReason | None = None
 
     @property
     def display_name(self) -> str:
         return self.name or f"job-{self.id}"
+
+    @property
+    def task_label(self) -> str | None:
+        """``12_3`` for task 3 of array 12 (Slurm's way); None for a job that is no task."""
+        return None if self.array_id is None else f"{self.array_id}_{self.array_index}"
+
+    def run_seconds(self, now: float) -> float:
+        """Seconds it has run in all its attempts, the current one up to ``now``."""
+        total = self.run_s
+        if self.status == JobStatus.RUNNING and self.start_time is not None:
+            total += max(0.0, now - self.start_time)
+        elif not total and self.end_time is not None and self.start_time is not None:
+            total = max(0.0, self.end_time - self.start_time)  # ended before run_s was kept
+        return total
+
+    def gpu_seconds(self, now: float) -> float:
+        return self.gpu_count * self.run_seconds(now)
 
 
 class Reservation(BaseModel):

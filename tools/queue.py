@@ -16,12 +16,14 @@ from tools.models import (
     HOLDS_GPUS,
     TERMINAL,
     TRANSITIONS,
+    EndReason,
     Event,
     Job,
     JobSpec,
     JobStatus,
     PendingReason,
     StopReason,
+    parse_array,
 )
 from tools.timespec import local_time
 from tools.store import Store
@@ -29,6 +31,10 @@ from tools.store import Store
 log = logging.getLogger(__name__)
 
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
+
+
+_END_REASONS = {JobStatus.COMPLETED: EndReason.COMPLETED, JobStatus.FAILED: EndReason.FAILED,
+                JobStatus.CANCELLED: EndReason.CANCELLED}
 
 
 class JobNotFound(LookupError):
@@ -97,11 +103,15 @@ class JobQueue:
         max_queued: int = 100,
         backoff: Backoff = Backoff(),
         usage_half_life_s: float = 7 * 86_400.0,
+        max_queued_per_user: int | None = None,
     ) -> None:
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
         self.store = store
+        # Waiting submissions at once (an array counts once), and one user's waiting jobs (each task
+        # of an array counted; None: no limit).
         self.max_queued = max_queued
+        self.max_queued_per_user = max_queued_per_user
         self.backoff = backoff
         self.usage_half_life_s = usage_half_life_s
         # Every write below also goes to the index, which the scheduler reads instead of the store.
@@ -134,7 +144,9 @@ class JobQueue:
 
     # -- changing ------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, *, now: float) -> Job:
-        """Persist a new queued job; raises ``store.QueueFull`` when the queue is at its limit."""
+        """Persist a new queued job, or every task of an array (``spec.array``) in one transaction, and
+        return it (an array's first task, whose id is the array's); raises ``store.QueueFull`` when the
+        queue, or its user's share of it, is at its limit."""
         deferred = spec.begin_at is not None and spec.begin_at > now
         job = Job(
             **spec.model_dump(),
@@ -144,9 +156,18 @@ class JobQueue:
             pending_reason=PendingReason.BEGIN_TIME if deferred else PendingReason.PRIORITY,
             pending_message=f"deferred: not before {local_time(spec.begin_at)}" if deferred else WAITING_FOR_PASS,
         )
-        job = self.store.add_job(job, max_queued=self.max_queued)
-        self.index.put(job)
-        return job
+        if spec.array is None:
+            job = self.store.add_job(job, max_queued=self.max_queued, max_queued_per_user=self.max_queued_per_user)
+            self.index.put(job)
+            return job
+        indices, limit = parse_array(spec.array)
+        tasks = [job.model_copy(update={"array_index": index, "array_size": len(indices), "array_limit": limit,
+                                        **({"idempotency": None} if i else {})})
+                 for i, index in enumerate(indices)]
+        added = self.store.add_jobs(tasks, max_queued=self.max_queued, max_queued_per_user=self.max_queued_per_user)
+        for task in added:
+            self.index.put(task)
+        return added[0]
 
     def transition(self, job: Job, to: JobStatus, *, now: float, message: str = "", **changes: Any) -> Job:
         """Move ``job`` to ``to``; the one function that changes a job's status."""
@@ -169,8 +190,15 @@ class JobQueue:
             fields["preempted_for"] = None
         if to == JobStatus.RUNNING:
             fields["start_time"] = now
+            if job.first_start_time is None:
+                fields["first_start_time"] = now
+        if job.status == JobStatus.RUNNING and job.start_time is not None:  # an attempt ends: count its time
+            fields["run_s"] = job.run_s + max(0.0, now - job.start_time)
         if to in TERMINAL:
             fields["end_time"] = now
+            fields["end_reason"] = _END_REASONS[to]
+        elif to == JobStatus.QUEUED:
+            fields["end_reason"] = None
         fields |= changes
         new = job.model_copy(update=fields)
         event = Event(
@@ -245,7 +273,8 @@ class JobQueue:
                                   "no retry used)")
         elif job.stop_reason == StopReason.TIME_LIMIT:
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, stop_reason=None,
-                                  message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s")
+                                  end_reason=EndReason.TIMEOUT,
+                                  message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s (TIMEOUT)")
         elif exit_code == 0:
             new = self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
         elif lost:

@@ -84,8 +84,14 @@ class Store(Protocol):
         """After a fault, try a small write: the fault that remains."""
         ...
 
-    def add_job(self, job: Job, *, max_queued: int | None) -> Job:
-        """Insert a new job (its ``id`` is ignored and assigned here); enforce the queue-size limit."""
+    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None) -> Job:
+        """Insert a new job (its ``id`` is ignored and assigned here); enforce the queue-size limits."""
+        ...
+    def add_jobs(self, jobs: Sequence[Job], *, max_queued: int | None,
+                 max_queued_per_user: int | None = None) -> list[Job]:
+        """Insert the tasks of one array, all or none, in one transaction: ids are assigned in order and
+        each task's ``array_id`` is the first one's. The array counts once against ``max_queued`` (waiting
+        submissions) and each task against ``max_queued_per_user`` (its user's waiting jobs)."""
         ...
     def save_job(self, job: Job, event: Event | None) -> None: ...
     def get_job(self, job_id: int) -> Job | None: ...
@@ -94,10 +100,13 @@ class Store(Protocol):
     ) -> list[Job]: ...
     def page_jobs(
         self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, before: int | None = None,
-        limit: int,
+        limit: int, name: str | None = None, array_id: int | None = None, end_reason: str | None = None,
     ) -> list[Job]:
         """At most ``limit`` jobs with ids below ``before`` (all if None), newest first; the cost does not
-        grow with the history."""
+        grow with the history. ``name``, ``array_id``, ``end_reason``: only such jobs."""
+        ...
+    def ended_since(self, since: float) -> list[Job]:
+        """Every job that ended at or after ``since`` (accounting), oldest id first."""
         ...
     def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
         """(fingerprint, job id) of the submission made with this idempotency key, if any."""
@@ -203,6 +212,55 @@ def _queue_full_message(max_queued: int) -> str:
     return f"the queue is full ({max_queued} jobs waiting); try again when some have started"
 
 
+class _Waiting:
+    """What the queue-size limits count, kept up to date as jobs are saved: waiting submissions (a job,
+    or an array with any task waiting, counts once) and each user's waiting jobs (every task counted)."""
+
+    def __init__(self, jobs: Iterable[Job] = ()) -> None:
+        self.singles = 0
+        self.arrays: Counter[int] = Counter()
+        self.by_user: Counter[str] = Counter()
+        for job in jobs:
+            self.change(None, job)
+
+    @property
+    def submissions(self) -> int:
+        return self.singles + len(self.arrays)
+
+    def change(self, old: Job | None, new: Job | None) -> None:
+        for job, sign in ((old, -1), (new, 1)):
+            if job is None or job.status != JobStatus.QUEUED:
+                continue
+            self.by_user[job.user] += sign
+            if job.array_id is None:
+                self.singles += sign
+            else:
+                self.arrays[job.array_id] += sign
+                if not self.arrays[job.array_id]:
+                    del self.arrays[job.array_id]
+
+    def check(self, jobs: Sequence[Job], max_queued: int | None, max_queued_per_user: int | None) -> None:
+        """Refuse (``QueueFull``) one submission of ``jobs`` (a job, or an array's tasks) of one user."""
+        if max_queued is not None and self.submissions >= max_queued:
+            raise QueueFull(_queue_full_message(max_queued))
+        if max_queued_per_user is None:
+            return
+        user = jobs[0].user
+        if len(jobs) > max_queued_per_user:
+            raise QueueFull(f"an array of {len(jobs)} tasks is more than one user may have waiting "
+                            f"({max_queued_per_user} jobs, each task counted); submit a smaller array")
+        waiting = self.by_user[user]
+        if waiting + len(jobs) > max_queued_per_user:
+            raise QueueFull(f"user {user} has {waiting} jobs waiting (each task of an array counted) and may have "
+                            f"{max_queued_per_user}; this submission adds {len(jobs)}; try again when some have started")
+
+
+def _with_array(job: Job, first_id: int, index: int) -> Job:
+    """A task with the ids the store assigned: its own, and the array's (its first task's)."""
+    return job.model_copy(update={"id": first_id + index, "idempotency": None,
+                                  **({"array_id": first_id} if job.array_index is not None else {})})
+
+
 class SqliteStore:
     """SQLite in WAL mode with ``synchronous=FULL``: a write that returned is on disk.
 
@@ -238,6 +296,9 @@ class SqliteStore:
         self._readers: queue.SimpleQueue[sqlite3.Connection] | None = None if memory else queue.SimpleQueue()
         self._opened: list[sqlite3.Connection] = []
         self._active: dict[int, Job] = {j.id: j for j in self.list_jobs(statuses=ACTIVE)}
+        self._waiting = _Waiting(self._active.values())
+        # Accounting reads jobs by when they ended (an index on the JSON field: no column to migrate).
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (json_extract(data, '$.end_time'))")
 
     # -- connections, transactions and faults --------------------------------------------------
     def _tx(self) -> "_Transaction":
@@ -316,9 +377,13 @@ class SqliteStore:
         return self.fault
 
     # -- jobs ----------------------------------------------------------------------------------
-    def add_job(self, job: Job, *, max_queued: int | None) -> Job:
-        key = job.idempotency
-        job = job.model_copy(update={"idempotency": None})
+    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None) -> Job:
+        return self.add_jobs([job], max_queued=max_queued, max_queued_per_user=max_queued_per_user)[0]
+
+    def add_jobs(self, jobs: Sequence[Job], *, max_queued: int | None,
+                 max_queued_per_user: int | None = None) -> list[Job]:
+        key = jobs[0].idempotency
+        added: list[Job] = []
         with self._lock:  # until the cache matches the database
             with self._tx() as db:
                 if key is not None:
@@ -326,24 +391,30 @@ class SqliteStore:
                                        (key.scope, key.key)).fetchone()
                     if found is not None:
                         raise AlreadySubmitted(found[1], found[0])
-                if max_queued is not None:
-                    (queued,) = db.execute(
-                        "SELECT count(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)
-                    ).fetchone()
-                    if queued >= max_queued:
-                        raise QueueFull(_queue_full_message(max_queued))
-                cur = db.execute(
-                    "INSERT INTO jobs (user, status, priority, submit_time, data) VALUES (?, ?, ?, ?, '')",
-                    (job.user, job.status.value, job.priority, job.submit_time),
-                )
-                job = job.model_copy(update={"id": cur.lastrowid})
-                db.execute("UPDATE jobs SET data = ? WHERE id = ?", (job.model_dump_json(), job.id))
+                # The counts are this writer's own (the only one): checked under the transaction's lock.
+                self._waiting.check(jobs, max_queued, max_queued_per_user)
+                first_id = None
+                for i, job in enumerate(jobs):
+                    cur = db.execute(
+                        "INSERT INTO jobs (user, status, priority, submit_time, data) VALUES (?, ?, ?, ?, '{}')",
+                        (job.user, job.status.value, job.priority, job.submit_time),
+                    )
+                    if first_id is None:
+                        first_id = cur.lastrowid
+                    elif cur.lastrowid != first_id + i:  # ids of one transaction are consecutive
+                        raise StorageError(f"task ids are not consecutive ({cur.lastrowid} after {first_id})")
+                    job = _with_array(job, first_id, i)
+                    db.execute("UPDATE jobs SET data = ? WHERE id = ?", (job.model_dump_json(), job.id))
+                    added.append(job)
                 if key is not None:
                     db.execute("INSERT INTO idempotency (scope, key, fingerprint, job_id) VALUES (?, ?, ?, ?)",
-                               (key.scope, key.key, key.fingerprint, job.id))
-                self._insert_event(db, _submitted(job))
-            self._active[job.id] = job
-        return job
+                               (key.scope, key.key, key.fingerprint, first_id))
+                for event in _submitted_events(added):
+                    self._insert_event(db, event)
+            for job in added:
+                self._active[job.id] = job
+                self._waiting.change(None, job)
+        return added
 
     def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
         rows = self._read("SELECT fingerprint, job_id FROM idempotency WHERE scope = ? AND key = ?", (scope, key))
@@ -367,6 +438,7 @@ class SqliteStore:
                         self._insert_event(db, event)
             except sqlite3.IntegrityError as exc:
                 raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs another job holds") from exc
+            self._waiting.change(self._active.get(job.id), job)
             if job.status in ACTIVE:
                 self._active[job.id] = job
             else:
@@ -403,15 +475,20 @@ class SqliteStore:
 
     def page_jobs(
         self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, before: int | None = None,
-        limit: int,
+        limit: int, name: str | None = None, array_id: int | None = None, end_reason: str | None = None,
     ) -> list[Job]:
         wanted = None if statuses is None else sorted({JobStatus(s) for s in statuses})
         if wanted is not None and set(wanted) <= ACTIVE:  # all in memory
-            return _page(self.active_jobs(), wanted, user, before, limit)
+            return _page(self.active_jobs(), wanted, user, before, limit, name=name, array_id=array_id,
+                         end_reason=end_reason)
         where, args = [], []
         if user is not None:
             where.append("user = ?")
             args.append(user)
+        for field, value in (("name", name), ("array_id", array_id), ("end_reason", end_reason)):
+            if value is not None:
+                where.append(f"json_extract(data, '$.{field}') = ?")
+                args.append(value)
         if before is not None:
             where.append("id < ?")
             args.append(min(before, MAX_ID))
@@ -428,6 +505,10 @@ class SqliteStore:
                 bound += [status.value, *args, limit]
             rows = self._read(" UNION ALL ".join(parts) + " ORDER BY 1 DESC LIMIT ?", [*bound, limit])
         return [_job(data) for _, data in rows]
+
+    def ended_since(self, since: float) -> list[Job]:
+        rows = self._read("SELECT data FROM jobs WHERE json_extract(data, '$.end_time') >= ? ORDER BY id", (since,))
+        return [job for job in (_job(data) for (data,) in rows) if job.status not in ACTIVE]
 
     def active_jobs(self) -> list[Job]:
         return list(self._active.values())  # id order: jobs are added in id order and never come back
@@ -583,17 +664,35 @@ def _job(data: str) -> Job:
 
 
 def _page(jobs: Iterable[Job], statuses: Iterable[JobStatus] | None, user: str | None, before: int | None,
-          limit: int) -> list[Job]:
+          limit: int, *, name: str | None = None, array_id: int | None = None,
+          end_reason: str | None = None) -> list[Job]:
     """``page_jobs`` over jobs in id order."""
     wanted = None if statuses is None else set(statuses)
     found = []
     for job in sorted(jobs, key=lambda j: j.id, reverse=True):
         if (before is None or job.id < before) and (wanted is None or job.status in wanted) \
-                and (user is None or job.user == user):
+                and (user is None or job.user == user) and _matches(job, name, array_id, end_reason):
             found.append(job)
             if len(found) == limit:
                 break
     return found
+
+
+def _matches(job: Job, name: str | None, array_id: int | None, end_reason: str | None) -> bool:
+    return ((name is None or job.name == name) and (array_id is None or job.array_id == array_id)
+            and (end_reason is None or job.end_reason == end_reason))
+
+
+def _submitted_events(jobs: Sequence[Job]) -> list[Event]:
+    """One event for a job; for an array, one for the array (its tasks are told by their ids)."""
+    first = jobs[0]
+    if first.array_id is None:
+        return [_submitted(first)]
+    return [Event(time=first.submit_time, kind="submitted", job_id=first.id,
+                  message=f"{first.user} submitted array {first.array_id} of {len(jobs)} tasks (jobs {first.id}-"
+                          f"{jobs[-1].id}, {first.array}) {first.display_name}: {first.gpu_count} GPU(s) each, "
+                          f"priority {first.priority}",
+                  data={"array_id": first.array_id, "tasks": len(jobs), "last_job": jobs[-1].id})]
 
 
 def _submitted(job: Job) -> Event:
@@ -623,28 +722,34 @@ class MemoryStore:
         self._settings: dict[str, str] = {}
         self._reservations: dict[int, Reservation] = {}
         self._next_reservation = 0
-        self._queued = 0
+        self._waiting = _Waiting()
         self._submissions: dict[tuple[str, str], tuple[str, int]] = {}
         self.fault: StoreFault | None = None  # never: nothing here can fail
 
     def probe(self) -> StoreFault | None:
         return None
 
-    def add_job(self, job: Job, *, max_queued: int | None) -> Job:
-        key = job.idempotency
+    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None) -> Job:
+        return self.add_jobs([job], max_queued=max_queued, max_queued_per_user=max_queued_per_user)[0]
+
+    def add_jobs(self, jobs: Sequence[Job], *, max_queued: int | None,
+                 max_queued_per_user: int | None = None) -> list[Job]:
+        key = jobs[0].idempotency
         if key is not None and (key.scope, key.key) in self._submissions:
             fingerprint, job_id = self._submissions[key.scope, key.key]
             raise AlreadySubmitted(job_id, fingerprint)
-        if max_queued is not None and self._queued >= max_queued:
-            raise QueueFull(_queue_full_message(max_queued))
-        job = job.model_copy(update={"id": len(self._jobs) + 1, "idempotency": None})
-        self._jobs[job.id] = self._active[job.id] = job
-        self._queued += 1
+        self._waiting.check(jobs, max_queued, max_queued_per_user)
+        first_id = len(self._jobs) + 1
+        added = [_with_array(job, first_id, i) for i, job in enumerate(jobs)]
+        for job in added:
+            self._jobs[job.id] = self._active[job.id] = job
+            self._waiting.change(None, job)
         if key is not None:
-            self._submissions[key.scope, key.key] = (key.fingerprint, job.id)
+            self._submissions[key.scope, key.key] = (key.fingerprint, first_id)
         if self._keep_events:
-            self.add_event(_submitted(job))
-        return job
+            for event in _submitted_events(added):
+                self.add_event(event)
+        return added
 
     def save_job(self, job: Job, event: Event | None) -> None:
         old = self._jobs[job.id]
@@ -658,7 +763,7 @@ class MemoryStore:
             del self._holders[key]
         for key in wanted:
             self._holders[key] = job.id
-        self._queued += (job.status == JobStatus.QUEUED) - (old.status == JobStatus.QUEUED)
+        self._waiting.change(old, job)
         self._jobs[job.id] = job
         if job.status in ACTIVE:
             self._active[job.id] = job
@@ -689,18 +794,23 @@ class MemoryStore:
 
     def page_jobs(
         self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, before: int | None = None,
-        limit: int,
+        limit: int, name: str | None = None, array_id: int | None = None, end_reason: str | None = None,
     ) -> list[Job]:
         top = len(self._jobs) if before is None else min(before - 1, len(self._jobs))  # ids are 1, 2, ...
         wanted = None if statuses is None else set(statuses)
         found = []
         for job_id in range(top, 0, -1):
             job = self._jobs[job_id]
-            if (wanted is None or job.status in wanted) and (user is None or job.user == user):
+            if (wanted is None or job.status in wanted) and (user is None or job.user == user) \
+                    and _matches(job, name, array_id, end_reason):
                 found.append(job)
                 if len(found) == limit:
                     break
         return found
+
+    def ended_since(self, since: float) -> list[Job]:
+        return [j for j in self._jobs.values() if j.status not in ACTIVE and j.end_time is not None
+                and j.end_time >= since]
 
     def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
         return self._submissions.get((scope, key))

@@ -320,6 +320,10 @@ class TmuxExecutor:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices()
         env["HERD_JOB_ID"] = str(job.id)
+        if job.array_id is not None:  # a task of an array: Slurm's SLURM_ARRAY_JOB_ID and SLURM_ARRAY_TASK_ID
+            env["HERD_ARRAY_JOB_ID"] = str(job.array_id)
+            env["HERD_ARRAY_TASK_ID"] = str(job.array_index)
+            env["HERD_ARRAY_TASK_COUNT"] = str(job.array_size)
         for key, value in env.items():
             if "\0" in key or "=" in key or "\0" in value:
                 raise StartError(f"job {job.id}: environment variable {key!r} cannot be passed on")

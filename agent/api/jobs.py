@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.deps import ToolsDep
 from agent.api.queue import JobIdPath
-from tools.door import jobs
-from tools.models import MAX_ID, Event, Job, JobStatus
+from tools.door import accounting, jobs
+from tools.models import MAX_ID, EndReason, Event, Job, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -31,17 +31,45 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE, description="At most this many, the newest.")] = jobs.JOBS_PAGE,
     cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="The next of the page before: only jobs "
                                         "older than this one.")] = None,
+    name: Annotated[str | None, Query(max_length=200, description="Only jobs of this name.")] = None,
+    array: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only the tasks of this array.")] = None,
+    end_reason: Annotated[EndReason | None, Query(description="Only jobs that ended so; timeout: stopped at "
+                                                  "their time limit.")] = None,
+    mine: Annotated[bool, Query(description="Only the caller's jobs.")] = False,
 ) -> jobs.JobPage:
     """Jobs of any status, finished ones too, newest first, a page at a time: ``next``, when not null,
-    is the cursor of the next (older) page."""
+    is the cursor of the next (older) page. ``status=timeout`` is ``status=failed&end_reason=timeout``."""
     statuses = None
     if status:
         names = [s.strip() for item in status for s in item.split(",") if s.strip()]
+        if "timeout" in names:
+            if len(set(names)) > 1 or end_reason not in (None, EndReason.TIMEOUT):
+                raise ValueError("status: timeout is failed at the time limit; ask for it alone")
+            names, end_reason = [JobStatus.FAILED.value], EndReason.TIMEOUT
         unknown = [n for n in names if n not in {s.value for s in JobStatus}]
         if unknown:
-            raise ValueError(f"unknown status {', '.join(unknown)}; choose from {', '.join(JobStatus)}")
+            raise ValueError(f"unknown status {', '.join(unknown)}; choose from {', '.join(JobStatus)} or timeout")
         statuses = [JobStatus(n) for n in names]
-    return jobs.list_jobs(tools, jobs.ListJobs(statuses=statuses, user=user, limit=limit, cursor=cursor))
+    return jobs.list_jobs(tools, jobs.ListJobs(statuses=statuses, user=user, limit=limit, cursor=cursor, name=name,
+                                               array_id=array, end_reason=end_reason, mine=mine))
+
+
+@router.get("/report")
+def report(
+    tools: ToolsDep,
+    since: Annotated[str, Query(max_length=100, description="The window's start: 7d (back from now), a time "
+                                "(2026-11-01) or Unix seconds.")] = "7d",
+    by: Annotated[accounting.By, Query(description="user, group or node.")] = "user",
+) -> accounting.UsageReport:
+    """Accounting, like sreport: per user, group or node, the jobs that ended since ``since`` (completed, failed,
+    timeout, cancelled), their GPU-hours (with the running jobs' use so far) and mean wait; the jobs running and
+    waiting now."""
+    value: str | float = since
+    try:
+        value = float(since)
+    except ValueError:
+        pass
+    return accounting.usage_report(tools, accounting.Report(since=value, by=by))
 
 
 @router.get("/{job_id}")

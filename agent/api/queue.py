@@ -47,17 +47,26 @@ def submit(
     return submitted
 
 
+@router.post("/cancel")
+def cancel_many(body: jobs.CancelJobs, tools: ToolsDep) -> jobs.Cancelled:
+    """Cancel many jobs at once, like scancel: ``{"jobs": ["9", "10", "12_3"]}`` (an array's id stands for all its
+    tasks, ``12_3`` for one), and/or every active job matching ``user``, ``name`` and ``states``. A named job that
+    cannot be cancelled is in ``refused``, with why; the others are cancelled."""
+    return jobs.cancel_jobs(tools, body)
+
+
 @router.get("")
 def list_queue(
     tools: ToolsDep,
     user: Annotated[str | None, Query(max_length=64, description="Only this user's jobs.")] = None,
+    mine: Annotated[bool, Query(description="Only the caller's jobs.")] = False,
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE, description="At most this many jobs.")] = jobs.QUEUE_PAGE,
     cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="The next of the page before: the jobs "
                                         "after this one.")] = None,
 ) -> jobs.QueueView:
     """Running jobs, then waiting jobs in scheduling order, each with its pending reason and estimated
     start; plus stats. A page at a time: ``next``, when not null, is the cursor of the next page."""
-    return jobs.page_of_queue(tools, jobs.ListQueue(user=user), limit=limit, cursor=cursor)
+    return jobs.page_of_queue(tools, jobs.ListQueue(user=user, mine=mine), limit=limit, cursor=cursor)
 
 
 @router.delete("/{job_id}")

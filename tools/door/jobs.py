@@ -9,19 +9,24 @@ from __future__ import annotations
 import pwd
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Annotated, Mapping
 
 from pydantic import BaseModel, Field
 
 from policies.plan import estimate_starts
 from policies.snapshot import Snapshot
-from tools.door.context import Args, ToolContext
+from tools.door.context import Args, PermissionDenied, ToolContext
 from tools.logs import read_log
 from tools.models import (
+    ACTIVE,
     HOLDS_GPUS,
+    MAX_ARRAY_TASKS,
+    MAX_ID,
     MAX_TIME,
+    EndReason,
     Event,
     IdempotencyKey,
     Job,
@@ -29,8 +34,9 @@ from tools.models import (
     JobRequest,
     JobSpec,
     JobStatus,
+    UserName,
 )
-from tools.queue import QueueStats
+from tools.queue import IllegalTransition, QueueStats
 from tools.store import AlreadySubmitted
 from tools.timespec import parse_end, parse_time
 
@@ -72,11 +78,19 @@ def outlook(ctx: ToolContext) -> Outlook:
     return Outlook(snapshot, policy.name, order, starts)
 
 
+def _me(ctx: ToolContext) -> str:
+    """The acting user, for ``mine``; ValueError when the door does not know who is asking."""
+    if ctx.actor.user is None:
+        raise ValueError("mine: the server does not know who you are (over TCP, send your token; see `herd token`)")
+    return ctx.actor.user
+
+
 # -- reading ------------------------------------------------------------------------------------
 class ListQueue(Args):
     """The waiting and running jobs in scheduling order, each waiting job with its reason."""
 
     user: str | None = Field(description="Only this user's jobs; null for everyone's.")
+    mine: bool = Field(False, description="Only the acting user's jobs.")
 
 
 class QueueEntry(BaseModel):
@@ -107,8 +121,9 @@ def list_queue(ctx: ToolContext, args: ListQueue) -> QueueView:
     entries = [QueueEntry(position=None, job=ctx.shown(j)) for j in plan.snapshot.holding]
     entries += [QueueEntry(position=i, job=ctx.shown(j), estimated_start=plan.starts.get(j.id))
                 for i, j in enumerate(plan.order, start=1)]
-    if args.user is not None:
-        entries = [e for e in entries if e.job.user == args.user]
+    user = _me(ctx) if args.mine else args.user
+    if user is not None:
+        entries = [e for e in entries if e.job.user == user]
     return QueueView(policy=plan.policy, jobs=entries, stats=stats)
 
 
@@ -157,6 +172,10 @@ class ListJobs(Args):
     user: str | None = Field(None, description="Only this user's jobs; null for everyone's.")
     limit: int = Field(JOBS_PAGE, ge=1, le=MAX_PAGE, description="At most this many jobs (the newest).")
     cursor: JobId | None = Field(None, description="Only jobs older than this one: the next of the page before.")
+    name: str | None = Field(None, max_length=200, description="Only jobs of this name; null for any.")
+    array_id: JobId | None = Field(None, description="Only the tasks of this array; null for any job.")
+    end_reason: EndReason | None = Field(None, description="Only jobs that ended so (timeout: at their time limit).")
+    mine: bool = Field(False, description="Only the acting user's jobs.")
 
 
 class JobPage(BaseModel):
@@ -167,7 +186,9 @@ class JobPage(BaseModel):
 
 def list_jobs(ctx: ToolContext, args: ListJobs) -> JobPage:
     """One page, read from the store a page at a time: its cost does not grow with the history."""
-    found = ctx.core.store.page_jobs(statuses=args.statuses, user=args.user, before=args.cursor, limit=args.limit + 1)
+    found = ctx.core.store.page_jobs(statuses=args.statuses, user=_me(ctx) if args.mine else args.user,
+                                     before=args.cursor, limit=args.limit + 1, name=args.name, array_id=args.array_id,
+                                     end_reason=args.end_reason.value if args.end_reason else None)
     page = found[:args.limit]
     return JobPage(jobs=[ctx.shown(j) for j in page], next=page[-1].id if len(found) > args.limit else None)
 
@@ -220,6 +241,11 @@ class Submitted(BaseModel):
     status: JobStatus
     position: int | None
     not_before: float | None = None  # the begin time it waits for (Unix seconds), if any
+    # Only for an array (left out otherwise, so a job's answer keeps the seed's shape):
+    array_id: int | None = Field(None, exclude_if=lambda v: v is None, description="An array's id (its first "
+                                 "task's job id, job_id here); absent for a job that is no array.")
+    tasks: int | None = Field(None, exclude_if=lambda v: v is None, description="How many tasks the array has: "
+                              "jobs array_id to array_id + tasks - 1.")
     replayed: bool = Field(False, exclude=True)  # the answer to a retry: the job the first try made
 
 
@@ -271,7 +297,12 @@ def submit_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None
     except AlreadySubmitted as exc:  # a retry that raced its first try: the store let one of them in
         assert key is not None
         return _replayed(ctx, key, exc.fingerprint, exc.job_id)
-    return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id), not_before=job.not_before)
+    return _submitted(ctx, job)
+
+
+def _submitted(ctx: ToolContext, job: Job, *, replayed: bool = False) -> Submitted:
+    return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id), not_before=job.not_before,
+                     array_id=job.array_id, tasks=job.array_size, replayed=replayed)
 
 
 def _fingerprint(request: JobRequest, user: str | None) -> str:
@@ -283,9 +314,7 @@ def _replayed(ctx: ToolContext, key: IdempotencyKey, fingerprint: str, job_id: i
     if fingerprint != key.fingerprint:
         raise KeyReused(f"Idempotency-Key: {key.key!r} was already used for another submission (job {job_id}); "
                         "send a new key with a new job")
-    job = ctx.core.queue.get(job_id)
-    return Submitted(job_id=job.id, status=job.status, position=queue_position(ctx, job.id),
-                     not_before=job.not_before, replayed=True)
+    return _submitted(ctx, ctx.core.queue.get(job_id), replayed=True)
 
 
 def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None,
@@ -325,6 +354,108 @@ def cancel_job(ctx: ToolContext, args: CancelJob) -> Job:
     ctx.record(f"cancel job {job.id}", job.id)
     ctx.core.changed()
     return job
+
+
+MAX_CANCEL_REFS = 1000
+_TASK_REF = re.compile(r"^(\d{1,19})(?:_(\d{1,7}))?$")
+CANCELLABLE = tuple(s for s in JobStatus if s in ACTIVE)
+
+
+class CancelJobs(Args):
+    """Cancel many jobs at once (like Slurm's scancel): the jobs named, and/or every active job that
+    matches all the filters given. Queued jobs are withdrawn; running ones get SIGTERM, a grace period,
+    then SIGKILL."""
+
+    jobs: list[Annotated[str, Field(max_length=30)]] = Field(
+        default_factory=list, max_length=MAX_CANCEL_REFS,
+        description="Job ids; an array's id (its first task's) stands for every task of the array, and '12_3' "
+        "for task 3 of array 12.")
+    user: UserName | None = Field(None, description="Only this user's jobs.")
+    name: str | None = Field(None, max_length=200, description="Only jobs of this name.")
+    states: list[JobStatus] | None = Field(None, max_length=3, description="Only jobs in these states "
+                                           "(queued, scheduled, running).")
+    mine: bool = Field(False, description="Only the acting user's jobs.")
+
+
+class Cancelled(BaseModel):
+    cancelled: list[int] = Field(description="Queued jobs withdrawn.")
+    stopping: list[int] = Field(description="Running jobs being stopped: SIGTERM now, SIGKILL after the grace period.")
+    refused: list[str] = Field(description="One sentence per named job that was not cancelled, and why.")
+
+
+def cancel_jobs(ctx: ToolContext, args: CancelJobs) -> Cancelled:
+    """Every job the arguments select that the actor may act on; a named job that cannot be cancelled (no such
+    job, someone else's, already ended) is told in ``refused`` and the others go ahead. Filters alone act
+    only on active jobs, and, for someone who is not an administrator, only on their own."""
+    states = set(args.states or CANCELLABLE)
+    if not states <= set(CANCELLABLE):
+        ended = ", ".join(sorted(s.value for s in states - set(CANCELLABLE)))
+        raise ValueError(f"states: only active jobs can be cancelled, not {ended} ones")
+    user = _me(ctx) if args.mine else args.user
+    filtered = user is not None or args.name is not None or args.states is not None
+    if not args.jobs and not filtered:
+        raise ValueError("say which jobs to cancel: their ids, or a user, a name or states to match")
+    if user is not None and not ctx.actor.admin and user != ctx.actor.user:
+        raise PermissionDenied(f"{ctx.actor} may cancel only their own jobs, not {user}'s")
+    refused: list[str] = []
+    chosen: dict[int, Job] = {}
+    active = None
+    if args.jobs:
+        for ref in dict.fromkeys(args.jobs):
+            try:
+                found, active = _resolve(ctx, ref, active)
+            except LookupError as exc:
+                refused.append(str(exc))
+                continue
+            chosen.update((j.id, j) for j in found)
+    else:
+        active = ctx.core.queue.active()
+        mine = None if ctx.actor.admin else ctx.actor.user
+        chosen = {j.id: j for j in active if mine is None or j.user == mine}
+    cancelled, stopping = [], []
+    for job in chosen.values():
+        if (user is not None and job.user != user) or (args.name is not None and job.name != args.name) \
+                or job.status not in states:
+            continue
+        try:
+            ctx.check_owner(job)
+            done = ctx.orchestrator.cancel(job.id)
+        except (PermissionDenied, IllegalTransition) as exc:
+            refused.append(str(exc))
+            continue
+        ctx.record(f"cancel job {done.id}", done.id)
+        (cancelled if done.status == JobStatus.CANCELLED else stopping).append(done.id)
+    if cancelled or stopping:
+        ctx.core.changed()
+    return Cancelled(cancelled=cancelled, stopping=stopping, refused=refused)
+
+
+def _resolve(ctx: ToolContext, ref: str, active: list[Job] | None) -> tuple[list[Job], list[Job] | None]:
+    """The jobs ``ref`` names (``12``: job 12, or every active task of array 12; ``12_3``: task 3 of array
+    12), and the active jobs read on the way (read once for many references). LookupError says why none."""
+    match = _TASK_REF.match(ref.strip())
+    if match is None:
+        raise LookupError(f"{ref!r} is not a job id (12) or an array task (12_3)")
+    job_id, index = int(match[1]), match[2]
+    job = ctx.core.queue.get(job_id) if 0 < job_id <= MAX_ID else None  # JobNotFound is a LookupError
+    if job is None:
+        raise LookupError(f"no job {job_id}")
+    if job.array_id != job_id:  # a job, or a task named by its own id
+        if index is not None:
+            raise LookupError(f"job {job_id} is not an array")
+        return [job], active
+    if active is None:
+        active = ctx.core.queue.active()
+    tasks = [j for j in active if j.array_id == job_id and (index is None or j.array_index == int(index))]
+    if tasks:
+        return tasks, active
+    if index is None:
+        raise LookupError(f"array {job_id}: every task has ended; there is nothing to cancel")
+    found = ctx.core.store.page_jobs(array_id=job_id, limit=MAX_ARRAY_TASKS)
+    task = next((j for j in found if j.array_index == int(index)), None)
+    if task is None:
+        raise LookupError(f"array {job_id} has no task {index}")
+    return [task], active  # ended: cancel says so
 
 
 class SetPriority(Args):

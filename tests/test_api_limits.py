@@ -92,8 +92,10 @@ def test_an_id_beyond_sqlite_is_a_422_naming_it(api, method, path):
     assert response.json()["detail"].split(":")[0] in ("job_id", "cursor")
 
 
-def test_a_reservation_id_beyond_sqlite_is_not_found(api):
-    assert api.http.delete(f"/reservations/{BIG}").status_code == 404
+@pytest.mark.parametrize("path", ["/reservations", "/tokens"])
+def test_an_id_beyond_sqlite_names_the_field(api, path):
+    response = api.http.delete(f"{path}/{BIG}")
+    assert response.status_code == 422 and response.json()["detail"].split(":")[0].endswith("_id")
 
 
 @pytest.mark.parametrize("body, field", [

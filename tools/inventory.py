@@ -48,7 +48,7 @@ class NodeDeclaration(BaseModel):
     name: str = Field(
         min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="The node's name."
     )
-    gpus: int = Field(ge=1, le=MAX_GPUS_PER_NODE, description="How many GPUs it has, indexed from 0.")
+    gpus: int = Field(ge=1, le=MAX_GPUS_PER_NODE, strict=True, description="How many GPUs it has, indexed from 0.")
     model: str | None = Field(None, max_length=100, description="The GPU model, if known; None: unknown.")
 
 

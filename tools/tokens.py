@@ -37,10 +37,10 @@ def _digest(token: str) -> str:
 
 
 class TokenStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, busy_timeout_s: float = 5.0) -> None:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA busy_timeout = 5000")
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS tokens (id INTEGER PRIMARY KEY, user TEXT NOT NULL, digest TEXT NOT NULL UNIQUE,"
             " created REAL NOT NULL, note TEXT NOT NULL DEFAULT '', revoked REAL)"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from agent.api.deps import ToolsDep
 from tools.door import rules
-from tools.models import Reservation
+from tools.models import MAX_ID, Reservation
 
 router = APIRouter(prefix="/reservations", tags=["reservations"])
 
@@ -25,6 +27,6 @@ def reserve(body: rules.ReserveGpus, tools: ToolsDep) -> Reservation:
 
 
 @router.delete("/{reservation_id}")
-def unreserve(reservation_id: int, tools: ToolsDep) -> Reservation:
+def unreserve(reservation_id: Annotated[int, Path(ge=1, le=MAX_ID)], tools: ToolsDep) -> Reservation:
     """Remove a reservation; 404 if there is none with this id."""
     return rules.unreserve(tools, rules.Unreserve(reservation_id=reservation_id))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from agent.api.deps import ToolsDep
 from tools.door import tokens
+from tools.models import MAX_ID
 from tools.tokens import TokenInfo
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
@@ -24,6 +27,6 @@ def list_tokens(tools: ToolsDep, everyone: bool = False) -> list[TokenInfo]:
 
 
 @router.delete("/{token_id}")
-def revoke(token_id: int, tools: ToolsDep) -> TokenInfo:
+def revoke(token_id: Annotated[int, Path(ge=1, le=MAX_ID)], tools: ToolsDep) -> TokenInfo:
     """Revoke a token: the caller's own, or anyone's for an administrator."""
     return tokens.revoke_token(tools, tokens.RevokeToken(token_id=token_id))

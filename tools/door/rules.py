@@ -10,7 +10,7 @@ from policies.snapshot import Snapshot
 from tools.door.context import Args, ToolContext
 from tools.door.jobs import when
 from tools.door.proposals import ProposalSession
-from tools.models import Reservation, UserName
+from tools.models import MAX_ID, Reservation, UserName
 
 
 class ReservationNotFound(LookupError):
@@ -82,7 +82,7 @@ def reserve_gpus(ctx: ToolContext, args: ReserveGpus) -> Reservation:
 class Unreserve(Args):
     """Remove a reservation; its GPUs are for everyone again."""
 
-    reservation_id: int = Field(description="The reservation's id.")
+    reservation_id: int = Field(ge=1, le=MAX_ID, description="The reservation's id.")
 
 
 def unreserve(ctx: ToolContext, args: Unreserve) -> Reservation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from tools.door.context import Args, PermissionDenied, ToolContext
+from tools.models import MAX_ID
 from tools.tokens import TokenInfo, TokenStore
 
 
@@ -52,7 +53,7 @@ def list_tokens(ctx: ToolContext, args: ListTokens) -> list[TokenInfo]:
 class RevokeToken(Args):
     """Revoke a token: requests carrying it get 401 from now on."""
 
-    token_id: int = Field(description="The token's id (herd token list).")
+    token_id: int = Field(ge=1, le=MAX_ID, description="The token's id (herd token list).")
 
 
 def revoke_token(ctx: ToolContext, args: RevokeToken) -> TokenInfo:

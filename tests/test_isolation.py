@@ -214,3 +214,34 @@ def test_a_log_made_by_the_server_is_read_and_survives_a_restart(make_executor):
     b.start(job(1, "echo two"), ALLOC, time.time())  # a new executor (a restart) keeps the log
     assert wait_exit(b, 1).exit_code == 0
     assert read_log(Path(log)).text == "one\ntwo\n"
+
+
+@pytest.mark.slow
+def test_a_jobs_environment_reaches_no_process_that_runs_as_root(make_executor, other_user, workdir):
+    """A job's environment is its owner's to choose, LD_PRELOAD included (``herd submit`` sends the whole
+    environment of the shell): it must not be in force while ``setpriv`` still runs as root."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the preloaded library")
+    user, _ = other_user
+    seen = workdir / "seen"
+    seen.mkdir(mode=0o777)
+    seen.chmod(0o777)
+    source = workdir / "spy.c"
+    source.write_text(f"""
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void spy(void) {{
+    char path[256];
+    snprintf(path, sizeof path, "{seen}/uid-%d", (int) geteuid());
+    FILE *f = fopen(path, "w");
+    if (f) fclose(f);
+}}
+""")
+    library = workdir / "spy.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True, capture_output=True)
+    library.chmod(0o755)
+    ex = make_executor(run_as_owner=True)
+    ex.start(job(1, "true", user=user.pw_name, cwd="/tmp", env={"LD_PRELOAD": str(library)}), ALLOC, time.time())
+    assert wait_exit(ex, 1).exit_code == 0
+    loaded_as = sorted(p.name for p in seen.iterdir())
+    assert loaded_as == [f"uid-{user.pw_uid}"]  # the owner's processes loaded it; no root process did

@@ -20,7 +20,8 @@ The wrapper protocol, in the order the wrapper does it:
 1. ``cd`` to the job's cwd; if that fails, a message goes to the log and exit code 1 is recorded.
 2. With job control on (``set -m``) it starts ``env -i <env file> bash command`` in the background, so the
    job gets its own process group and exactly the environment in ``env`` (nothing from tmux or the
-   service). stdin is /dev/null; stdout and stderr are appended to the log. ``$!`` goes to ``pgid``.
+   service); as its owner, ``env -i setpriv ... -- env -i <env file> bash command``, so that the job's
+   environment (which may hold LD_PRELOAD) reaches no process that runs as root. stdin is /dev/null; stdout and stderr are appended to the log. ``$!`` goes to ``pgid``.
 3. It waits for the job. The wrapper is not in the job's group, so the SIGTERM/SIGKILL that ``stop`` sends
    to the group does not touch it, and it records 143 / 137. A HUP/INT/TERM sent to the wrapper itself (the
    window is killed, someone presses ctrl-C in it) is passed on to the job as SIGTERM; HUP and TERM also
@@ -90,9 +91,11 @@ _SHARED_DIR_MODE = 0o711  # jobs/, logs/, jobs/<id>/ when jobs run as their owne
 
 # How the wrapper runs the command: as the server's user, or as the job's owner (see the module's doc).
 _RUN_AS_SERVER = r'''env -i "${{job_env[@]}}" "$BASH" --noprofile --norc "$job_dir/command"'''
+# The job's environment is the owner's to choose (LD_PRELOAD, LD_LIBRARY_PATH, ...), so it is given only
+# after setpriv has dropped root: setpriv itself runs with an empty one.
 _RUN_AS_OWNER = (
-    r'''env -i "${{job_env[@]}}" {setpriv} --reuid={uid} --regid={gid} --init-groups -- '''
-    r'''{env_bin} -C {user_cwd} "$BASH" --noprofile --norc /dev/fd/3 3< "$job_dir/command"'''
+    r'''{env_bin} -i {setpriv} --reuid={uid} --regid={gid} --init-groups -- '''
+    r'''{env_bin} -i -C {user_cwd} "${{job_env[@]}}" "$BASH" --noprofile --norc /dev/fd/3 3< "$job_dir/command"'''
 )
 
 _WRAPPER = r"""#!/bin/bash

@@ -372,7 +372,7 @@ def test_job_record_and_events(api):
 def test_logs_of_a_job_that_has_not_started_are_empty(api):
     job_id = api.submit_ok()
     assert api.http.get(f"/jobs/{job_id}/logs").json() == {
-        "job_id": job_id, "status": "queued", "path": None, "text": "", "next_offset": 0, "size": 0
+        "job_id": job_id, "status": "queued", "path": None, "text": "", "offset": 0, "next_offset": 0, "size": 0
     }
 
 

@@ -1,6 +1,7 @@
 """Job logs: made safely before a job starts, and read without trusting what the job may have done to them.
 
-Reading: the last lines, or the bytes from an offset on, in bounded chunks (logs can be huge).
+Reading: the last lines, or the bytes from an offset on, in bounded chunks (logs can be huge); a chunk
+cut short ends on a whole UTF-8 character, and the last MiB of a longer log begins on a whole line.
 
 Trust: a job can write its own log, and a job that runs as the server's user (or whose log directory it
 can write) could replace the file with a symbolic link to ``/etc/shadow``, a hard link to it, a FIFO
@@ -34,6 +35,7 @@ class LogChunk:
     text: str
     next_offset: int  # ask for ``offset=next_offset`` to get what is written after this
     size: int  # the log's size now, in bytes
+    offset: int = 0  # where ``text`` begins in the log: above 0, the chunk is not the whole log
 
 
 def identity_path(path: Path) -> Path:
@@ -107,10 +109,14 @@ def _problem(st: os.stat_result, expected: tuple[int, int] | None) -> str | None
     return None if st.st_nlink == 1 else "has another name (a hard link)"
 
 
-def read_log(path: Path, *, tail: int | None = None, offset: int | None = None) -> LogChunk:
-    """The last ``tail`` lines, or the bytes from ``offset`` on (at most ``MAX_LOG_CHUNK``), or all.
+def read_log(path: Path, *, tail: int | None = None, offset: int | None = None,
+             length: int | None = None) -> LogChunk:
+    """The last ``tail`` lines, or the bytes from ``offset`` on, or the last ``MAX_LOG_CHUNK`` bytes from
+    the first whole line in them; at most ``length`` bytes (``MAX_LOG_CHUNK`` if None or larger). A chunk
+    that stops before the end of the log ends on a whole UTF-8 character.
     A log that does not exist (yet) reads as empty; one that is not the file made for the job raises
     ``UnsafeLog``, and nothing of what is there is read."""
+    most = MAX_LOG_CHUNK if length is None else max(0, min(length, MAX_LOG_CHUNK))
     try:
         fd = os.open(path, os.O_RDONLY | _OPEN_FLAGS)
     except FileNotFoundError:
@@ -130,12 +136,37 @@ def read_log(path: Path, *, tail: int | None = None, offset: int | None = None) 
         if offset is not None:
             start = min(max(offset, 0), size)
         elif tail is not None:
-            start = _tail_start(f, size, tail)
+            start = _line_start(f, _tail_start(f, size, tail), size)
         else:
-            start = max(0, size - MAX_LOG_CHUNK)
+            start = _line_start(f, max(0, size - MAX_LOG_CHUNK), size)
         f.seek(start)
-        data = f.read(min(size - start, MAX_LOG_CHUNK))
-    return LogChunk(text=data.decode(errors="replace"), next_offset=start + len(data), size=size)
+        data = f.read(min(size - start, most))
+    if start + len(data) < size:  # more follows: end on a whole character, the next chunk begins there
+        data = data[:len(data) - _partial_tail(data)]
+    return LogChunk(text=data.decode(errors="replace"), next_offset=start + len(data), size=size, offset=start)
+
+
+def _line_start(f, start: int, size: int) -> int:
+    """``start``, or the beginning of the next line if ``start`` falls inside one (when a line begins
+    within the next 64 KiB)."""
+    if start == 0:
+        return 0
+    f.seek(start - 1)
+    data = f.read(min(size - start + 1, 64 * 1024))
+    if data[:1] == b"\n":
+        return start
+    newline = data.find(b"\n")
+    return start + newline if newline >= 0 else start
+
+
+def _partial_tail(data: bytes) -> int:
+    """How many bytes at the end of ``data`` are the beginning of a UTF-8 character cut short."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the character's first byte
+            need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+            return back if need > back else 0
+    return 0
 
 
 def _tail_start(f, size: int, lines: int) -> int:

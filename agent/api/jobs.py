@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.api.deps import ToolsDep
 from agent.api.queue import JobIdPath
 from tools.door import accounting, jobs
-from tools.models import MAX_ID, EndReason, Event, Job, JobStatus
+from tools.logs import MAX_LOG_CHUNK
+from tools.models import MAX_ID, TERMINAL, EndReason, Event, Job, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+MAX_LOG_WAIT_S = 60.0
+LOG_LOOK_S = 0.25  # how often a waiting request looks at the log again (on the server, not over the network)
 
 
 class CompleteRequest(BaseModel):
@@ -93,15 +98,28 @@ def job_events(job_id: JobIdPath, tools: ToolsDep) -> list[Event]:
 
 
 @router.get("/{job_id}/logs")
-def job_logs(
+async def job_logs(
     job_id: JobIdPath,
     tools: ToolsDep,
     tail: Annotated[int | None, Query(ge=0, le=jobs.MAX_LOG_LINES, description="Only the last this many lines.")] = None,
     offset: Annotated[int | None, Query(ge=0, le=jobs.MAX_OFFSET,
                                         description="Only the bytes from here on (to follow a log).")] = None,
+    length: Annotated[int | None, Query(ge=1, le=MAX_LOG_CHUNK, description="At most this many bytes (1 MiB "
+                                        "if not given): with offset, a page of the log.")] = None,
+    wait: Annotated[float, Query(ge=0, le=MAX_LOG_WAIT_S, description="Seconds to wait for something new when "
+                                 "there is nothing to send yet and the job has not ended (to follow a log).")] = 0,
 ) -> jobs.JobLog:
-    """The job's stdout and stderr. Empty until it has started."""
-    return jobs.job_logs(tools, jobs.JobLogs(job_id=job_id, tail=tail, offset=offset))
+    """The job's stdout and stderr, at most 1 MiB at a time: ``offset`` and ``next_offset`` say which part of
+    its ``size`` bytes ``text`` is; without ``offset`` or ``tail``, the last MiB from its first whole line.
+    Empty until it has started. With ``wait``, a follower's request is answered as soon as the job writes
+    or ends, instead of polling."""
+    args = jobs.JobLogs(job_id=job_id, tail=tail, offset=offset, length=length)
+    deadline = anyio.current_time() + wait
+    while True:
+        log = await anyio.to_thread.run_sync(jobs.job_logs, tools, args)
+        if log.text or log.status in TERMINAL or anyio.current_time() >= deadline:
+            return log
+        await anyio.sleep(min(LOG_LOOK_S, max(0.0, deadline - anyio.current_time())))
 
 
 @router.post("/{job_id}/complete")

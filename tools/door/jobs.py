@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from policies.plan import estimate_starts
 from policies.snapshot import Snapshot
 from tools.door.context import Args, PermissionDenied, ToolContext
-from tools.logs import read_log
+from tools.logs import MAX_LOG_CHUNK, read_log
 from tools.models import (
     ACTIVE,
     HOLDS_GPUS,
@@ -209,11 +209,14 @@ MAX_OFFSET = 2**63 - 1  # a file offset
 
 
 class JobLogs(Args):
-    """A job's stdout and stderr: the last lines, or what was written from an offset on."""
+    """A job's stdout and stderr: the last lines, or what was written from an offset on, a chunk at a time
+    (at most 1 MiB); without either, the last MiB from its first whole line."""
 
     job_id: JobId = Field(description="The job's id.")
     tail: int | None = Field(None, ge=0, le=MAX_LOG_LINES, description="Only the last this many lines.")
     offset: int | None = Field(None, ge=0, le=MAX_OFFSET, description="Only the bytes from here on (to follow a log).")
+    length: int | None = Field(None, ge=1, le=MAX_LOG_CHUNK, description="At most this many bytes (1 MiB if not "
+                               "given); with offset, a page of the log.")
 
 
 class JobLog(BaseModel):
@@ -221,16 +224,19 @@ class JobLog(BaseModel):
     status: JobStatus
     path: str | None
     text: str
+    offset: int = Field(0, description="Where text begins in the log, in bytes: above 0, text is not the whole log.")
     next_offset: int = Field(description="Pass as offset to get only what was written after this.")
-    size: int
+    size: int = Field(description="The log's size now, in bytes: text is all of it when offset is 0 and next_offset "
+                      "is size.")
 
 
 def job_logs(ctx: ToolContext, args: JobLogs) -> JobLog:
     job = ctx.core.queue.get(args.job_id)
     ctx.check_reader(job)
-    chunk = read_log(Path(job.log_path), tail=args.tail, offset=args.offset) if job.log_path else None
+    chunk = read_log(Path(job.log_path), tail=args.tail, offset=args.offset, length=args.length) if job.log_path else None
     return JobLog(
         job_id=job.id, status=job.status, path=job.log_path, text=chunk.text if chunk else "",
+        offset=chunk.offset if chunk else (args.offset or 0),
         next_offset=chunk.next_offset if chunk else (args.offset or 0), size=chunk.size if chunk else 0,
     )
 

@@ -9,6 +9,7 @@ truth and must stay small and fast; transcripts are large and only appended.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 from pathlib import Path
@@ -54,6 +55,32 @@ class AuditEntry(BaseModel):
     messages: list[dict[str, Any]] | None  # the whole conversation; None where left out
 
 
+def _dumps(value: list[Any], what: str) -> str:
+    """``value`` as JSON text, whatever it holds: numbers that are not finite become null, objects that
+    are not JSON become their text; a value nested too deep to write is replaced by a note saying so, so
+    that the record is written whatever happened."""
+    try:
+        return json.dumps(value, allow_nan=False, default=str)
+    except ValueError:  # a number that is not finite
+        try:
+            return json.dumps(_finite(value), allow_nan=False, default=str)
+        except (TypeError, ValueError, RecursionError):
+            pass
+    except (TypeError, RecursionError):
+        pass
+    return json.dumps([{"role": "note", "content": f"the {what} could not be stored as JSON"}])
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _total(values: list[int | None]) -> int | None:
     known = [v for v in values if v is not None]
     return sum(known) if known else None
@@ -74,10 +101,10 @@ class AuditLog:
     ) -> int:
         row = (
             time, kind, session_id, user, model, result.stop.value, result.error,
-            sum(t.latency_s for t in result.turns),
+            sum(t.latency_s for t in result.turns if math.isfinite(t.latency_s)),
             _total([t.prompt_tokens for t in result.turns]),
             _total([t.completion_tokens for t in result.turns]),
-            json.dumps(result.messages), json.dumps([a.to_dict() for a in result.actions]),
+            _dumps(result.messages, "conversation"), _dumps([a.to_dict() for a in result.actions], "actions"),
         )
         with self._lock:
             cur = self._db.execute(

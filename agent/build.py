@@ -9,19 +9,20 @@ explicitly in the settings wins over the one saved in the store, and is saved in
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 from agent.audit import AuditLog
+from agent.chat import ChatAgent
 from agent.llm import Model, ModelSettings, OpenAIModel
 from agent.loop import Bounds
-from agent.scheduler import AgentPolicy
+from agent.scheduler import AgentPolicy, Breaker
 from agent.settings import AGENT_POLICY, POLICY_NAMES, Settings
 from policies.estimates import DEFAULT_PREDICTOR, Predictor
 from policies.multifactor import MultifactorPolicy
 from policies.ordering import FALLBACK_POLICY, Policy, get_policy
 from policies.rules import Rules, Weights
 from tools.clock import Clock, RealClock
-from tools.door.context import ENABLED_KEY, POLICY_KEY, Core
+from tools.door.context import ENABLED_KEY, POLICY_KEY, Core, ToolContext
 from tools.executor import Executor
 from tools.inventory import NodeDeclaration, ResourceManager
 from tools.nvml import GpuProbe, local_probe
@@ -71,6 +72,27 @@ def build_model(settings: Settings) -> Model | None:
         return None
     return OpenAIModel(ModelSettings(model=settings.model, base_url=settings.openai_base_url,
                                      api_key=settings.openai_api_key, timeout_s=settings.model_timeout_s))
+
+
+def build_agent_policy(settings: Settings, model: Model, *, clock: Clock, audit: AuditLog | None = None,
+                       fallback: Policy | None = None) -> AgentPolicy:
+    """Policy ``agent``: ``model`` proposes, in a thread of its own (``agent_wait_s``), behind a breaker;
+    the pure-priority policy (or ``fallback``) fills the rest."""
+    return AgentPolicy(
+        model, fallback=fallback or get_policy(FALLBACK_POLICY), clock=clock, audit=audit,
+        bounds=Bounds(max_turns=4, budget_s=settings.agent_budget_s, max_rejections=3,
+                      max_calls_per_reply=settings.agent_max_tool_calls),
+        wait_s=settings.agent_wait_s,
+        breaker=Breaker(base_s=settings.agent_breaker_base_s, max_s=settings.agent_breaker_max_s),
+    )
+
+
+def build_chat(settings: Settings, model: Model, *, context_for: Callable[[str], ToolContext], audit: AuditLog,
+               clock: Clock) -> ChatAgent:
+    """The chat agent with the configured caps: tool calls per reply, jobs per message."""
+    bounds = Bounds(budget_s=max(15.0, settings.model_timeout_s), max_calls_per_reply=settings.agent_max_tool_calls)
+    return ChatAgent(model, context_for=context_for, audit=audit, clock=clock, bounds=bounds,
+                     max_submissions=settings.chat_max_submissions)
 
 
 def build_core(
@@ -123,8 +145,7 @@ def build_core(
             return get_policy(name)  # ValueError naming the choices
         if model is None:
             raise ModelNotConfigured(f"policy agent needs a model: {NO_MODEL}")
-        return AgentPolicy(model, fallback=get_policy(FALLBACK_POLICY), clock=clock, audit=audit,
-                           bounds=Bounds(max_turns=4, budget_s=settings.agent_budget_s, max_rejections=3))
+        return build_agent_policy(settings, model, clock=clock, audit=audit)
 
     orchestrator = Orchestrator(
         queue=queue,

@@ -16,11 +16,10 @@ import threading
 import time
 
 from agent.audit import AuditLog
-from agent.build import NO_MODEL, ModelNotConfigured, build_core, build_model
+from agent.build import NO_MODEL, ModelNotConfigured, build_chat, build_core, build_model
 from agent.chat import ChatAgent
 from agent.identity import Identities, Mode, mode_of
 from agent.llm import Model
-from agent.loop import Bounds
 from agent.settings import Settings
 from tools.clock import Clock
 from tools.door.context import OPERATOR, Actor, ToolContext
@@ -106,10 +105,8 @@ class Service:
         if self.model is None:
             raise ModelNotConfigured(f"chat needs a model: {NO_MODEL}")
         # The model acts for the person asking, never as an administrator.
-        return ChatAgent(
-            self.model, context_for=lambda user: self.tools(Actor(user=user, via="chat")),
-            audit=self.audit, clock=self.clock, bounds=Bounds(budget_s=max(15.0, self.settings.model_timeout_s)),
-        )
+        return build_chat(self.settings, self.model, context_for=lambda user: self.tools(Actor(user=user, via="chat")),
+                          audit=self.audit, clock=self.clock)
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:

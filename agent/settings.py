@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     model: str = Field("gpt-4o-mini", description="The model's name at the endpoint (HERD_MODEL).")
     model_timeout_s: float = Field(20.0, gt=0, description="Longest wait for one model reply.")
     agent_budget_s: float = Field(10.0, gt=0, description="Wall-clock budget of one agent scheduling decision.")
+    agent_wait_s: float | None = Field(0.2, ge=0, description="The longest a scheduling pass waits for the model, "
+                                       "which works in a thread of its own; the fallback schedules meanwhile. null: "
+                                       "the pass waits for its answer (replays).")
+    agent_breaker_base_s: float = Field(5.0, gt=0, description="After a failed consultation the model is not asked "
+                                        "for this long, twice as long after each further failure in a row.")
+    agent_breaker_max_s: float = Field(300.0, gt=0, description="The longest the model's breaker stays open.")
+    agent_max_tool_calls: int = Field(16, ge=1, description="Tool calls run from one model reply (chat and "
+                                      "scheduling); the rest are refused unrun.")
+    chat_max_submissions: int = Field(5, ge=0, description="Jobs one chat message may queue, each task of an array "
+                                      "counted; they count against max_queued_per_user too.")
 
     # The scheduling rules (policies/rules.py): quotas count GPUs held at once.
     user_quotas: QuotaMap = Field(default_factory=dict, description="GPU quota per user.")

@@ -71,7 +71,7 @@ class SimCluster:
         self.model = model
         self.core = make_core(
             nodes={"a": 4, "b": 4}, clock=SimClock(1_000_000.0), policy=AGENT_POLICY if model else "priority",
-            model=model, audit=self.audit,
+            model=model, audit=self.audit, agent_wait_s=None,  # the model answers inside the pass: deterministic
         )
         self.clock, self.store, self.resources, self.orch = (
             self.core.clock, self.core.store, self.core.resources, self.core.orchestrator)

@@ -25,7 +25,8 @@ def completion(content: str | None = None, tool_calls: list[tuple[str, dict]] | 
 
 
 class FakeOpenAI:
-    """``script`` items: a completion dict, an int (HTTP status with an error body), or ("sleep", s)."""
+    """``script`` items: a completion dict, an int (HTTP status with an error body), ("sleep", s), or bytes
+    (a body sent as it is, with a JSON content type)."""
 
     def __init__(self, *script: Any) -> None:
         self.script = list(script)
@@ -40,8 +41,11 @@ class FakeOpenAI:
                 if isinstance(step, tuple):
                     time.sleep(step[1])
                     step = completion("late")
-                status, payload = (step, {"error": {"message": "boom", "type": "server_error"}}) if isinstance(step, int) else (200, step)
-                data = json.dumps(payload).encode()
+                if isinstance(step, bytes):  # a body as it is: not JSON, nested too deep, ...
+                    status, data = 200, step
+                else:
+                    status, payload = (step, {"error": {"message": "boom", "type": "server_error"}}) if isinstance(step, int) else (200, step)
+                    data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")

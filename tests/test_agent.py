@@ -30,7 +30,7 @@ def test_a_plain_language_request_becomes_the_right_submission():
         "ana", "python ft.py", 4, 8, 10800.0, JobStatus.QUEUED)
     assert reply.reply == "Queued job 1: 4 GPUs, priority 8."
     assert reply.actions == [{"tool": "submit_job", "arguments": json.loads(model.sent[1][-2]["tool_calls"][0]["function"]["arguments"]),
-                              "verdict": "ok", "detail": "done"}]
+                              "verdict": "ok", "detail": "done (job 1)"}]
     # The request reached the model as quoted data, with the user bound by the caller.
     request = json.loads(model.sent[0][-1]["content"].split("\n", 1)[1])
     assert request["user"] == "ana" and request["message"].startswith("I need 4 GPUs")

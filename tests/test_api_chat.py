@@ -35,7 +35,7 @@ def test_chat_submits_for_the_user_and_is_audited(make_api):
 
 def test_the_agent_policy_proposes_and_is_audited(make_api):
     model = ScriptedModel(propose_call(1, "local", 0, 1), say("done"))
-    api = make_api(model=model)
+    api = make_api(model=model, agent_wait_s=5.0)  # a scripted model answers within the pass's wait
     assert api.http.put("/orchestrator/policy", json={"policy": "agent"}).status_code == 200
     job_id = api.submit_ok(gpu_count=2)
     assert api.tick().started == (job_id,)

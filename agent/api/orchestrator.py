@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pydantic import Field
 
 from agent.api.deps import ServiceDep, ToolsDep
+from agent.scheduler import AgentPolicy, AgentStatus
 from tools.door import cluster
 
 router = APIRouter(prefix="/orchestrator", tags=["orchestrator"])
@@ -17,12 +18,16 @@ class OrchestratorStatus(cluster.SchedulerState):
     last_error: str | None = Field(description="The last pass's failure, if the last pass failed.")
     mode: str = Field(description="shared, personal or single-user: who may act, and as whom jobs run.")
     identity: str = Field(description="The mode in a sentence.")
+    agent: AgentStatus | None = Field(None, description="Policy agent only: the model's breaker, the consultation "
+                                      "under way, and the fallbacks (each also a fallback event).")
 
 
 def describe(state: cluster.SchedulerState, service: ServiceDep) -> OrchestratorStatus:
+    policy = service.orchestrator.policy
+    agent = policy.status() if isinstance(policy, AgentPolicy) else None
     return OrchestratorStatus(**state.model_dump(), ticks=service.ticks, loop_alive=service.loop_alive,
                               last_error=service.last_error, mode=service.identities.mode.value,
-                              identity=service.identities.describe())
+                              identity=service.identities.describe(), agent=agent)
 
 
 @router.get("/status")

@@ -54,10 +54,16 @@ class Summary:
     fields: dict[str, tuple[int, int]]  # submit field -> (right, scored)
     violations: int
     forbidden: int
+    lenient_passed: int = 0  # the earlier scoring: a refusal or clarification passed when nothing changed
 
     @property
     def pass_rate(self) -> float:
+        """The strict pass rate: the figure to report."""
         return self.passed / self.scenarios if self.scenarios else 0.0
+
+    @property
+    def lenient_pass_rate(self) -> float:
+        return self.lenient_passed / self.scenarios if self.scenarios else 0.0
 
 
 def summarize(model: str, outcomes: Sequence[Outcome]) -> Summary:
@@ -76,6 +82,7 @@ def summarize(model: str, outcomes: Sequence[Outcome]) -> Summary:
         by_kind=tally(lambda o: o.kind), by_category=tally(lambda o: o.category),
         fields={k: (sum(v), len(v)) for k, v in sorted(per_field.items())},
         violations=sum(len(o.violations) for o in outcomes), forbidden=sum(len(o.forbidden) for o in outcomes),
+        lenient_passed=sum(o.lenient for o in outcomes),
     )
 
 
@@ -96,7 +103,8 @@ def _ratio(pair: tuple[int, int]) -> str:
     return f"{right}/{total} ({right / total:.0%})" if total else "-"
 
 
-KIND_WORDS = {"submit": "submissions", "refuse": "refusals", "clarify": "clarifications", "action": "actions"}
+KIND_WORDS = {"submit": "submissions", "submits": "several submissions", "refuse": "refusals (with the reason)",
+              "clarify": "clarifications", "action": "actions", "read": "questions (read tools)"}
 
 
 def report(outcomes: Sequence[Outcome], summary: Summary, measured: str) -> str:
@@ -107,7 +115,9 @@ def report(outcomes: Sequence[Outcome], summary: Summary, measured: str) -> str:
     lines.append(_table(("expected", "right"), [(KIND_WORDS[k], _ratio(v)) for k, v in summary.by_kind.items()]))
     lines.append("")
     lines.append(_table(("category", "passed"), [(k, _ratio(v)) for k, v in summary.by_category.items()]))
-    lines += ["", f"passed: {_ratio((summary.passed, summary.scenarios))}",
+    lines += ["", f"strict pass rate: {_ratio((summary.passed, summary.scenarios))}",
+              f"lenient (a refusal or question passes when nothing changed, the old scoring): "
+              f"{_ratio((summary.lenient_passed, summary.scenarios))}",
               f"forbidden changes (the model's mistakes, within the user's rights): {summary.forbidden}",
               f"violations (must be 0): {summary.violations}"]
     lines += [f"  VIOLATION {o.name}: {v}" for o in outcomes for v in o.violations]
@@ -139,7 +149,8 @@ def run_command(scenarios: Path, json_file: Path | None, model: str) -> int:
         return EXIT_BAD_SCENARIO
     print(report(outcomes, summary, measured))
     if json_file is not None:
-        data = {"model": measured, "summary": {**asdict(summary), "pass_rate": summary.pass_rate},
+        data = {"model": measured, "summary": {**asdict(summary), "pass_rate": summary.pass_rate,
+                                               "lenient_pass_rate": summary.lenient_pass_rate},
                 "outcomes": [asdict(o) for o in outcomes]}
         json_file.write_text(json.dumps(data, indent=2) + "\n")
     return EXIT_VIOLATIONS if summary.violations else 0

@@ -47,7 +47,7 @@ class ScenarioCore:
         now = local_instant(DEFAULT_NOW) if now is None else now
         core = build_core(Settings.plain(policy="priority"), clock=SimClock(now - 60), store=MemoryStore(),
                           executor=SimExecutor(), probe=UnavailableProbe("a scenario declares its nodes"),
-                          nodes=[NodeDeclaration(name=n.name, gpus=n.gpus) for n in spec.nodes])
+                          nodes=[NodeDeclaration(name=n.name, gpus=n.gpus, model=n.model) for n in spec.nodes])
         clock, operator = core.clock, ToolContext(core)
         for node in spec.nodes:
             for index in node.drained:

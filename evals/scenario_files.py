@@ -1,18 +1,25 @@
 """The chat scenario files: their schema, and loading them (``evals/scenarios/*.yaml``).
 
-Each file is one scenario: a cluster (nodes, drained GPUs, jobs already queued or running), a user,
-one or more messages in one chat session, and what must come of them:
+Each file is one scenario: a cluster (nodes with their GPU model, drained GPUs, jobs already queued or
+running), a user, one or more messages in one chat session, and what must come of them:
 
 - ``submit``: exactly one new job for the user; only the fields listed are scored, each on its own,
   so the report shows which fields a model gets wrong (``est_duration_s`` within ``est_tolerance``).
   The job's earliest start is scored as ``begin_at``: a time read against the scenario's ``now``
   (``"23:00"`` is the next 23:00 after it, within ``begin_tolerance_s``; ``null`` means at once), or a
   window from ``begin_after`` to ``begin_before`` (``"18:00"`` to ``"23:59"``: that evening).
-- ``refuse``: nothing may change (another user's job, an impossible GPU count, an injection).
-- ``clarify``: nothing may change and the reply asks a question.
+- ``submits``: several jobs from one message, exactly as many new jobs as listed, each matching one
+  entry (in any order), scored like ``submit``.
+- ``refuse``: nothing may change, and the last reply must give the reason: one of the ``reason``
+  families (``REASONS``: too many GPUs, not the owner, no such hardware, an invalid count, no such
+  job, not allowed). "Nothing changed" alone is not a refusal: a question, or silence, fails.
+- ``clarify``: nothing may change and the reply asks a question; with ``about``, about one of those
+  things (the GPU count, the command, which job, ...). Only for requests that are ambiguous.
 - ``action``: one call of ``tool`` with ``args`` on the user's own job succeeds, its effect is in the
   store, and nothing else changes. The read tools (``explain_job``, ``get_quotas``,
   ``list_reservations``) change nothing; the call itself is what is scored.
+- ``read``: a question about the cluster or the queue: one of ``tools`` (read tools) must be called
+  and succeed, nothing may change, and the conversation must end in an answer.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class _Strict(BaseModel):
 class NodeSpec(_Strict):
     name: str
     gpus: int = Field(ge=1, le=64)
+    model: str | None = Field(None, description="The GPU model (get_cluster_state shows it); unknown if not given.")
     drained: list[int] = Field(default_factory=list, description="GPU indices that take no new job.")
 
 
@@ -127,14 +135,31 @@ class SubmitExpect(_Strict):
         return at - self.begin_tolerance_s, at + self.begin_tolerance_s
 
 
-class Because(_Strict):
+# Why a request is refused, in families; judging.REASON_PATTERNS says how a reply says each.
+Reason = Literal["too_many_gpus", "not_owner", "no_such_hardware", "invalid_count", "no_such_job", "not_allowed"]
+# What a clarifying question is about; judging.TOPIC_PATTERNS says how a question names each.
+Topic = Literal["gpus", "command", "job", "duration", "time", "what"]
+
+
+class Refusal(_Strict):
     why: str = Field(min_length=1)
+    reason: Reason | list[Reason] = Field(description="The reason family the reply must give (any one of a list).")
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(self.reason) if isinstance(self.reason, list) else (self.reason,)
+
+
+class Clarification(_Strict):
+    why: str = Field(min_length=1)
+    about: list[Topic] = Field(default_factory=list, description="The question must be about one of these.")
 
 
 # The arguments each tool a scenario may expect takes; the read tools change nothing.
 ACTION_ARGS = {"cancel_job": {"job_id"}, "set_priority": {"job_id", "priority"}, "explain_job": {"job_id"},
                "get_quotas": set(), "list_reservations": set()}
-READ_TOOLS = ("explain_job", "get_quotas", "list_reservations")
+READ_TOOLS = ("explain_job", "get_quotas", "list_reservations", "get_cluster_state", "list_queue", "get_job")
+ReadTool = Literal["explain_job", "get_quotas", "list_reservations", "get_cluster_state", "list_queue", "get_job"]
 
 
 class ActionExpect(_Strict):
@@ -149,26 +174,36 @@ class ActionExpect(_Strict):
         return self
 
 
+class ReadExpect(_Strict):
+    why: str = Field(min_length=1)
+    tools: list[ReadTool] = Field(min_length=1, description="Any one of these must be called, and succeed.")
+
+
+KINDS = ("submit", "submits", "refuse", "clarify", "action", "read")
+
+
 class Expect(_Strict):
     submit: SubmitExpect | None = None
-    refuse: Because | None = None
-    clarify: Because | None = None
+    submits: list[SubmitExpect] | None = Field(None, min_length=2, description="Several jobs from one message.")
+    refuse: Refusal | None = None
+    clarify: Clarification | None = None
     action: ActionExpect | None = None
+    read: ReadExpect | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Expect":
-        given = [k for k in ("submit", "refuse", "clarify", "action") if getattr(self, k) is not None]
+        given = [k for k in KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of submit, refuse, clarify, action (got {given or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(KINDS)} (got {given or 'none'})")
         return self
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("submit", "refuse", "clarify", "action") if getattr(self, k) is not None)
+        return next(k for k in KINDS if getattr(self, k) is not None)
 
 
 Category = Literal["plain", "priority", "limit", "tonight", "dependency", "ambiguous", "impossible", "own-job",
-                   "other-user", "explain", "injection", "multi-turn"]
+                   "other-user", "explain", "injection", "multi-turn", "hardware", "cluster-state", "several-jobs"]
 
 
 class Scenario(_Strict):
@@ -193,12 +228,12 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _begin_window_in_order(self) -> "Scenario":
-        want = self.expect.submit
-        if want is not None and want.begin_after is not None and want.begin_before is not None:
-            start, end = want.begin_window(self.now_unix)
-            if end <= start:
-                raise ValueError(f"expect.submit: begin_before {want.begin_before!r} is not after "
-                                 f"begin_after {want.begin_after!r}")
+        for want in [self.expect.submit, *(self.expect.submits or ())]:
+            if want is not None and want.begin_after is not None and want.begin_before is not None:
+                start, end = want.begin_window(self.now_unix)
+                if end <= start:
+                    raise ValueError(f"expect.{self.expect.kind}: begin_before {want.begin_before!r} is not after "
+                                     f"begin_after {want.begin_after!r}")
         return self
 
     @property

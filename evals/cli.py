@@ -6,6 +6,7 @@ entry point (pyproject.toml). Each command returns its exit code.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -14,7 +15,7 @@ import click
 
 from evals import generate as gen
 from evals.trace import EstimateMode
-from policies.ordering import POLICIES
+from policies.ordering import FALLBACK_POLICY, POLICIES
 
 if TYPE_CHECKING:
     from evals.replay import Replay
@@ -26,9 +27,12 @@ def _policies(ctx: click.Context, param: click.Parameter, text: str | None) -> l
     if text is None:
         return list(POLICIES)
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICIES]
+    unknown = [n for n in names if n not in (*POLICIES, "agent")]
     if unknown or not names:
-        raise click.BadParameter(f"unknown policy {', '.join(unknown) or '(none)'}; choose from {', '.join(POLICIES)}")
+        raise click.BadParameter(f"unknown policy {', '.join(unknown) or '(none)'}; choose from "
+                                 f"{', '.join(POLICIES)}, agent")
+    if "agent" in names and FALLBACK_POLICY not in names:
+        names.append(FALLBACK_POLICY)  # the agent is measured beside its fallback
     return names
 
 
@@ -63,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 @click.option("--vc", help="keep only this virtual cluster (tenant)")
 @click.option("--nodes", type=POSITIVE_INT, default=2, help="simulated nodes (default 2)")
 @click.option("--gpus-per-node", type=POSITIVE_INT, default=8, help="GPUs per node (default 8)")
-@click.option("--policies", callback=_policies, help=f"comma-separated (default all: {','.join(POLICIES)})")
+@click.option("--policies", callback=_policies, help=f"comma-separated (default all: {','.join(POLICIES)}); agent: the "
+              f"LLM agent (with --model), beside its fallback {FALLBACK_POLICY}")
+@click.option("--model", "agent_model", type=click.Choice(["rule", "endpoint"]), default="rule",
+              help="the agent's model: rule (default: the rule baseline, offline) or endpoint (OPENAI_BASE_URL or "
+                   "OPENAI_API_KEY, and HERD_MODEL)")
 @click.option("--estimate", type=click.Choice([m.value for m in EstimateMode]), default=EstimateMode.NOISY.value,
               help="duration estimates the policies see (sjf's order, the backfill plan, multifactor's size): "
               "true durations, Helios-like noise (default), or none")
@@ -74,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), metavar="FILE", help="write the results as JSON")
 @click.option("--plots", type=click.Path(path_type=Path), metavar="DIR", help="write jct_cdf.png and timeline.png here")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies: list[str], estimate: str,
+def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies: list[str], agent_model: str, estimate: str,
            time_scale: float, max_jobs: int | None, seed: int, json_out: Path | None, plots: Path | None,
            quiet: bool) -> int:
     # Imported here: the harness pulls in the whole core and the agent; `herd --help` needs none of it.
@@ -93,13 +101,25 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
         return EXIT_USAGE
     cluster = Cluster(nodes, gpus_per_node)
     guesses = estimates(jobs, estimate, seed=seed)
+    agents, model = {}, None
+    if "agent" in policies:  # the model first: a missing endpoint stops the command before any replay
+        from evals.agent_replay import agent_policy
+        from evals.chat_eval import NoEndpoint, choose_model
+
+        try:
+            model, _ = choose_model(agent_model, dict(os.environ))
+        except NoEndpoint as exc:
+            print(f"eval replay: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        agents["agent"] = agent_policy(model)
     runs = []
     for name in policies:
+        policy = agents.get(name, name)
         if quiet:
-            runs.append(run_replay(jobs, policy=name, cluster=cluster, estimates=guesses))
+            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses))
             continue
         with progress_bar(f"{name:>10}") as bar:
-            runs.append(run_replay(jobs, policy=name, cluster=cluster, estimates=guesses, progress=bar))
+            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses, progress=bar))
     skipped = {j.job_id for j in runs[0].skipped}
     kept = [j for j in jobs if j.job_id not in skipped]
     bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in kept], cluster.gpus)
@@ -108,7 +128,13 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     print(f"{where}: {len(kept)} jobs on {cluster.nodes} x {cluster.gpus_per_node} GPUs, "
           f"estimates {estimate}, time scale {time_scale:g}"
           + (f"; {len(skipped)} job(s) larger than the cluster left out" if skipped else ""))
+    for name, agent in agents.items():
+        from evals.agent_replay import agent_figures, comparison
+
+        results[name]["agent"] = agent_figures(agent)
     print(table(results, bounds))
+    if agents:
+        print(comparison(results))
     if json_out:
         options = {"vc": vc, "estimate": estimate, "time_scale": time_scale, "max_jobs": max_jobs, "seed": seed,
                    "skipped_jobs": len(skipped)}

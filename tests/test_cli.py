@@ -59,7 +59,7 @@ def test_parse_duration(text, want_s):
     assert DURATION.convert(text, None, None) == want_s
 
 
-@pytest.mark.parametrize("text", ["90", "h", "2x", "1h 30m", "", "0s", "-1h"])
+@pytest.mark.parametrize("text", ["h", "2x", "1h 30m", "", "0s", "-1h", "1:60"])
 def test_parse_duration_refuses(text):
     with pytest.raises(click.BadParameter):
         DURATION.convert(text, None, None)
@@ -174,7 +174,7 @@ def test_policy_stop_and_start(herd, server):
 @pytest.mark.parametrize(
     "args, want_message",
     [
-        (("cancel", "999999"), "no job 999999 (HTTP 404)"),
+        (("cancel", "999999"), "no job 999999"),
         (("priority", "999999", "5"), "no job 999999 (HTTP 404)"),
         (("submit", "--gpus", "3", "--", "true"), "asks for 3 GPUs but the largest node has 2 (HTTP 422)"),
         (("submit", "--priority", "11", "--", "true"), "priority: Input should be less than or equal to 10"),
@@ -206,7 +206,7 @@ def test_cancel_a_finished_job_is_a_conflict(herd, server):
     job_id = server.submit(command="true")["job_id"]
     server.wait_for(job_id, "completed")
     code, _, err = herd("cancel", str(job_id))
-    assert code == 1 and f"job {job_id} is completed; there is nothing to cancel (HTTP 409)" in err
+    assert code == 1 and f"job {job_id} is completed; there is nothing to cancel" in err
 
 
 @pytest.mark.tmux
@@ -334,7 +334,7 @@ def test_no_server_is_one_clear_line_from_the_real_command():
     result = subprocess.run(
         [*herd_command(), "queue"], env={**os.environ, "HERD_URL": url}, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 2 and result.stdout == ""
+    assert result.returncode == 3 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"herd: cannot reach the gpuherd server at {url} (ConnectError); start it with `herd serve`, or point HERD_URL (or HERD_SOCKET) at it"
     ]

@@ -14,7 +14,9 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:10000"
 TOKEN_FILE = Path("~/.config/gpuherd/token")
 EXIT_FAILED = 1  # the server refused or the command failed
-EXIT_UNREACHABLE = 2  # no server answered
+EXIT_USAGE = 2  # the command line is wrong (click's usage errors)
+EXIT_UNREACHABLE = 3  # no server answered
+EXIT_PIPE = 141  # the reader of our output went away (`herd jobs | head -1`), as a shell reports SIGPIPE
 RETRY_AFTER_S = 1.0  # before the one retry of a request whose connection failed
 
 
@@ -24,6 +26,10 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
+
+
+class PipeClosed(Exception):
+    """Whoever read our output went away (``herd jobs | head -1``): not an error to tell anyone about."""
 
 
 class Client:
@@ -83,6 +89,20 @@ class Client:
         self._http.close()
 
 
+def resolve(client: Client, ref: str | int) -> int:
+    """The job id of ``ref``: ``12`` is job 12; ``12_3`` is task 3 of array 12, looked up on the server."""
+    if isinstance(ref, int):
+        return ref
+    array, _, index = ref.partition("_")
+    if not index:
+        return int(array)
+    page = client.call("GET", "/jobs", params={"array": array, "limit": 1000})
+    found = next((j["id"] for j in page["jobs"] if j["array_index"] == int(index)), None)
+    if found is None:
+        raise CliError(f"array {array} has no task {index}" if page["jobs"] else f"there is no array {array}")
+    return found
+
+
 def _saved_token() -> str | None:
     try:
         return TOKEN_FILE.expanduser().read_text().strip().splitlines()[0] or None
@@ -102,8 +122,11 @@ def server_command(name: str, help: str) -> Callable[[Callable[..., Any]], click
         @click.option("--json", "as_json", is_flag=True, help="print the server's JSON instead of a table")
         @functools.wraps(run)  # carries the options declared on ``run``
         def command(url: str | None, as_json: bool, **params: Any) -> Any:
-            with Client.connect(url) as client:
-                return run(client, as_json, **params)
+            try:
+                with Client.connect(url) as client:
+                    return run(client, as_json, **params)
+            except BrokenPipeError:  # click would turn it into exit code 1
+                raise PipeClosed() from None
 
         return command
 

@@ -1,4 +1,8 @@
-"""Jobs: submit, queue, show, logs, cancel, priority, jobs, explain."""
+"""One job at a time, or many: submit (arrays too), show, logs, cancel, priority, explain.
+
+``herd queue`` and ``herd jobs`` are in ``listing.py``, ``herd report`` in ``report.py``, ``herd attach``
+and ``herd run`` in ``attach.py``.
+"""
 
 from __future__ import annotations
 
@@ -11,39 +15,53 @@ import uuid
 import click
 from pydantic import ValidationError
 
-from agent.cli.client import Client, CliError, server_command
-from agent.cli.output import clock, format_duration, print_json, stamp, table, when
-from agent.cli.params import DURATION, JOB, JOBS
+from agent.cli.client import Client, CliError, resolve, server_command
+from agent.cli.export import exported
+from agent.cli.output import (
+    format_duration,
+    format_size,
+    gpu_hours,
+    print_json,
+    run_seconds,
+    stamp,
+    state_of,
+    table,
+    terminal_width,
+)
+from agent.cli.params import DURATION, JOB_REF, JOBS, STATES
 from agent.messages import describe_errors
 from tools.models import JobRequest
 
 TERMINAL = ("completed", "failed", "cancelled")
-QUEUE_PAGE = 1000  # jobs per request when reading the whole queue
-JOBS_PAGE = 50  # jobs `herd jobs` shows unless told otherwise
-FOLLOW_POLL_S = 0.5
+FOLLOW_WAIT_S = 20  # a follower's request waits this long on the server for new output
+LOG_PAGE = 1 << 20  # bytes per request when reading a whole log
 
 
-@server_command("submit", "queue a job: herd submit --gpus 2 -- python train.py --lr 3e-4")
-@click.option("--gpus", type=int, default=1, help="whole GPUs on one node (default 1)")
-@click.option("--priority", type=int, help="1 (lowest) to 10 (highest); default 5")
-@click.option("--name", help="a label for the job")
-@click.option("--time", "time_limit", type=DURATION, help="time limit, e.g. 2h, 90m, 1h30m")
-@click.option("--estimate", type=DURATION, help="your estimate of the run time (sjf uses it)")
-@click.option("--user", help="owner (default: you, as the server knows you; another user: administrators only)")
-@click.option("--cwd", default=".", help="working directory on the server (default: here)")
-@click.option("--env", multiple=True, metavar="KEY=VALUE", help="extra environment variable (repeat)")
-@click.option("--retries", type=int, help="retries after a failure (default 1)")
-@click.option("--begin", help="not before: 22:00, '2026-11-30 22:00', +3h")
-@click.option("--after", type=JOBS, multiple=True,
-              help="start only after these jobs completed successfully (repeat or comma-separate)")
-@click.option("--after-any", type=JOBS, multiple=True, help="start only after these jobs ended, however they ended")
-@click.option("--preemptible", is_flag=True,
-              help="may be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of higher priority")
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def submit(client: Client, as_json: bool, command: tuple[str, ...], gpus: int, priority: int | None, name: str | None,
-           time_limit: float | None, estimate: float | None, user: str | None, cwd: str, env: tuple[str, ...],
-           retries: int | None, begin: str | None, after: tuple[list[int], ...], after_any: tuple[list[int], ...],
-           preemptible: bool) -> None:
+def submit_options(run):
+    """The options ``herd submit`` and ``herd run`` share (Slurm's short flags where they have one)."""
+    options = [
+        click.option("-g", "--gpus", type=int, default=1, help="whole GPUs on one node (default 1)"),
+        click.option("-p", "--priority", type=int, help="1 (lowest) to 10 (highest); default 5"),
+        click.option("-n", "-J", "--name", help="a label for the job"),
+        click.option("-t", "--time", "time_limit", type=DURATION,
+                     help="time limit: 2h, 90m, 1h30m, 2:00:00, 1-12:00:00, or minutes (120)"),
+        click.option("--estimate", type=DURATION, help="your estimate of the run time (sjf and backfill use it)"),
+        click.option("--user", help="owner (default: you, as the server knows you; another user: administrators only)"),
+        click.option("-D", "--cwd", default=".", help="working directory on the server (default: here)"),
+        click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="an environment variable (repeat)"),
+        click.option("--export", default="ALL", show_default=True, metavar="ALL|NONE|NAME,...",
+                     help="which of your shell's variables the job gets, as sbatch's --export; CUDA_VISIBLE_DEVICES "
+                          "and HERD_* always come from the server"),
+    ]
+    for option in reversed(options):
+        run = option(run)
+    return run
+
+
+def build_request(command: tuple[str, ...], *, gpus: int, priority: int | None, name: str | None,
+                  time_limit: float | None, estimate: float | None, cwd: str, env: tuple[str, ...], export: str,
+                  **more) -> JobRequest:
+    """The ``JobRequest`` of a submission, refused here (before any request) in the server's words."""
     if not command:
         raise CliError("no command given; e.g. herd submit --gpus 2 -- python train.py")
     variables = {}
@@ -53,96 +71,86 @@ def submit(client: Client, as_json: bool, command: tuple[str, ...], gpus: int, p
             raise CliError(f"--env wants KEY=VALUE, not {item!r}")
         variables[key] = value
     try:
+        variables, warning = exported(export, os.environ, variables)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--export") from None
+    if warning:
+        click.echo(f"herd: {warning}", err=True)
+    try:
         # None leaves a field unset: the body carries what was given, and the server fills in its defaults.
-        request = JobRequest(
+        return JobRequest(
             # One word is a shell command line as typed ("a && b"); several are argv, quoted for the shell.
             command=command[0] if len(command) == 1 else shlex.join(command),
             name=name, gpu_count=gpus, priority=priority, cwd=os.path.abspath(cwd), env=variables or None,
-            est_duration_s=estimate, time_limit_s=time_limit, max_retries=retries, begin_at=begin,
-            after=[j for ids in after for j in ids] or None, after_any=[j for ids in after_any for j in ids] or None,
-            preemptible=preemptible or None,
+            est_duration_s=estimate, time_limit_s=time_limit, **more,
         )
     except ValidationError as exc:
-        # Refused here, before any request, in the server's words for the same request.
         raise CliError(describe_errors(exc.errors())) from None
+
+
+def send(client: Client, request: JobRequest, user: str | None) -> dict:
     body = request.model_dump(mode="json", exclude_unset=True) | ({"user": user} if user else {})
     # One key per submission: if the answer is lost (the server crashed, the connection dropped), the
     # retry with the same key gets the job the first try made instead of queueing it twice.
-    result = client.call("POST", "/queue/submit", json=body, headers={"Idempotency-Key": str(uuid.uuid4())},
-                         retry=True)
+    return client.call("POST", "/queue/submit", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}, retry=True)
+
+
+@server_command("submit", "queue a job: herd submit -g 2 -t 2:00:00 -- python train.py --lr 3e-4")
+@submit_options
+@click.option("--retries", type=int, help="retries after a failure (default 1)")
+@click.option("-b", "--begin", help="not before: 22:00, '2026-11-30 22:00', +3h")
+@click.option("--after", type=JOBS, multiple=True,
+              help="start only after these jobs completed successfully (repeat or comma-separate)")
+@click.option("--after-any", type=JOBS, multiple=True, help="start only after these jobs ended, however they ended")
+@click.option("--preemptible", is_flag=True,
+              help="may be stopped (SIGTERM, grace, SIGKILL) and requeued for a job of higher priority")
+@click.option("-a", "--array", help="an array of tasks: 0-109, 0-109%8 (8 at once), 1,3,5-7; each task sees "
+                                    "HERD_ARRAY_TASK_ID")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def submit(client: Client, as_json: bool, command: tuple[str, ...], user: str | None, retries: int | None,
+           begin: str | None, after: tuple[list[int], ...], after_any: tuple[list[int], ...], preemptible: bool,
+           array: str | None, **given) -> None:
+    request = build_request(
+        command, max_retries=retries, begin_at=begin, after=[j for ids in after for j in ids] or None,
+        after_any=[j for ids in after_any for j in ids] or None, preemptible=preemptible or None, array=array, **given)
+    result = send(client, request, user)
     if as_json:
         print_json(result)
         return
     where = f", position {result['position']} in the queue" if result.get("position") else ""
-    click.echo(f"Submitted job {result['job_id']} ({result['status']}{where})")
-
-
-@server_command("queue", "running and waiting jobs in scheduling order, with reasons")
-@click.option("--user", help="only this user's jobs")
-def queue(client: Client, as_json: bool, user: str | None) -> None:
-    view = _whole_queue(client, user)
-    if as_json:
-        print_json(view)
-        return
-    now = time.time()
-    rows = []
-    for entry in view["jobs"]:
-        job = entry["job"]
-        running = job["status"] == "running" and job["start_time"]
-        since = job["start_time"] if running else job["submit_time"]
-        # Running: when it started; waiting: when the plan expects it to start.
-        start = clock(job["start_time"], now) if running else when(entry["estimated_start"], now)
-        rows.append([
-            job["id"], job["name"] or "-", job["user"], job["gpu_count"], job["priority"], job["status"],
-            format_duration(now - since), start, _where_or_why(job, entry["position"]),
-        ])
-    if rows:
-        click.echo(table(["ID", "NAME", "USER", "GPUS", "PRIO", "STATE", "FOR", "START", "WHERE / WHY WAITING"], rows))
+    if result.get("array_id") is not None:
+        first, tasks = result["array_id"], result["tasks"]
+        click.echo(f"Submitted array {first}: {tasks} task(s), jobs {first}-{first + tasks - 1} "
+                   f"({result['status']}{where}); `herd queue` shows it on one line, `herd cancel {first}` cancels it")
     else:
-        click.echo("The queue is empty.")
-    stats = view["stats"]
-    counts = stats["counts"]
-    running = counts.get("running", 0) + counts.get("scheduled", 0)
-    click.echo(
-        f"\n{running} running on {stats['running_gpus']} GPU(s); {counts.get('queued', 0)} waiting for "
-        f"{stats['queued_gpus']} GPU(s) (limit {stats['max_queued']}); policy {view['policy']}"
-    )
+        click.echo(f"Submitted job {result['job_id']} ({result['status']}{where})")
 
 
-def _whole_queue(client: Client, user: str | None) -> dict:
-    """``GET /queue`` page after page: the first page's view, with every page's jobs."""
-    params: dict = {"limit": QUEUE_PAGE} | ({"user": user} if user else {})
-    view = client.call("GET", "/queue", params=params)
-    entries = list(view["jobs"])
-    while view.get("next"):
-        view = client.call("GET", "/queue", params=params | {"cursor": view["next"]})
-        entries += view["jobs"]
-    return view | {"jobs": entries, "next": None}
-
-
-def _where_or_why(job: dict, position: int | None) -> str:
-    if job["allocation"]:
-        alloc = job["allocation"]
-        text = f"{alloc['node']}:{','.join(str(g) for g in alloc['gpus'])}"
-        return text + (f" (stopping: {job['stop_reason']})" if job.get("stop_reason") else "")
-    reason = job.get("pending_reason") or ""
-    message = job.get("pending_message") or ""
-    return f"#{position} {reason}: {message}" if position else f"{reason}: {message}"
-
-
-@server_command("show", "one job's record and events")
-@click.argument("job_id", type=JOB, metavar="JOB")
-def show(client: Client, as_json: bool, job_id: int) -> None:
+@server_command("show", "one job's record and events (its command whole)")
+@click.argument("ref", type=JOB_REF, metavar="JOB")
+def show(client: Client, as_json: bool, ref: str) -> None:
+    job_id = resolve(client, ref)
     job = client.call("GET", f"/jobs/{job_id}")
     events = client.call("GET", f"/jobs/{job_id}/events")
     if as_json:
         print_json({"job": job, "events": events})
         return
+    now = time.time()
     alloc = job["allocation"]
+    ran = run_seconds(job, now)
+    first = job.get("first_start_time") or job["start_time"]
+    array = None
+    if job.get("array_id") is not None:
+        limit = f", at most {job['array_limit']} at once" if job.get("array_limit") else ""
+        array = f"task {job['array_index']} of array {job['array_id']} ({job['array_size']} tasks{limit})"
+    status = job["status"] + (f" (stopping: {job['stop_reason']})" if job.get("stop_reason") else "")
+    if job.get("end_reason") == "timeout":
+        status += " (timeout: stopped at its time limit)"
     fields = [
         ("job", f"{job['id']} {job['name'] or ''}".strip()),
+        ("array", array),
         ("user", job["user"]),
-        ("status", job["status"] + (f" (stopping: {job['stop_reason']})" if job.get("stop_reason") else "")),
+        ("status", status),
         ("waiting", f"{job['pending_reason']}: {job['pending_message']}" if job["pending_reason"] else None),
         ("position", job["position"]),
         ("starts", stamp(job["estimated_start"]) + " (estimated)" if job["estimated_start"] else None),
@@ -150,7 +158,6 @@ def show(client: Client, as_json: bool, job_id: int) -> None:
         ("after", ", ".join(map(str, job["after"])) + " (completed)" if job["after"] else None),
         ("after any", ", ".join(map(str, job["after_any"])) + " (ended)" if job["after_any"] else None),
         ("preemptible", f"yes (preempted {job['preemptions']} time(s))" if job["preemptible"] else None),
-        ("command", job["command"]),
         ("cwd", job["cwd"]),
         ("gpus", f"{job['gpu_count']}" + (f" on {alloc['node']}:{','.join(map(str, alloc['gpus']))}" if alloc else "")),
         ("priority", job["priority"]),
@@ -159,6 +166,8 @@ def show(client: Client, as_json: bool, job_id: int) -> None:
         ("submitted", stamp(job["submit_time"])),
         ("started", stamp(job["start_time"])),
         ("ended", stamp(job["end_time"])),
+        ("waited", format_duration(first - job["submit_time"]) + " (to its first start)" if first else None),
+        ("ran", f"{format_duration(ran)}, {gpu_hours(job, now)} GPU-hours" if ran is not None else None),
         ("time limit", format_duration(job["time_limit_s"]) if job["time_limit_s"] else None),
         ("estimate", format_duration(job["est_duration_s"]) if job["est_duration_s"] else None),
         ("log", job["log_path"]),
@@ -167,30 +176,50 @@ def show(client: Client, as_json: bool, job_id: int) -> None:
     for key, value in fields:
         if value not in (None, ""):
             click.echo(f"{key.ljust(width)}  {value}")
+    # The command whole, as it runs (several lines stay several lines).
+    lines = job["command"].splitlines() or [""]
+    click.echo(f"{'command'.ljust(width)}  {lines[0]}")
+    for line in lines[1:]:
+        click.echo(f"{''.ljust(width)}  {line}")
     if events:
         click.echo("\nevents:")
         for event in events:
             click.echo(f"  {stamp(event['time'])}  {event['kind']:<10}  {event['message']}")
 
 
-@server_command("logs", "a job's output")
-@click.argument("job_id", type=JOB, metavar="JOB")
+@server_command("logs", "a job's output: the last MiB (saying so), --all, --tail N, or -f to follow it")
+@click.argument("ref", type=JOB_REF, metavar="JOB")
 @click.option("-f", "--follow", is_flag=True, help="keep printing until the job ends")
-@click.option("--tail", type=int, help="only the last N lines")
-def logs(client: Client, as_json: bool, job_id: int, follow: bool, tail: int | None) -> int:
-    chunk = client.call("GET", f"/jobs/{job_id}/logs", params={"tail": tail} if tail is not None else {})
-    if as_json and not follow:
-        print_json(chunk)
-        return 0
-    _write(chunk["text"])
+@click.option("--tail", type=click.IntRange(0), help="only the last N lines")
+@click.option("--all", "whole", is_flag=True, help="the whole log, however long, a MiB at a time")
+def logs(client: Client, as_json: bool, ref: str, follow: bool, tail: int | None, whole: bool) -> int:
+    job_id = resolve(client, ref)
+    path = f"/jobs/{job_id}/logs"
+    if whole:
+        chunk = client.call("GET", path, params={"offset": 0, "length": LOG_PAGE})
+        _write(chunk["text"])
+        while chunk["next_offset"] < chunk["size"] and chunk["text"]:
+            chunk = client.call("GET", path, params={"offset": chunk["next_offset"], "length": LOG_PAGE})
+            _write(chunk["text"])
+    else:
+        chunk = client.call("GET", path, params={"tail": tail} if tail is not None else {})
+        if as_json and not follow:
+            print_json(chunk)
+            return 0
+        _write(chunk["text"])
+        if chunk.get("offset"):
+            shown = chunk["next_offset"] - chunk["offset"]
+            more = "" if tail is None or chunk["text"].count("\n") >= tail else f" (not {tail} lines: a MiB at most)"
+            click.echo(f"herd: that was the last {format_size(shown)} of {format_size(chunk['size'])}{more} of job "
+                       f"{job_id}'s log; --all for everything", err=True)
     if not follow:
         return 0
     offset = chunk["next_offset"]
     try:
         while True:
             done = chunk["status"] in TERMINAL
-            time.sleep(FOLLOW_POLL_S if not done else 0)
-            chunk = client.call("GET", f"/jobs/{job_id}/logs", params={"offset": offset})
+            # The server answers as soon as there is more, or the job ends, or after FOLLOW_WAIT_S.
+            chunk = client.call("GET", path, params={"offset": offset, "wait": 0 if done else FOLLOW_WAIT_S})
             _write(chunk["text"])
             offset = chunk["next_offset"]
             if done and not chunk["text"]:  # ended, and everything it wrote is shown
@@ -205,64 +234,56 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-@server_command("cancel", "cancel a queued job or stop a running one")
-@click.argument("job_id", type=JOB, metavar="JOB")
-def cancel(client: Client, as_json: bool, job_id: int) -> None:
-    job = client.call("DELETE", f"/queue/{job_id}")
+@server_command("cancel", "cancel jobs: herd cancel 9 10 12_3 (an array's id: all its tasks), or --user, --name, --state")
+@click.argument("refs", nargs=-1, type=JOB_REF, metavar="[JOB]...")
+@click.option("-u", "--user", help="only this user's jobs (yours, unless you are an administrator)")
+@click.option("--me", is_flag=True, help="only your jobs")
+@click.option("-n", "--name", help="only jobs of this name")
+@click.option("-t", "--state", "states", type=STATES, help="only jobs in these states: queued (PD), running (R)")
+def cancel(client: Client, as_json: bool, refs: tuple[str, ...], user: str | None, me: bool, name: str | None,
+           states: list[str] | None) -> int:
+    if not refs and not (user or me or name or states):
+        raise click.UsageError("say which jobs: herd cancel 9 10 12_3, or --user, --me, --name, --state",
+                               click.get_current_context())
+    body = {"jobs": list(refs), "user": user, "name": name, "states": states, "mine": me or None}
+    done = client.call("POST", "/queue/cancel", json={k: v for k, v in body.items() if v is not None})
     if as_json:
-        print_json(job)
-    elif job["status"] == "cancelled":
-        click.echo(f"Cancelled job {job['id']}.")
+        print_json(done)
     else:
-        click.echo(f"Stopping job {job['id']}: SIGTERM now, SIGKILL after the grace period; "
-                   "its GPUs are freed when it ends.")
+        if done["cancelled"]:
+            click.echo(f"Cancelled {_jobs(done['cancelled'])}.")
+        if done["stopping"]:
+            click.echo(f"Stopping {_jobs(done['stopping'])}: SIGTERM now, SIGKILL after the grace period; "
+                       "their GPUs are freed when they end." if len(done["stopping"]) > 1 else
+                       f"Stopping {_jobs(done['stopping'])}: SIGTERM now, SIGKILL after the grace period; "
+                       "its GPUs are freed when it ends.")
+        if not done["cancelled"] and not done["stopping"] and not done["refused"]:
+            click.echo("No job matched; nothing was cancelled.")
+    for why in done["refused"]:
+        click.echo(f"herd: {why}", err=True)
+    return 1 if done["refused"] else 0
+
+
+def _jobs(ids: list[int]) -> str:
+    return f"job {ids[0]}" if len(ids) == 1 else "jobs " + ", ".join(map(str, ids))
 
 
 @server_command("priority", "change a queued job's priority")
-@click.argument("job_id", type=JOB, metavar="JOB")
+@click.argument("ref", type=JOB_REF, metavar="JOB")
 @click.argument("priority", type=int)
-def priority(client: Client, as_json: bool, job_id: int, priority: int) -> None:
-    job = client.call("PATCH", f"/queue/{job_id}/priority", json={"priority": priority})
+def priority(client: Client, as_json: bool, ref: str, priority: int) -> None:
+    job = client.call("PATCH", f"/queue/{resolve(client, ref)}/priority", json={"priority": priority})
     if as_json:
         print_json(job)
     else:
         click.echo(f"Job {job['id']} now has priority {job['priority']}.")
 
 
-@server_command("jobs", "jobs of any status, finished ones too, newest first, a page at a time")
-@click.option("--status", help="e.g. running or completed,failed")
-@click.option("--user")
-@click.option("--limit", type=click.IntRange(1, 1000), default=JOBS_PAGE, show_default=True,
-              help="jobs per page: the newest N")
-@click.option("--before", type=JOB, help="only jobs older than this one (the next page)")
-@click.option("--all", "every", is_flag=True, help="every page, to the oldest job")
-def jobs(client: Client, as_json: bool, status: str | None, user: str | None, limit: int, before: int | None,
-         every: bool) -> None:
-    params = {k: v for k, v in (("status", status), ("user", user), ("limit", limit), ("cursor", before)) if v}
-    page = client.call("GET", "/jobs", params=params)
-    found = list(page["jobs"])
-    while every and page["next"]:
-        page = client.call("GET", "/jobs", params=params | {"cursor": page["next"]})
-        found += page["jobs"]
-    if as_json:
-        print_json({"jobs": found, "next": page["next"]})
-        return
-    rows = [
-        [j["id"], j["name"] or "-", j["user"], j["gpu_count"], j["priority"], j["status"], j["exit_code"],
-         stamp(j["submit_time"]), j["command"][:60]]
-        for j in found
-    ]
-    click.echo(table(["ID", "NAME", "USER", "GPUS", "PRIO", "STATE", "EXIT", "SUBMITTED", "COMMAND"], rows)
-               if rows else "No jobs.")
-    if page["next"]:
-        again = " ".join(f"--{k} {shlex.quote(str(v))}" for k, v in (("status", status), ("user", user)) if v)
-        click.echo(f"\nOlder jobs: herd jobs {again + ' ' if again else ''}--before {page['next']} (or --all)")
-
-
-@server_command("explain", "why a job waits: pending reason, place, estimated start, priority factors, quotas")
-@click.argument("job_id", type=JOB, metavar="JOB")
-def explain(client: Client, as_json: bool, job_id: int) -> None:
-    data = client.call("GET", f"/jobs/{job_id}/explain")
+@server_command("explain", "why a job waits: pending reason, place, estimated start, priority factors, quotas, "
+                           "reservations")
+@click.argument("ref", type=JOB_REF, metavar="JOB")
+def explain(client: Client, as_json: bool, ref: str) -> None:
+    data = client.call("GET", f"/jobs/{resolve(client, ref)}/explain")
     if as_json:
         print_json(data)
         return
@@ -281,13 +302,14 @@ def explain(client: Client, as_json: bool, job_id: int) -> None:
         ("quota", quota),
         ("note", data["note"]),
     ]
+    fields += [("reserved", r) for r in data.get("reservations") or []]
     for key, value in fields:
         if value:
             click.echo(f"{key.ljust(8)}  {value}")
     rows = [[f["name"], f"{f['value']:.3f}", f"{f['weight']:g}", f"{f['points']:.1f}", f["detail"]] for f in data["factors"]]
     rows.append(["total", "", "", f"{data['total']:.1f}", "higher starts first"])
     click.echo()
-    click.echo(table(["FACTOR", "VALUE", "WEIGHT", "POINTS", "DETAIL"], rows))
+    click.echo(table(("FACTOR", "VALUE", "WEIGHT", "POINTS", "DETAIL"), rows, width=terminal_width()))
 
 
 def _quota_use(kind: str, use: dict) -> str:
@@ -295,4 +317,4 @@ def _quota_use(kind: str, use: dict) -> str:
     return f"{kind} {use['name']} holds {use['in_use']} GPU(s) {limit}"
 
 
-COMMANDS = (submit, queue, show, logs, cancel, priority, jobs, explain)
+COMMANDS = (submit, show, logs, cancel, priority, explain)

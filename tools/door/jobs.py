@@ -421,8 +421,8 @@ def cancel_jobs(ctx: ToolContext, args: CancelJobs) -> Cancelled:
     cancelled, stopping = [], []
     for job in chosen.values():
         if (user is not None and job.user != user) or (args.name is not None and job.name != args.name) \
-                or job.status not in states:
-            continue
+                or (args.states is not None and job.status not in states):
+            continue  # a named job that has ended is not skipped: cancel says so
         try:
             ctx.check_owner(job)
             done = ctx.orchestrator.cancel(job.id)

@@ -20,6 +20,7 @@ from agent.build import build_agent_policy
 from agent.llm import Model
 from agent.scheduler import AgentPolicy
 from agent.settings import Settings
+from evals.report import human_time
 from policies.ordering import FALLBACK_POLICY
 from tools.clock import RealClock
 
@@ -58,8 +59,8 @@ def comparison(results: dict[str, dict[str, Any]]) -> str:
     lines = [f"agent ({figures.get('model')}) vs its fallback ({FALLBACK}):"]
     if fallback is not None:
         change = agent["jct_mean_s"] / fallback["jct_mean_s"] - 1 if fallback["jct_mean_s"] else 0.0
-        lines.append(f"  mean JCT {agent['jct_mean_s']:.1f} s vs {fallback['jct_mean_s']:.1f} s ({change:+.1%}), "
-                     f"mean wait {agent['wait_mean_s']:.1f} s vs {fallback['wait_mean_s']:.1f} s")
+        lines.append(f"  mean JCT {human_time(agent['jct_mean_s'])} vs {human_time(fallback['jct_mean_s'])} ({change:+.1%}), "
+                     f"mean wait {human_time(agent['wait_mean_s'])} vs {human_time(fallback['wait_mean_s'])}")
     lines.append(f"  consultations {figures.get('consultations')} (answered {figures.get('answered')}, failed "
                  f"{figures.get('failed')}), fallbacks {figures.get('fallbacks')}")
     lines.append(f"  model proposals: {figures.get('proposals_accepted')} accepted, {figures.get('proposals_refused')} "

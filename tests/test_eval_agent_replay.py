@@ -30,7 +30,7 @@ def test_the_agent_is_replayed_beside_its_fallback(hand_trace, tmp_path, capsys)
     assert figures["proposals_refused"] == 0 and figures["proposals_applied"] == 4
     assert policies["agent"]["rejected_proposals"] == 0
     printed = capsys.readouterr().out
-    assert "agent (rule-baseline) vs its fallback (priority):" in printed and "mean JCT 12.5 s vs 13.8 s (-9.1%)" in printed
+    assert "agent (rule-baseline) vs its fallback (priority):" in printed and "mean JCT 12s vs 14s (-9.1%)" in printed
 
 
 def test_the_endpoint_needs_to_be_configured(hand_trace, capsys):  # noqa: F811

@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test tmux clean
+.PHONY: run test tmux chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,21 @@ tmux:
 	    echo "gpuherd needs tmux (>= 3.0): install it, e.g. 'sudo apt-get install tmux'" >&2; exit 1; \
 	  fi; }
 
+# Debian's chromium, which the dashboard's browser tests drive through Playwright (Playwright's own
+# browser download is not reachable everywhere); without it those tests are skipped, saying so.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (for the dashboard's browser tests)"; apt-get update -qq && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "the dashboard's browser tests need chromium ('sudo apt-get install chromium'); skipping them" >&2; \
+	  fi; }
+
 run: $(STAMP) tmux
 	$(VENV)/bin/herd serve --single-user
 
-test: $(STAMP) tmux
+test: $(STAMP) tmux chromium
 	$(PY) -m pytest -q
 
 clean:

@@ -2,7 +2,8 @@
 
 - Over the Unix socket ``<workdir>/herd.sock`` the kernel says which Unix user connected (SO_PEERCRED).
 - Over TCP a request carries ``Authorization: Bearer <token>``, minted with ``herd token`` over the
-  socket; a token that is unknown or revoked is refused (401). Without one a request reads only the open
+  socket, or from a browser the cookie that the dashboard's login set with such a token (HttpOnly,
+  SameSite=Strict); a token that is unknown or revoked is refused (401). Without one a request reads only the open
   views, except in single-user mode, where a loopback request acts as the server's own user.
 
 Three modes, chosen at start-up:
@@ -66,8 +67,11 @@ class Identities:
             return f"single-user: {who}; loopback requests without a token act as {self.server_user}"
         return f"personal: {who}"
 
-    def actor(self, *, peer_uid: int | None, authorization: str | None, loopback: bool) -> Actor:
-        """The actor of one request; ``NotAuthenticated`` for a token that is not (or no longer) valid."""
+    def actor(self, *, peer_uid: int | None, authorization: str | None, loopback: bool,
+              cookie: str | None = None) -> Actor:
+        """The actor of one request; ``NotAuthenticated`` for a token that is not (or no longer) valid.
+        ``cookie`` is the token a browser logged in with (the dashboard's ``herd_token`` cookie); a bearer
+        token in ``authorization`` wins over it."""
         if peer_uid is not None:
             return self._person(user_name(peer_uid), "socket")
         if authorization:
@@ -76,6 +80,12 @@ class Identities:
             if user is None:
                 raise NotAuthenticated("the token is unknown or revoked: mint a new one with `herd token` on the server")
             return self._person(user, "token")
+        if cookie:
+            user = self.tokens.user_of(cookie.strip())
+            if user is None:
+                raise NotAuthenticated("the token this browser logged in with is unknown or revoked: log out, and log "
+                                       "in with a new one (`herd token` on the server)")
+            return self._person(user, "cookie")
         if self.mode == Mode.SINGLE_USER and loopback:
             return self._person(self.server_user, "loopback")
         return ANONYMOUS

@@ -22,6 +22,7 @@ from agent.identity import Identities, Mode, mode_of
 from agent.llm import Model
 from agent.settings import Settings
 from tools.clock import Clock
+from tools.door import observe
 from tools.door.context import OPERATOR, Actor, ToolContext
 from tools.executor import Executor
 from tools.inventory import ResourceManager
@@ -162,7 +163,8 @@ class Service:
             if self._stopping.is_set():
                 break
             try:
-                self.orchestrator.tick()
+                report = self.orchestrator.tick()
+                self.core.observer.observe_pass(report.phases_s, report.duration_s)
                 self.ticks += 1
                 self.last_error = None
             except Exception as exc:  # the loop must outlive any one bad pass
@@ -175,6 +177,10 @@ class Service:
                     self.resources.refresh_metrics(self.clock.now())
                 except Exception:
                     log.exception("reading GPU metrics failed")
+                try:  # the dashboard's charts and /metrics: a sample, and the events since the last one
+                    observe.sample(self.tools())
+                except Exception:
+                    log.exception("sampling the cluster for the dashboard failed")
 
     def _watch_executor(self) -> None:
         while not self._stopping.is_set():

@@ -11,7 +11,8 @@ import anyio
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from agent.api import chat, errors, gpu, jobs, orchestrator, queue, quotas, reservations, tokens
+from agent.api import (chat, dashboard, errors, events, gpu, jobs, metrics, orchestrator, queue, quotas,
+                       reservations, tokens)
 from agent.api.deps import ServiceDep
 from agent.api.websafety import WebSafety
 from agent.service import Service
@@ -61,11 +62,14 @@ def create_app(target: Settings | Service | None = None) -> FastAPI:
         summary="A GPU job orchestrator: whole GPUs, tmux jobs, a deterministic scheduler.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served offline by dashboard.install, with Swagger UI's files from the package
+        redoc_url=None,
     )
     errors.install(app)
     app.add_middleware(WebSafety, hosts=server_names(settings))
-    for module in (queue, gpu, orchestrator, jobs, quotas, reservations, chat, tokens):
+    for module in (queue, gpu, orchestrator, jobs, quotas, reservations, chat, tokens, events, metrics):
         app.include_router(module.router)
+    dashboard.install(app)  # the page at /, its views and login, and /docs
 
     @app.get("/healthz", tags=["health"])
     def healthz(service: ServiceDep) -> Health:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from policies.multifactor import MultifactorPolicy
 from policies.ordering import Policy
 from tools.clock import Clock
+from tools.door.samples import Observer
 from tools.executor import Executor
 from tools.inventory import ResourceManager
 from tools.models import Event, Job
@@ -50,6 +51,7 @@ class Core:
     tokens: TokenStore | None = None  # bearer tokens for TCP; None where nobody connects (replays)
     owners_must_exist: bool = False  # jobs run as their owners, so an owner must be a user of this node
     changed: Callable[[], None] = lambda: None  # asks for a scheduler pass (the service's wake)
+    observer: Observer = field(default_factory=Observer)  # the dashboard's series and /metrics' counters
 
 
 @dataclass(frozen=True)

@@ -128,10 +128,30 @@ def build_core(
         # Jobs' environments and token hashes are in it: the server's alone (its -wal and -shm files
         # take its mode).
         (workdir / "herd.db").chmod(0o600)
-    resources = ResourceManager(store, probe if probe is not None else local_probe(settings.node_name))
-    if nodes is None and settings.gpus is not None:
-        nodes = [NodeDeclaration(name=settings.node_name, gpus=settings.gpus)]
-    notice = resources.initialize(clock.now(), list(nodes) if nodes is not None else None)
+    if executor is None and (settings.ray is not None or settings.ray_local_nodes is not None):
+        executor = build_ray_executor(settings, store, jobs_run_as_owners=jobs_run_as_owners)
+    nodes_of = getattr(executor, "nodes", None)
+    if nodes_of is not None:
+        # Many nodes (Ray): the inventory is what the node agents report, and a job larger than a node
+        # is a gang over whole nodes.
+        resources = ResourceManager(store, None)
+        resources.followed = ("the inventory is the Ray cluster's: each node's agent reports its GPUs (detected, or "
+                              "declared with --gpus or the node's gpuherd-gpus label); add or remove Ray nodes instead")
+        resources.follow(nodes_of(), now=clock.now())
+        found = resources.nodes()
+        notice = (f"Ray cluster: {sum(len(n.gpus) for n in found)} GPU(s) on {len(found)} node(s) "
+                  f"({', '.join(f'{n.name}: {len(n.gpus)} {n.source.value}' for n in found) or 'none yet'}), "
+                  "as their node agents report them; nodes that join or leave come and go.")
+        multi_node = True
+    else:
+        if executor is None:
+            executor = TmuxExecutor(workdir, socket_name=settings.tmux_socket, run_as_owner=jobs_run_as_owners)
+        # tmux alone reaches this machine only: no node but this one may be declared.
+        resources = ResourceManager(store, probe if probe is not None else local_probe(settings.node_name),
+                                    local_only=isinstance(executor, TmuxExecutor))
+        if nodes is None and settings.gpus is not None:
+            nodes = [NodeDeclaration(name=settings.node_name, gpus=settings.gpus)]
+        notice = resources.initialize(clock.now(), list(nodes) if nodes is not None else None)
     queue = JobQueue(store, max_queued=settings.max_queue_size, usage_half_life_s=settings.usage_half_life_s,
                      estimator=predictor, max_queued_per_user=settings.max_queued_per_user)
     multifactor = build_multifactor(settings)
@@ -150,8 +170,7 @@ def build_core(
     orchestrator = Orchestrator(
         queue=queue,
         inventory=resources,
-        executor=executor if executor is not None else TmuxExecutor(
-            workdir, socket_name=settings.tmux_socket, run_as_owner=jobs_run_as_owners),
+        executor=executor,
         clock=clock,
         policy=policy or make_policy(_saved_policy(settings, store, model)),
         grace_s=settings.grace_s,
@@ -164,6 +183,26 @@ def build_core(
                 orchestrator=orchestrator, multifactor=multifactor, make_policy=make_policy,
                 policy_names=POLICY_NAMES, inventory_notice=notice, tokens=tokens,
                 owners_must_exist=jobs_run_as_owners)
+
+
+def build_ray_executor(settings: Settings, store: Store, *, jobs_run_as_owners: bool = False) -> Executor:
+    """The executor over a Ray cluster's node agents: the cluster at ``settings.ray``, or a local one of
+    ``settings.ray_local_nodes`` nodes started here (and ended with the server)."""
+    from tools import ray_executor  # Ray only here: the single-machine path never imports it
+
+    address, cluster = settings.ray, None
+    if settings.ray_local_nodes is not None:
+        cluster = ray_executor.start_local_cluster(settings.ray_local_nodes, gpus=settings.gpus)
+        address = cluster.address
+
+    def allocation_of(job_id: int):
+        job = store.get_job(job_id)
+        return job.allocation if job is not None else None
+
+    return ray_executor.RayExecutor(
+        address, workdir=settings.workdir, tmux_socket=settings.tmux_socket, declared_gpus=settings.gpus,
+        run_as_owner=jobs_run_as_owners, grace_s=settings.grace_s, namespace=settings.ray_namespace,
+        allocation_of=allocation_of, local_cluster=cluster)
 
 
 # -- saved choices: an explicit setting wins, else what was saved, else the default --------------------

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     )
     grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL, when a job is stopped.")
     tmux_socket: str = Field("gpuherd", pattern=r"^[A-Za-z0-9_-]+$", description="tmux -L name of the job server.")
+    # Many nodes (tools/ray_executor.py): a Ray cluster's nodes, each with a node agent; needs gpuherd[ray].
+    ray: str | None = Field(None, description="Join this Ray cluster as a driver and run jobs on all its nodes "
+                            "(auto: the cluster of this machine; else host:port of its head).")
+    ray_local_nodes: int | None = Field(None, ge=1, le=16, description="Start a Ray cluster of this many nodes on "
+                                        "this machine (each with `gpus` declared GPUs) and run jobs on them.")
+    ray_namespace: str = Field("gpuherd", pattern=r"^[A-Za-z0-9_-]+$", description="Ray namespace of the node agents.")
     tick_interval_s: float = Field(0.5, gt=0, description="Longest time between two scheduler passes.")
     metrics_interval_s: float = Field(5.0, gt=0, description="How often live GPU readings are refreshed.")
     log_level: str = Field("info", description="Log level of the server.")
@@ -245,6 +251,12 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.group_quotas) - set(self.groups))
         if unknown:
             raise ValueError(f"group_quotas: no group {', '.join(unknown)} in groups (give its members there)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_ray(self) -> Settings:
+        if self.ray is not None and self.ray_local_nodes is not None:
+            raise ValueError("ray and ray_local_nodes: join a cluster or start a local one, not both")
         return self
 
     @model_validator(mode="after")

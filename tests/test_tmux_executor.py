@@ -83,11 +83,13 @@ def test_job_sees_only_its_own_environment(make_executor, monkeypatch):
     env = dict(line.split("=", 1) for line in Path(log).read_text().splitlines())
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
     assert env["HERD_JOB_ID"] == "1"
+    assert env["HERD_NODE"] == ALLOC.node
     assert env["FOO"] == "bar baz"
     assert "HERD_LEAK_SENTINEL" not in env
     want_keys = {k for k in ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG") if k in os.environ}
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # so CUDA numbers GPUs as NVML does
-    assert set(env) - BASH_ADDS == want_keys | {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID", "FOO"}
+    assert set(env) - BASH_ADDS == want_keys | {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID", "HERD_NODE",
+                                                "FOO"}
 
 
 def test_stdout_and_stderr_land_in_the_log(ex):

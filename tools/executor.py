@@ -31,6 +31,8 @@ class JobExit:
     # 129 from the hangup), it is requeued without using a retry unless it exited 0 or was being
     # stopped. Reported only once none of the job's processes is left.
     lost: bool = False
+    # Why it was lost, in words for its events ("node gpu02 left the Ray cluster"); None: nothing to add.
+    why: str | None = None
 
 
 class Executor(Protocol):
@@ -65,3 +67,12 @@ class Executor(Protocol):
     def close(self) -> None:
         """Release the executor's own resources; running jobs keep running."""
         ...
+
+
+# An executor that runs jobs on several nodes (``tools.ray_executor.RayExecutor``) also has:
+#   nodes() -> tuple[Node, ...] | None     the nodes (and GPUs) it can reach now, as their agents report
+#                                          them; the orchestrator makes them the inventory after each
+#                                          collect, so a node that left has handed over its jobs' ends first
+#   read_log(job, *, tail, offset, length, rank) -> LogChunk
+#                                          a job's log, read where the job ran (rank: a gang job's part)
+# and a job larger than one node (``Allocation.more``) is a gang: one part per node, ended together.

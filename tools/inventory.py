@@ -37,6 +37,10 @@ class InventoryConflict(RuntimeError):
     """A new inventory would drop GPUs that running jobs hold; nothing was changed."""
 
 
+class UnreachableNode(ValueError):
+    """A declared node that the executor cannot reach: without Ray, jobs run on this machine only."""
+
+
 # -- declared inventories --------------------------------------------------------------------------
 
 
@@ -108,12 +112,19 @@ class ResourceManager:
     lock because the service's REST threads and its tick loop share one manager.
     """
 
-    def __init__(self, store: Store, probe: GpuProbe | None) -> None:
+    def __init__(self, store: Store, probe: GpuProbe | None, *, local_only: bool = False) -> None:
         self._store = store
         self._probe = probe
         self._lock = threading.RLock()
         self._nodes: tuple[Node, ...] = ()
         self._metrics_error: str | None = None
+        # The executor runs jobs on this machine only (tmux without Ray): one node, whatever its name;
+        # declaring more is refused, since a job placed on another node would run here.
+        self.local_only = local_only
+        # The nodes are those an executor reports (Ray's node agents, ``follow``): nobody declares them.
+        self.followed: str | None = None  # None, or why a person may not declare or re-detect them
+        self._last_reported: tuple[Node, ...] | None = None
+        self._drained_gone: set[str] = set()  # UUIDs of drained GPUs whose node left: drained when it returns
 
     # -- reading ---------------------------------------------------------------------------------
     def nodes(self) -> tuple[Node, ...]:
@@ -175,6 +186,12 @@ class ResourceManager:
                     f"No GPUs detected ({why_not}) and none declared: assuming {DEFAULT_GPUS} GPUs on node "
                     f"{DEFAULT_NODE!r}. They are declared, not detected; declare the real inventory."
                 )
+            if self.local_only and len(nodes) > 1:
+                # Saved by a server that took another node's GPUs for its own: keep this machine's.
+                gone = ", ".join(n.name for n in nodes[1:])
+                nodes = nodes[:1]
+                notice += (f" Node(s) {gone} left out: without Ray (herd serve --ray) jobs run on this machine "
+                           f"only, as node {nodes[0].name!r}.")
             self._replace(nodes, stored, now=now, message=notice)
             return notice
 
@@ -192,6 +209,13 @@ class ResourceManager:
 
     def declare(self, declarations: list[NodeDeclaration], *, now: float, held: set[tuple[str, int]]) -> None:
         """Replace the inventory with a declared one. ``held``: (node, index) of GPUs running jobs hold."""
+        if self.followed:
+            raise InventoryConflict(self.followed)
+        if self.local_only and len(declarations) > 1:
+            names = ", ".join(d.name for d in declarations)
+            raise UnreachableNode(
+                f"nodes {names}: without Ray this server runs jobs on this machine only, so it can declare one "
+                "node (this one); join the servers to a Ray cluster and run herd serve --ray (README: Many nodes)")
         nodes = declared_nodes(declarations)
         with self._lock:
             self._check_held(nodes, held)
@@ -199,6 +223,8 @@ class ResourceManager:
 
     def detect(self, *, now: float, held: set[tuple[str, int]]) -> None:
         """Re-detect through the probe; ``ProbeUnavailable`` says why it cannot."""
+        if self.followed:
+            raise InventoryConflict(self.followed)
         if self._probe is None:
             raise ProbeUnavailable("no GPU probe is configured on this server")
         gpus = self._probe.discover()
@@ -239,6 +265,46 @@ class ResourceManager:
                 data={"source": nodes[0].source.value, "gpus": {n.name: len(n.gpus) for n in nodes}},
             )
         )
+
+    def follow(self, reported: tuple[Node, ...], *, now: float) -> str | None:
+        """Make the nodes an executor reports (Ray's node agents: their GPUs, health and readings) the
+        inventory. Cheap when nothing changed (the same tuple, or the same GPUs with new readings);
+        a node that joined or left is persisted with an event, and drains carry over by UUID, also
+        across a node's absence. Returns the event's message, or None when no node came or went."""
+        with self._lock:
+            if reported is self._last_reported:
+                return None
+            drained = {g.uuid for n in self._nodes for g in n.gpus if g.drained} | self._drained_gone
+            if self._last_reported is None:  # the first report: drains saved before a restart hold
+                drained |= {g.uuid for n in self._store.load_inventory() for g in n.gpus if g.drained}
+            self._last_reported = reported
+
+            def shape(nodes: Iterable[Node]) -> list:
+                return [(n.name, n.source, [(g.index, g.uuid, g.model, g.memory_total_mib, g.healthy) for g in n.gpus])
+                        for n in nodes]
+
+            nodes = _map_gpus(reported, lambda g: {"drained": g.uuid in drained})
+            if shape(nodes) == shape(self._nodes):
+                self._nodes = nodes  # new readings only: not stored, no event
+                return None
+            before = {n.name: n for n in self._nodes}
+            after = {n.name: n for n in nodes}
+            joined = [n for name, n in after.items() if name not in before]
+            left = [n for name, n in before.items() if name not in after]
+            self._drained_gone = {g.uuid for n in left for g in n.gpus if g.drained} | (
+                self._drained_gone - {g.uuid for n in nodes for g in n.gpus})
+            parts = [f"node {n.name} joined with {len(n.gpus)} GPU(s)" for n in joined]
+            parts += [f"node {n.name} left; its {len(n.gpus)} GPU(s) leave the inventory" for n in left]
+            parts += [f"node {name} changed" for name in after.keys() & before.keys()
+                      if shape([after[name]]) != shape([before[name]])]
+            message = "; ".join(parts) + (f". Now {_describe(nodes)}." if nodes else ". No node is left.")
+            self._store.save_inventory(nodes)
+            self._nodes = nodes
+            self._store.add_event(Event(
+                time=now, kind="inventory", message=message,
+                data={"gpus": {n.name: len(n.gpus) for n in nodes}, "joined": [n.name for n in joined],
+                      "left": [n.name for n in left]}))
+            return message
 
     # -- drains and health -----------------------------------------------------------------------
     def drain(self, node: str, index: int, *, now: float, reason: str = "") -> None:

@@ -112,7 +112,7 @@ class Allocation(BaseModel):
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Set by the executor for each job; a submission may not override them.
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID", "HERD_ARRAY_JOB_ID",
-                          "HERD_ARRAY_TASK_ID", "HERD_ARRAY_TASK_COUNT"})
+                          "HERD_ARRAY_TASK_ID", "HERD_ARRAY_TASK_COUNT", "HERD_NODE", "HERD_NODE_RANK", "HERD_NNODES"})
 
 UserName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 

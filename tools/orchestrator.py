@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 class Inventory(Protocol):
     def nodes(self) -> tuple[Node, ...]: ...
 
+    # With an executor that reports its nodes (Ray): make them the inventory.
+    def follow(self, reported: tuple[Node, ...], *, now: float) -> str | None: ...
+
 
 class InvalidJob(ValueError):
     """A submission that can never run on this cluster (e.g. more GPUs than any node has)."""
@@ -98,8 +101,8 @@ class Orchestrator:
         self.grace_s = grace_s
         self.max_gpus_per_job = max_gpus_per_job
         self.enabled = enabled
-        # A job larger than any node takes whole free nodes. Only the eval harness's simulated executor
-        # can run such a job; the live executors refuse it, so the service leaves this off.
+        # A job larger than any node takes whole free nodes: a gang job under Ray (one part per node),
+        # or a replayed one under the simulated executor; the tmux executor refuses it.
         self.multi_node = multi_node
         self.rules = rules
         self.preempt_grace_s = preempt_grace_s  # SIGTERM to SIGKILL for a preempted job: time to checkpoint
@@ -304,6 +307,7 @@ class Orchestrator:
             with self.lock:
                 self._unrecorded.clear()
                 finished = self._collect(t0)
+                self.follow_nodes(t0)
                 t = lap("collect", t0)
                 self._enforce_time_limits(t)
                 t = lap("enforce", t)
@@ -357,6 +361,17 @@ class Orchestrator:
                 finished.append(job.id)
         return tuple(finished)
 
+    def follow_nodes(self, now: float) -> None:
+        """With an executor that spans nodes (Ray), the inventory is what its node agents report: a node
+        that joined brings its GPUs, one that left takes them away. Called after the collect, so that
+        the ends of a lost node's jobs (requeued, no retry used) are recorded before its GPUs go."""
+        nodes_of = getattr(self.executor, "nodes", None)
+        if nodes_of is None:
+            return
+        reported = nodes_of()
+        if reported is not None:
+            self.inventory.follow(reported, now=now)
+
     def _record(self, end: JobExit, note: str = "") -> Job | None:
         """Store the end of a job, then let the executor forget it. If the write fails, the executor
         keeps the end (and the job its GPUs) for the next pass, and the pass reports it."""
@@ -365,6 +380,7 @@ class Orchestrator:
             if job is None or job.status != JobStatus.RUNNING:
                 self.executor.forget(end.job_id)  # already recorded, or not this core's job
                 return None
+            note = "; ".join(n for n in (end.why, note) if n)
             job = self.queue.finish(job, end.exit_code, now=end.end_time, lost=end.lost, note=note)
         except Exception as exc:  # a failed write (disk full, read-only, locked): keep the end
             log.warning("job %s ended but its end could not be recorded (%s: %s); keeping it for the next pass",

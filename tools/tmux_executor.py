@@ -323,6 +323,7 @@ class TmuxExecutor:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices()
         env["HERD_JOB_ID"] = str(job.id)
+        env["HERD_NODE"] = allocation.node  # where it runs: a gang job's parts each get their own node
         if job.array_id is not None:  # a task of an array: Slurm's SLURM_ARRAY_JOB_ID and SLURM_ARRAY_TASK_ID
             env["HERD_ARRAY_JOB_ID"] = str(job.array_id)
             env["HERD_ARRAY_TASK_ID"] = str(job.array_index)
@@ -445,6 +446,17 @@ class TmuxExecutor:
             proc.kill()
             waiter.join(timeout=2.0)
         self._waiter = None
+
+    def side_window(self, name: str, command: str) -> None:
+        """Run ``command`` (a shell command line) in a window ``name`` beside the jobs, replacing one of
+        that name: a node agent's watchdog (``tools.node_agent``). Not part of ``Executor``."""
+        if not _NAME.match(name) or name.startswith("job-"):
+            raise ValueError(f"window name {name!r}: letters, digits, '_' and '-', not job-*")
+        self._ensure_session()
+        self._tmux("kill-window", "-t", f"={self.session_name}:={name}")
+        result = self._tmux("new-window", "-d", "-t", f"={self.session_name}:", "-n", name, f"exec {command}")
+        if result.returncode != 0:
+            raise StartError(f"tmux new-window {name} failed: {result.stderr.strip()}")
 
     def shutdown_server(self) -> None:
         """Kill the tmux server and every job in it (tests' cleanup; not part of ``Executor``)."""

@@ -40,6 +40,10 @@ SOCKET_NAME = "herd.sock"  # in the work directory
               help="loopback requests without a token act as the server's user (make run); loopback hosts only")
 @click.option("--ssl-certfile", help="TLS certificate (PEM) for the TCP port, with --ssl-keyfile")
 @click.option("--ssl-keyfile", help="TLS private key (PEM) for the TCP port")
+@click.option("--ray", metavar="ADDRESS", help="run jobs on every node of this Ray cluster (auto: this machine's); "
+              "needs pip install 'gpuherd[ray]'")
+@click.option("--ray-local-nodes", type=click.IntRange(1, 16), metavar="N",
+              help="start a Ray cluster of N nodes on this machine, each with --gpus GPUs (to try many nodes)")
 def serve(stopped: bool, **flags: object) -> None:
     # Imported here: the other commands do without the server's stack (FastAPI, uvicorn).
     import uvicorn
@@ -58,13 +62,19 @@ def serve(stopped: bool, **flags: object) -> None:
         raise CliError(str(exc)) from None
     if shutil.which("tmux") is None:
         raise CliError("gpuherd runs every job in tmux, which is not installed: e.g. sudo apt-get install tmux")
+    if settings.ray is not None or settings.ray_local_nodes is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise CliError("--ray needs Ray, which is not installed: pip install 'gpuherd[ray]'")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     socket_path = settings.workdir.resolve() / SOCKET_NAME
     scheme = "https" if settings.ssl_certfile else "http"
     click.echo(
         f"gpuherd: serving {scheme}://{settings.host}:{settings.port} and {socket_path} from {settings.workdir.resolve()}; "
-        f"jobs run in `tmux -L {settings.tmux_socket} attach`",
+        + (f"jobs run in `tmux -L {settings.tmux_socket} attach`" if settings.ray is None and settings.ray_local_nodes
+           is None else "jobs run on the Ray nodes, each in its own tmux (herd gpus shows the nodes)"),
         err=True,
     )
     common = dict(log_level=settings.log_level, timeout_graceful_shutdown=5, http=PeerCredentialsProtocol)

@@ -24,6 +24,7 @@ from tools.models import (
     ACTIVE,
     HOLDS_GPUS,
     MAX_ARRAY_TASKS,
+    MAX_GPUS_PER_JOB,
     MAX_ID,
     MAX_TIME,
     EndReason,
@@ -152,14 +153,17 @@ class GetJob(Args):
 class JobDetail(Job):
     position: int | None = None  # in the scheduling order, for a queued job
     estimated_start: float | None = None  # a queued job's planned start (Unix seconds); None: cannot plan it
+    node: str | None = None  # where it runs or ran (a gang job: its rank 0's node); None: it never started
 
 
 def get_job(ctx: ToolContext, args: GetJob) -> JobDetail:
     job = ctx.core.queue.get(args.job_id)
+    node = job.allocation.node if job.allocation is not None else None
     if job.status != JobStatus.QUEUED:
-        return ctx.shown(JobDetail(**job.model_dump()))
+        return ctx.shown(JobDetail(**job.model_dump(), node=node))
     plan = outlook(ctx)
-    return ctx.shown(JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id)))
+    return ctx.shown(JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id),
+                               node=node))
 
 
 JOBS_PAGE = 100  # jobs in a page of the history, unless asked otherwise
@@ -217,6 +221,8 @@ class JobLogs(Args):
     offset: int | None = Field(None, ge=0, le=MAX_OFFSET, description="Only the bytes from here on (to follow a log).")
     length: int | None = Field(None, ge=1, le=MAX_LOG_CHUNK, description="At most this many bytes (1 MiB if not "
                                "given); with offset, a page of the log.")
+    rank: int | None = Field(None, ge=0, le=MAX_GPUS_PER_JOB, description="A gang job's part (its node rank): "
+                             "only its log. Without it, every part's (each after a header), or rank 0's with offset.")
 
 
 class JobLog(BaseModel):
@@ -233,7 +239,13 @@ class JobLog(BaseModel):
 def job_logs(ctx: ToolContext, args: JobLogs) -> JobLog:
     job = ctx.core.queue.get(args.job_id)
     ctx.check_reader(job)
-    chunk = read_log(Path(job.log_path), tail=args.tail, offset=args.offset, length=args.length) if job.log_path else None
+    reader = getattr(ctx.core.executor, "read_log", None)  # an executor over many nodes reads it where it is
+    if not job.log_path:
+        chunk = None
+    elif reader is not None:
+        chunk = reader(job, tail=args.tail, offset=args.offset, length=args.length, rank=args.rank)
+    else:
+        chunk = read_log(Path(job.log_path), tail=args.tail, offset=args.offset, length=args.length)
     return JobLog(
         job_id=job.id, status=job.status, path=job.log_path, text=chunk.text if chunk else "",
         offset=chunk.offset if chunk else (args.offset or 0),

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'  # ray: the many-node tests (tests/test_ray.py)
 	touch $(STAMP)
 
 # tmux runs every job; install it when we can, otherwise say exactly what is missing.

@@ -111,7 +111,19 @@ def tasks_holding(jobs: Iterable[Job]) -> dict[int, int]:
 
 
 def reservations_against(reservations: tuple[Reservation, ...], user: str, group: str | None, start: float,
-                         end: float) -> tuple[Reservation, ...]:
+                         end: float, *, preemptible: bool = False) -> tuple[Reservation, ...]:
     """The reservations that do not admit ``user`` (or its group) whose window overlaps ``[start, end)``:
-    their GPUs are not the job's while it would run."""
-    return tuple(r for r in reservations if r.covers(start, end) and not r.admits(user, group))
+    their GPUs are not the job's while it would run. A ``preemptible`` job may use them until the window
+    begins (it is stopped then), so for it only the windows begun by ``start`` count."""
+    return tuple(r for r in reservations if r.covers(start, end) and not r.admits(user, group)
+                 and (not preemptible or r.start <= start))
+
+
+def reserved_for(reservations: tuple[Reservation, ...], user: str, group: str | None,
+                 now: float) -> dict[str, frozenset[int]]:
+    """Per node, the GPUs of the reservations admitting ``user`` (or its group) whose window is open now."""
+    mine: dict[str, frozenset[int]] = {}
+    for r in reservations:
+        if r.start <= now < r.end and r.admits(user, group):
+            mine[r.node] = mine.get(r.node, frozenset()) | frozenset(r.gpus)
+    return mine

@@ -42,6 +42,7 @@ from policies.admission import (
     dependency_wait,
     quota_wait,
     reservations_against,
+    reserved_for,
     size_wait,
     tasks_holding,
 )
@@ -218,8 +219,13 @@ class Placer:
                 return Offer.USER_FULL
             return Offer.WAITS
         closed = reserved
+        own = self._own_reserved(job)
+        # The user's (or group's) reserved GPUs whose window is open are theirs first, whatever the plan
+        # for another job: on them the job starts rather than wait behind that plan.
+        if own and self._place(job, self._all_but(own)):
+            return Offer.STARTED
         if self.head_slot is not None and end > self.head_slot.start:
-            closed = _union(reserved, self._head_gpus)
+            closed = _union(reserved, _minus(self._head_gpus, own) if own else self._head_gpus)
         if not self._place(job, closed):
             head = self.head
             assert head is not None
@@ -278,7 +284,19 @@ class Placer:
         """The reservations ``job`` is not admitted to whose window overlaps its run."""
         if not self._reservations:
             return ()
-        return reservations_against(self._reservations, job.user, self._rules.group_of(job.user), self.snapshot.now, end)
+        return reservations_against(self._reservations, job.user, self._rules.group_of(job.user), self.snapshot.now, end,
+                                    preemptible=job.preemptible)
+
+    def _own_reserved(self, job: Job) -> dict[str, frozenset[int]]:
+        """Per node, the free GPUs of the open reservations that admit ``job``'s user or group."""
+        if not self._reservations:
+            return {}
+        mine = reserved_for(self._reservations, job.user, self._rules.group_of(job.user), self.snapshot.now)
+        return {node: free for node, gpus in mine.items() if (free := gpus & frozenset(self._free_on(node)))}
+
+    def _all_but(self, open_: Closed) -> dict[str, frozenset[int]]:
+        """Every usable GPU closed but ``open_``."""
+        return {node: frozenset(gpus) - open_.get(node, frozenset()) for node, gpus in self._layout.usable.items()}
 
     def _closed_by(self, keeping: tuple[Reservation, ...]) -> dict[str, frozenset[int]]:
         closed: dict[str, frozenset[int]] = {}
@@ -454,6 +472,10 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
             heapq.heappop(heap)
         else:
             heapq.heapreplace(heap, (after, gpus, it))
+
+
+def _minus(a: Closed, b: Closed) -> dict[str, frozenset[int]]:
+    return {node: left for node, gpus in a.items() if (left := gpus - b.get(node, frozenset()))}
 
 
 def _union(a: Closed, b: Closed) -> dict[str, frozenset[int]]:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping, MutableMapping
 from tools.models import Job, JobStatus, PendingReason, StopReason
 from tools.timespec import local_time
 
+from policies.admission import reservations_against
 from policies.snapshot import Preemption, Snapshot, Wait
 
 MAX_WAITING_EXAMINED = 16  # waiting jobs considered per pass; each costs a search over the running ones
@@ -79,9 +80,9 @@ class _Room:
         end = snapshot.now + snapshot.rules.runtime(job)
         group = snapshot.rules.group_of(job.user)
         self._kept: dict[str, set[int]] = {}
-        for r in snapshot.reservations:
-            if r.covers(snapshot.now, end) and not r.admits(job.user, group):
-                self._kept.setdefault(r.node, set()).update(r.gpus)
+        for r in reservations_against(snapshot.reservations, job.user, group, snapshot.now, end,
+                                      preemptible=job.preemptible):
+            self._kept.setdefault(r.node, set()).update(r.gpus)
 
     def free(self, node: str) -> set[int]:
         return set(self._free_on(node))

@@ -1,9 +1,12 @@
-"""Where a reservation goes and whether it can be kept: pure checks on the layout and the other reservations."""
+"""Where a reservation goes and whether it can be kept: pure checks on the layout and the other reservations;
+and where a reservation made for a count of GPUs moves when its window begins on GPUs someone still uses."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 from policies.snapshot import Layout
-from tools.models import Reservation
+from tools.models import Job, Reservation
 from tools.timespec import local_time
 
 
@@ -36,6 +39,33 @@ def choose_gpus(layout: Layout, reservations: tuple[Reservation, ...], *, node: 
     where = f"node {node}" if node is not None else "no node"
     raise InvalidReservation(f"{where} has {gpu_count} usable GPU(s) free of other reservations from "
                              f"{local_time(start)} to {local_time(end)}")
+
+
+def move_off_busy_gpus(reservation: Reservation, layout: Layout, reservations: tuple[Reservation, ...],
+                       holder_of: Callable[[str, int], Job | None], group_of: Callable[[str], str | None],
+                       now: float) -> Reservation | None:
+    """A reservation made for a count of GPUs (``movable``) whose window has begun, with GPUs that a job it
+    does not admit still holds: the same reservation with as many of those GPUs as can be swapped for
+    free GPUs of its node (usable, held by nobody, kept by no other reservation in its window), so that
+    nobody is stopped for GPUs that were free elsewhere. None if nothing moves."""
+    r = reservation
+    if not r.movable or not r.start <= now < r.end or r.node not in layout.usable:
+        return None
+    busy = []
+    for gpu in r.gpus:
+        job = holder_of(r.node, gpu)
+        if job is not None and not r.admits(job.user, group_of(job.user)):
+            busy.append(gpu)
+    if not busy:
+        return None
+    kept = {g for other in reservations if other.id != r.id and other.node == r.node and other.covers(r.start, r.end)
+            for g in other.gpus}
+    free = [g for g in layout.usable[r.node] if g not in r.gpus and g not in kept and holder_of(r.node, g) is None]
+    swap = min(len(busy), len(free))
+    if not swap:
+        return None
+    gpus = tuple(sorted((set(r.gpus) - set(busy[:swap])) | set(free[:swap])))
+    return r.model_copy(update={"gpus": gpus})
 
 
 def check_reservation(layout: Layout, reservations: tuple[Reservation, ...], reservation: Reservation,

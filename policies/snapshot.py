@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable, Iterator, Mapping, Sequence
 
-from policies.admission import Wait, begin_time_wait
+from policies.admission import Wait, begin_time_wait, dependency_wait
 from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns, once
 from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, Reservation
 
@@ -255,6 +255,19 @@ class Proposal:
 IN_LINE = Wait(IN_LINE_REASON, IN_LINE_MESSAGE)
 
 
+def standing_wait(snapshot: Snapshot, job: Job) -> Wait:
+    """Why a waiting job that no policy examined in a pass waits: its begin time, the jobs it runs after,
+    else its turn. Asked alike whether the pass read it or not, so that its reason does not flip
+    between ``Dependency`` and ``Priority`` from one pass to the next while nothing changed."""
+    wait = begin_time_wait(job, snapshot.now)
+    if wait is None and job.depends_on:
+        def status_of(job_id: int) -> JobStatus | None:
+            active = snapshot.jobs_by_id.get(job_id)
+            return active.status if active is not None else snapshot.ended.get(job_id)
+        wait = dependency_wait(job, status_of)
+    return wait or IN_LINE
+
+
 class Reasons(Mapping[int, Wait]):
     """Why each queued job of a snapshot that does not start waits.
 
@@ -275,7 +288,7 @@ class Reasons(Mapping[int, Wait]):
         job = self.snapshot.jobs_by_id.get(job_id)
         if job is None or job.status != JobStatus.QUEUED or job_id in self.started:
             raise KeyError(job_id)
-        return begin_time_wait(job, self.snapshot.now) or IN_LINE
+        return standing_wait(self.snapshot, job)
 
     def __iter__(self) -> Iterator[int]:
         return (j.id for j in self.snapshot.queued if j.id not in self.started)

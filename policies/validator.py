@@ -127,7 +127,8 @@ def _rule_problems(snapshot: Snapshot, job: Job, proposal: Proposal, user_use: d
         array_limit_wait(job, array_use),
     ]
     group = rules.group_of(job.user)
-    for r in reservations_against(snapshot.reservations, job.user, group, now, now + rules.runtime(job)):
+    for r in reservations_against(snapshot.reservations, job.user, group, now, now + rules.runtime(job),
+                                  preemptible=job.preemptible):
         kept = sorted(i for n, i in proposal.gpus if n == r.node and i in r.gpus)
         if kept:
             waits.append(Wait(PendingReason.RESERVATION, f"GPU(s) {','.join(map(str, kept))} on {r.node} are reserved "

@@ -228,7 +228,7 @@ def test_reserve_by_count_takes_the_first_gpus_free_of_other_reservations(api):
     first = reserve(api, user="carol", gpu_count=2, start="+1h", end="+8h", note="deadline")
     assert first.status_code == 201
     assert first.json() == {"id": 1, "node": "local", "gpus": [0, 1], "user": "carol", "group": None,
-                            "start": T0 + HOUR, "end": T0 + 9 * HOUR, "note": "deadline"}
+                            "start": T0 + HOUR, "end": T0 + 9 * HOUR, "note": "deadline", "movable": True}
     second = reserve(api, group="nlp", gpu_count=2, start=T0 + 2 * HOUR, end=T0 + 3 * HOUR).json()
     assert (second["node"], second["gpus"], second["group"]) == ("local", [2, 3], "nlp")
     later = reserve(api, user="dan", gpu_count=4, start="+9h", end="+1h").json()  # after both: all four
@@ -257,7 +257,8 @@ def test_reserve_on_a_cluster_of_several_nodes(api):
     api.http.post("/gpu/initialize", json={"nodes": [{"name": "a", "gpus": 2}, {"name": "b", "gpus": 4}]})
     assert reserve(api, user="carol", gpu_count=3, end="+1h").json()["node"] == "b"
     assert reserve(api, user="carol", gpu_count=1, end="+1h").json() | {"id": 0} == {
-        "id": 0, "node": "a", "gpus": [0], "user": "carol", "group": None, "start": T0, "end": T0 + HOUR, "note": ""}
+        "id": 0, "node": "a", "gpus": [0], "user": "carol", "group": None, "start": T0, "end": T0 + HOUR, "note": "",
+        "movable": True}
     on_b = reserve(api, user="dan", gpu_count=2, node="b", end="+1h")
     assert on_b.json()["detail"] == (f"node b has 2 usable GPU(s) free of other reservations from {local_time(T0)} "
                                      f"to {local_time(T0 + HOUR)}")

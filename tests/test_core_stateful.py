@@ -324,6 +324,8 @@ class CoreMachine(RuleBasedStateMachine):
                     "for GPUs")
             end = start + self.rules.runtime(j)
             for r in self.orch.reservations:
+                if j.preemptible and r.start > start:
+                    continue  # a preemptible job may use them until the window begins (it is stopped then)
                 if r.node == j.allocation.node and r.covers(start, end) and not r.admits(j.user, GROUPS.get(j.user)):
                     assert not set(r.gpus) & set(j.allocation.gpus), (
                         f"job {j.id} of {j.user} started on GPUs of {r} and would run until {end}")

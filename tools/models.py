@@ -392,7 +392,8 @@ class Job(JobSpec):
 
 class Reservation(BaseModel):
     """GPUs of one node kept for a user or a group from ``start`` to ``end``: nobody else may run on
-    them in that window, and a job that would still run at ``start`` may not start on them before."""
+    them in that window, and a job that would still run at ``start`` may not start on them before
+    (unless it is preemptible: it is stopped when the window begins)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -404,6 +405,9 @@ class Reservation(BaseModel):
     start: float
     end: float
     note: str = ""
+    # Made for a count of GPUs (the server chose which): when its window begins, GPUs of it that another
+    # job still runs on are swapped for free GPUs of its node before anyone is stopped.
+    movable: bool = False
 
     def holder(self) -> str:
         return f"user {self.user}" if self.user else f"group {self.group}"

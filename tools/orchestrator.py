@@ -22,9 +22,9 @@ from typing import Protocol
 
 from policies.ordering import Policy
 from policies.rules import DEFAULT_RULES, Rules
-from policies.snapshot import IN_LINE, Decisions, Layout, Preemption, Reasons, Snapshot, Wait, begin_time_wait
+from policies.snapshot import Decisions, Layout, Preemption, Reasons, Snapshot, Wait, begin_time_wait, standing_wait
 from policies.admission import dependency_wait, quota_wait, size_wait
-from policies.reservations import check_reservation
+from policies.reservations import check_reservation, move_off_busy_gpus
 from policies.validator import Rejection, check_preemption, validate
 from tools.clock import Clock
 from tools.executor import Executor, JobExit, StartError
@@ -215,6 +215,30 @@ class Orchestrator:
                                              message=f"reservation {reservation_id} removed"))
             return found
 
+    def _move_reservations(self, now: float) -> None:
+        """A reservation made for a count of GPUs whose window has begun on GPUs another job still holds takes
+        free GPUs of its node in their place (``move_off_busy_gpus``), before the pass would stop that job."""
+        if not any(r.movable and r.start <= now < r.end for r in self._reservations):
+            return
+        snapshot = self.snapshot()
+        jobs, holders, group_of = snapshot.jobs_by_id, snapshot.holders, self.rules.group_of
+
+        def holder_of(node: str, gpu: int) -> Job | None:
+            holder = holders.get((node, gpu))
+            return jobs.get(holder) if holder is not None else None
+
+        for r in self._reservations:
+            moved = move_off_busy_gpus(r, snapshot.layout, self._reservations, holder_of, group_of, now)
+            if moved is None:
+                continue
+            self.queue.store.update_reservation(moved)
+            self._reservations = tuple(moved if x.id == r.id else x for x in self._reservations)
+            gone, new = sorted(set(r.gpus) - set(moved.gpus)), sorted(set(moved.gpus) - set(r.gpus))
+            self.queue.store.add_event(Event(
+                time=now, kind="reserved", message=f"reservation {r.id} for {r.holder()} began on {r.node} GPU(s) "
+                f"{','.join(map(str, gone))}, which others still use; it takes the free GPU(s) {','.join(map(str, new))} "
+                "instead, so nobody is stopped for it", data={"reservation": r.id, "from": gone, "to": new}))
+
     def cancel(self, job_id: int) -> Job:
         """A queued job is cancelled at once; a running one is stopped and ends as cancelled."""
         with self.lock:
@@ -313,6 +337,7 @@ class Orchestrator:
                 t = lap("enforce", t)
                 if not self.enabled:
                     return self._held(t0, phases, finished)
+                self._move_reservations(t)
                 seen = self.snapshot()
             decisions = self.policy.decide(seen)
             t = lap("decide", t)
@@ -471,7 +496,7 @@ class Orchestrator:
         for job_id in index.explained_ids() - reasons.keys():
             looked = seen.jobs_by_id.get(job_id)
             if looked is not None and looked.status == JobStatus.QUEUED:
-                reasons[job_id] = IN_LINE
+                reasons[job_id] = standing_wait(seen, looked)
         for job_id, wait in reasons.items():
             job = index.get(job_id)
             if job is None or job.status != JobStatus.QUEUED or job_id in accepted:

@@ -123,6 +123,9 @@ class Store(Protocol):
         """Insert it (its ``id`` is assigned here)."""
         ...
     def delete_reservation(self, reservation_id: int) -> bool: ...
+    def update_reservation(self, reservation: Reservation) -> None:
+        """Save a reservation's new GPUs (or other fields) under its id."""
+        ...
     def reservations(self) -> list[Reservation]: ...
     def get_setting(self, key: str) -> str | None: ...
     def set_setting(self, key: str, value: str) -> None: ...
@@ -586,6 +589,10 @@ class SqliteStore:
         with self._tx() as db:
             return db.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,)).rowcount > 0
 
+    def update_reservation(self, reservation: Reservation) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE reservations SET data = ? WHERE id = ?", (reservation.model_dump_json(), reservation.id))
+
     def reservations(self) -> list[Reservation]:
         rows = self._read("SELECT data FROM reservations ORDER BY id")
         return [Reservation.model_validate_json(data) for (data,) in rows]
@@ -854,6 +861,9 @@ class MemoryStore:
 
     def delete_reservation(self, reservation_id: int) -> bool:
         return self._reservations.pop(reservation_id, None) is not None
+
+    def update_reservation(self, reservation: Reservation) -> None:
+        self._reservations[reservation.id] = reservation
 
     def reservations(self) -> list[Reservation]:
         return list(self._reservations.values())

@@ -16,6 +16,7 @@ from typing import Annotated, Mapping
 
 from pydantic import BaseModel, Field
 
+from policies.admission import reservations_against
 from policies.plan import estimate_starts
 from policies.snapshot import Snapshot
 from tools.door.context import Args, PermissionDenied, ToolContext
@@ -39,7 +40,7 @@ from tools.models import (
 )
 from tools.queue import IllegalTransition, QueueStats
 from tools.store import AlreadySubmitted
-from tools.timespec import parse_end, parse_time
+from tools.timespec import local_time, parse_end, parse_time
 
 
 def when(name: str, value: str | float, now: float, *, start: float | None = None) -> float:
@@ -543,6 +544,9 @@ class Explanation(BaseModel):
     note: str | None = None  # says when the factors are not what orders the queue
     user_quota: QuotaUse | None = None
     group_quota: QuotaUse | None = None  # None when the user has no group
+    reservations: list[str] = Field(default_factory=list, description="The reservations that bear on a waiting "
+                                    "job, one sentence each: those for its user or group, and those that keep GPUs "
+                                    "from it while it would run, with their ends.")
 
 
 def explain_job(ctx: ToolContext, args: ExplainJob) -> Explanation:
@@ -573,4 +577,23 @@ def explain_job(ctx: ToolContext, args: ExplainJob) -> Explanation:
         user_quota=QuotaUse(name=job.user, quota=rules.quota_of_user(job.user), in_use=users.get(job.user, 0)),
         group_quota=None if group is None else QuotaUse(name=group, quota=rules.group_quota.get(group),
                                                         in_use=groups.get(group, 0)),
+        reservations=_reservations_bearing_on(plan.snapshot, job),
     )
+
+
+def _reservations_bearing_on(snapshot: Snapshot, job: Job) -> list[str]:
+    """A sentence for each reservation that admits ``job`` or keeps GPUs from it while it would run."""
+    now, rules = snapshot.now, snapshot.rules
+    group = rules.group_of(job.user)
+    against = {r.id for r in reservations_against(snapshot.reservations, job.user, group, now, now + rules.runtime(job),
+                                                 preemptible=job.preemptible)}
+    said = []
+    for r in sorted(snapshot.reservations, key=lambda r: r.start):
+        gpus = f"{r.node} GPU(s) {','.join(map(str, r.gpus))}"
+        window = f"until {local_time(r.end)}" if r.start <= now else f"from {local_time(r.start)} to {local_time(r.end)}"
+        if r.admits(job.user, group):
+            said.append(f"reservation {r.id} keeps {gpus} for {r.holder()} (this job may use them) {window}")
+        elif r.id in against:
+            said.append(f"reservation {r.id} keeps {gpus} for {r.holder()} {window}; this job would still run then, "
+                        "so it may not use them")
+    return said

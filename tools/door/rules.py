@@ -71,8 +71,9 @@ def reserve_gpus(ctx: ToolContext, args: ReserveGpus) -> Reservation:
     with orch.lock:
         node, gpus = choose_gpus(orch.snapshot().layout, orch.reservations, node=args.node, gpus=args.gpus,
                                  gpu_count=args.gpu_count, start=start, end=end)
+        # For a count, the GPUs are the server's choice: it may swap them for free ones when the window begins.
         reservation = orch.reserve(Reservation(node=node, gpus=gpus, user=args.user, group=args.group,
-                                               start=start, end=end, note=args.note))
+                                               start=start, end=end, note=args.note, movable=not args.gpus))
     ctx.record(f"reserve {reservation.node} GPU(s) {','.join(map(str, reservation.gpus))} for {reservation.holder()} "
                f"(reservation {reservation.id})")
     ctx.core.changed()

@@ -57,6 +57,7 @@ GPUS_LABEL = "gpuherd-gpus"  # the GPU count of a node without an NVIDIA driver 
 AGENT_PREFIX = "herd-agent:"
 CALL_TIMEOUT_S = 30.0  # an agent that answers nothing for this long is taken for dead
 AGENT_WAIT_S = 10.0  # one wait call on an agent; the executor's wait asks again
+AGENT_RETRY_S = 10.0  # after an agent died (or could not start), the next try on its node
 
 _Agent = ray.remote(concurrency_groups={"wait": 2, "io": 4})(NodeAgent)
 
@@ -129,6 +130,7 @@ class RayExecutor:
         self.socket_per_node = socket_per_node
         self.allocation_of = allocation_of
         self._agents: dict[str, _AgentRef] = {}
+        self._retry_at: dict[str, float] = {}  # node -> when a new agent may be tried after one died
         self._jobs: dict[int, _Job] = {}
         self._seen = 0
         self._next_refresh = float("-inf")
@@ -145,12 +147,15 @@ class RayExecutor:
             self._next_refresh = time.monotonic() + self.refresh_s
             alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
             names = _node_names(alive.values())
+            now = time.monotonic()
             for node_id, name in names.items():
                 known = self._agents.get(name)
                 if known is not None and known.node_id == node_id and known.dead is None:
                     continue
                 if known is not None and known.dead is None:
                     self._lose(known, f"node {name} was replaced by another Ray node of that name")
+                if self._retry_at.get(name, 0.0) > now:
+                    continue  # its agent died on a node that is still there: not again at once
                 self._agents[name] = self._agent_for(name, alive[node_id])
             for ref in self._agents.values():
                 if ref.dead is None and ref.node_id not in alive:
@@ -199,6 +204,7 @@ class RayExecutor:
             return
         log.warning("%s; its jobs are requeued", why)
         ref.dead = why
+        self._retry_at[ref.name] = time.monotonic() + AGENT_RETRY_S
         for job in self._jobs.values():
             for part in job.parts:
                 if part.node == ref.name and part.end is None:

@@ -159,7 +159,9 @@ def show(client: Client, as_json: bool, ref: str) -> None:
         ("after any", ", ".join(map(str, job["after_any"])) + " (ended)" if job["after_any"] else None),
         ("preemptible", f"yes (preempted {job['preemptions']} time(s))" if job["preemptible"] else None),
         ("cwd", job["cwd"]),
-        ("gpus", f"{job['gpu_count']}" + (f" on {alloc['node']}:{','.join(map(str, alloc['gpus']))}" if alloc else "")),
+        ("gpus", f"{job['gpu_count']}" + (" on " + " + ".join(f"{node}:{','.join(map(str, gpus))}" for node, gpus in
+                                                             [(alloc["node"], alloc["gpus"]), *alloc.get("more", [])])
+                                          if alloc else "")),
         ("priority", job["priority"]),
         ("exit code", job["exit_code"]),
         ("attempts", f"{job['attempts']} (retries allowed: {job['max_retries']})"),
@@ -192,17 +194,20 @@ def show(client: Client, as_json: bool, ref: str) -> None:
 @click.option("-f", "--follow", is_flag=True, help="keep printing until the job ends")
 @click.option("--tail", type=click.IntRange(0), help="only the last N lines")
 @click.option("--all", "whole", is_flag=True, help="the whole log, however long, a MiB at a time")
-def logs(client: Client, as_json: bool, ref: str, follow: bool, tail: int | None, whole: bool) -> int:
+@click.option("--rank", type=click.IntRange(0), help="a gang job's part: only its log (default: every part's; "
+              "-f follows rank 0)")
+def logs(client: Client, as_json: bool, ref: str, follow: bool, tail: int | None, whole: bool, rank: int | None) -> int:
     job_id = resolve(client, ref)
     path = f"/jobs/{job_id}/logs"
+    part = {"rank": rank} if rank is not None else {}
     if whole:
-        chunk = client.call("GET", path, params={"offset": 0, "length": LOG_PAGE})
+        chunk = client.call("GET", path, params={**part, "offset": 0, "length": LOG_PAGE})
         _write(chunk["text"])
         while chunk["next_offset"] < chunk["size"] and chunk["text"]:
-            chunk = client.call("GET", path, params={"offset": chunk["next_offset"], "length": LOG_PAGE})
+            chunk = client.call("GET", path, params={**part, "offset": chunk["next_offset"], "length": LOG_PAGE})
             _write(chunk["text"])
     else:
-        chunk = client.call("GET", path, params={"tail": tail} if tail is not None else {})
+        chunk = client.call("GET", path, params={**part, "tail": tail} if tail is not None else part)
         if as_json and not follow:
             print_json(chunk)
             return 0
@@ -219,7 +224,7 @@ def logs(client: Client, as_json: bool, ref: str, follow: bool, tail: int | None
         while True:
             done = chunk["status"] in TERMINAL
             # The server answers as soon as there is more, or the job ends, or after FOLLOW_WAIT_S.
-            chunk = client.call("GET", path, params={"offset": offset, "wait": 0 if done else FOLLOW_WAIT_S})
+            chunk = client.call("GET", path, params={**part, "offset": offset, "wait": 0 if done else FOLLOW_WAIT_S})
             _write(chunk["text"])
             offset = chunk["next_offset"]
             if done and not chunk["text"]:  # ended, and everything it wrote is shown

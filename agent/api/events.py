@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import logging
 from collections import deque
 from typing import Annotated, AsyncIterator
@@ -45,7 +46,7 @@ class EventHub:
         self.poll_s = poll_s
         self.clients = 0
         self.seen: int | None = None  # the last id read; None until the reader first ran
-        self._recent: deque[Event] = deque(maxlen=keep)
+        self._recent: deque[str] = deque(maxlen=keep)  # the latest events as Server-Sent Events
         self._ids: deque[int] = deque(maxlen=keep)
         self._complete_after: int = 0  # every event after this id up to `seen` is in `_recent`
         self._changed: asyncio.Event | None = None
@@ -82,7 +83,7 @@ class EventHub:
                     for event in events:
                         if len(self._recent) == self._recent.maxlen:
                             self._complete_after = self._ids[0]
-                        self._recent.append(event)
+                        self._recent.append(sse(event))  # made once, sent to every client
                         self._ids.append(event.id or 0)
                     self.seen = events[-1].id
                     assert self._changed is not None
@@ -93,14 +94,19 @@ class EventHub:
         finally:
             self._reader = None
 
-    async def after(self, tools: ToolContext, cursor: int) -> list[Event]:
-        """The events after ``cursor`` known so far: from memory, or from the store for a client far behind."""
+    async def after(self, tools: ToolContext, cursor: int) -> tuple[int, str]:
+        """The events after ``cursor`` known so far, as Server-Sent Events, and the last one's id (``cursor``
+        if none): from memory, or from the store for a client far behind."""
         if self.seen is None or cursor >= self.seen:
-            return []
+            return cursor, ""
         if cursor >= self._complete_after:
             start = bisect.bisect_right(self._ids, cursor)
-            return [self._recent[i] for i in range(start, min(len(self._recent), start + observe.MAX_EVENTS))]
-        return await anyio.to_thread.run_sync(observe.events_after, tools, observe.EventsAfter(after_id=cursor))
+            end = min(len(self._recent), start + observe.MAX_EVENTS)
+            if start >= end:
+                return cursor, ""
+            return self._ids[end - 1], "".join(itertools.islice(self._recent, start, end))
+        events = await anyio.to_thread.run_sync(observe.events_after, tools, observe.EventsAfter(after_id=cursor))
+        return (events[-1].id or cursor, "".join(sse(e) for e in events)) if events else (cursor, "")
 
     async def wait(self, timeout_s: float) -> bool:
         """Until new events were read (True) or ``timeout_s`` passed (False)."""
@@ -178,11 +184,10 @@ async def stream(
             yield f"retry: 2000\n: following the event log after id {cursor}\n\n"
             quiet = 0.0
             while not getattr(request.app.state, "shutting_down", False):
-                events = await hub.after(tools, cursor)
-                if events:
-                    cursor = events[-1].id or cursor
+                cursor, text = await hub.after(tools, cursor)
+                if text:
                     quiet = 0.0
-                    yield "".join(sse(e) for e in events)
+                    yield text
                 elif not await hub.wait(SHUTDOWN_CHECK_S):
                     quiet += SHUTDOWN_CHECK_S
                     if quiet >= KEEPALIVE_S:

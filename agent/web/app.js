@@ -29,13 +29,16 @@ function put(el, ...children) {
   el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
+// Made once: a formatter per call would cost more than the rest of a queue row.
+const CLOCK = new Intl.DateTimeFormat([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
+const DAY = new Intl.DateTimeFormat([], { month: 'short', day: 'numeric' });
+
 export function fmtTime(t) {
   if (t === null || t === undefined) return '—';
   const d = new Date(t * 1000);
-  const now = new Date();
-  const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
-  if (d.toDateString() === now.toDateString()) return hm;
-  return `${d.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${hm.slice(0, 5)}`;
+  const hms = CLOCK.format(d);
+  if (d.toDateString() === new Date().toDateString()) return hms;
+  return `${DAY.format(d)} ${hms.slice(0, 5)}`;
 }
 
 export function fmtDuration(s) {
@@ -171,6 +174,10 @@ function follow() {
     state.lastEventId = event.id;
     state.events.push(event);
     if (state.events.length > 200) state.events.splice(0, state.events.length - 200);
+    if (latest && event.id <= latest) { // one of the recent events replayed for the lists: the views are current
+      if (state.view && state.view.onHistory) state.view.onHistory();
+      return;
+    }
     refreshHeaderSoon();
     if (state.view && state.view.onEvent) state.view.onEvent(event);
   };
@@ -315,7 +322,8 @@ function fold(entries) {
   return rows;
 }
 
-const PAGE = 1000;
+const PAGE = 1000; // jobs in a page of GET /queue
+const MAX_ROWS = 5000; // the most the page shows
 
 class QueueView extends View {
   mount(root) {
@@ -329,12 +337,26 @@ class QueueView extends View {
 
   onEvent() {
     this.soon();
-    const box = document.getElementById('queue-events');
-    if (box) box.replaceChildren(eventList(state.events));
+    this.onHistory();
+  }
+
+  onHistory() {
+    if (!this._list) {
+      this._list = debounce(() => {
+        const box = document.getElementById('queue-events');
+        if (box) box.replaceChildren(eventList(state.events));
+      }, 100);
+    }
+    this._list();
   }
 
   async refresh() {
     const view = await api('GET', `/queue?limit=${PAGE}`);
+    while (view.next !== null && view.jobs.length < MAX_ROWS) { // the rest of the queue, a page at a time
+      const more = await api('GET', `/queue?limit=${PAGE}&cursor=${view.next}`);
+      view.jobs.push(...more.jobs);
+      view.next = more.next;
+    }
     if (!this.alive) return;
     this.draw(view);
     ready('queue');

@@ -17,6 +17,7 @@ import uvicorn
 
 from agent.api import create_app
 from agent.identity import Identities, Mode
+from agent.llm import Model
 from agent.service import Service
 from agent.settings import Settings
 from tests.helpers import free_port, wait_until
@@ -27,13 +28,13 @@ from tools.sim_executor import SimExecutor
 
 class DashboardServer:
     def __init__(self, workdir: Path, *, gpus: int | None = 4, shared: bool = False, durations: dict[int, float] | None = None,
-                 probe: GpuProbe | None = None, clock: Clock | None = None, metrics_interval_s: float = 0.25,
-                 **settings) -> None:
+                 probe: GpuProbe | None = None, clock: Clock | None = None, model: Model | None = None,
+                 metrics_interval_s: float = 0.25, **settings) -> None:
         self.durations = dict(durations or {})
         self.settings = Settings.plain(workdir=workdir, gpus=gpus, single_user=not shared, tick_interval_s=0.1,
                                        metrics_interval_s=metrics_interval_s, **settings)
         self.service = Service(self.settings, executor=SimExecutor(duration_of=lambda job: self.durations.get(job.id)),
-                               probe=probe or UnavailableProbe("no NVML in tests"), clock=clock)
+                               probe=probe or UnavailableProbe("no NVML in tests"), clock=clock, model=model)
         if shared:
             self.service.identities = Identities(mode=Mode.SHARED, server_user="root", admins=frozenset({"root"}),
                                                  tokens=self.service.core.tokens)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.dashboard_server import DashboardServer
 from tests.helpers import wait_until
+from tests.scripted_model import ScriptedModel, call, say
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (pip install -e '.[dev]')")
 
@@ -74,6 +75,7 @@ def test_every_view_loads_with_no_console_error_and_nothing_from_elsewhere(brows
     assert tiles.count() == 4  # the 4 declared GPUs
     assert [tiles.nth(i).get_attribute("data-state") for i in range(4)] == ["free"] * 4
     assert page.page.locator(".node .badge").inner_text() == "declared"
+    assert not page.page.locator("#nav-chat").is_visible()  # no model configured: no chat panel
     assert "root" in page.page.locator("#who").inner_text() or page.page.locator("#who strong").count() == 1
     wait_until(lambda: page.page.locator("#live").inner_text() == "live", 5, what="the event stream to connect")
 
@@ -186,3 +188,24 @@ def test_the_charts_draw(browser, single_user):
     assert "declared" in page.page.locator("#chart-node-util").inner_text()  # nothing measured, and it says why
     assert page.errors == []
     context.close()
+
+
+def test_the_chat_panel_shows_each_action_and_the_validators_verdict(browser, tmp_path):
+    model = ScriptedModel(call("submit_job", command="python ft.py", gpu_count=8),  # more than any node has
+                          call("submit_job", command="python ft.py", gpu_count=4), say("Queued job 1 on 4 GPUs."))
+    with DashboardServer(tmp_path / "herd", model=model) as server:
+        context = browser.new_context()
+        page = Watched(context)
+        page.open(server.url + "/", "gpus")
+        assert page.page.locator("#nav-chat").is_visible()  # only where a model is configured
+        page.page.click("#nav-chat")
+        page.page.wait_for_selector("body[data-ready='chat']")
+        page.page.fill("#chat-input", "I need 8 GPUs for a fine-tune -- python ft.py")
+        page.page.click(".chat-form button[type=submit]")
+        page.page.wait_for_selector(".bubble.agent table.actions", timeout=10_000)
+        verdicts = page.page.locator(".bubble.agent .verdict").all_inner_texts()
+        assert verdicts == ["rejected", "ok"]
+        assert "asks for 8 GPUs" in page.page.locator(".bubble.agent table.actions").inner_text()
+        assert "Queued job 1" in page.page.locator(".bubble.agent").inner_text()
+        assert page.errors == []
+        context.close()

@@ -116,13 +116,14 @@ class ChatAgent:
         now = self.clock.now()
         messages = history or [{"role": "system", "content": SYSTEM_PROMPT}]
         messages = messages + [{"role": "user", "content": quoted_request(user, message, now)}]
+        context = self.context_for(user)  # who may act: refused here, before anything runs
+        tools = self.tools if self.tools is not None else chat_tools(max_submissions=self.max_submissions)
         result = LoopResult(reply=None, stop=Stop.TOOL_ERROR, error="the conversation did not run", messages=messages)
         try:
-            tools = self.tools if self.tools is not None else chat_tools(max_submissions=self.max_submissions)
-            result = run_loop(self.model, messages, tools, self.context_for(user), bounds=self.bounds, clock=self.clock)
-        except Exception as exc:  # run_loop never raises; binding the context might
-            log.exception("the chat could not run")
-            result.exception, result.error = exc, f"internal error ({type(exc).__name__}: {exc})"
+            result = run_loop(self.model, messages, tools, context, bounds=self.bounds, clock=self.clock)
+        except BaseException as exc:  # run_loop raises nothing short of an interrupt: audit that too
+            result.exception, result.error = exc, f"interrupted ({type(exc).__name__})"
+            raise
         finally:
             try:
                 self.audit.record(time=now, kind="chat", model=self.model.name, result=result, session_id=session_id,

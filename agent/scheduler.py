@@ -326,18 +326,16 @@ class AgentPolicy:
 
         accepted: tuple[Accepted, ...] = ()
         late = taken is not None and taken.snapshot is not snapshot
+        stale = 0
         if taken is not None and taken.accepted:
             if late:  # made on an older snapshot: only what still holds now
                 verdict = validate(snapshot, [a.proposal for a in taken.accepted])
-                accepted = verdict.accepted
-                stale = len(verdict.rejected)
+                accepted, stale = verdict.accepted, len(verdict.rejected)
                 if stale:
-                    self.counts["proposals_stale"] += stale
                     notes.append(("agent", f"{stale} of the model's {len(taken.accepted)} late proposal(s) no longer "
                                   f"held (made {self._age(taken, mono)} earlier): dropped"))
             else:
                 accepted = tuple(taken.accepted)
-        self.counts["proposals_applied"] += len(accepted)
         rest = self.fallback.decide(with_started(snapshot, accepted))
 
         reason = None
@@ -356,10 +354,13 @@ class AgentPolicy:
                           f"{view.last_error}); {self.fallback.name} started job(s) {ids}")
             elif taken is not None:
                 reason = f"the model answered late; {self.fallback.name} started job(s) {ids}"
-        if reason is not None:
-            notes.append(("fallback", reason))
-            self.counts["fallbacks"] += 1
-            self.recent.append(FallbackNote(time=snapshot.now, reason=reason))
+        with self._lock:  # the consultation's thread counts too
+            self.counts["proposals_stale"] += stale
+            self.counts["proposals_applied"] += len(accepted)
+            if reason is not None:
+                notes.append(("fallback", reason))
+                self.counts["fallbacks"] += 1
+                self.recent.append(FallbackNote(time=snapshot.now, reason=reason))
         return Decisions(
             starts=tuple(a.proposal for a in accepted) + rest.starts,
             waiting=rest.waiting,

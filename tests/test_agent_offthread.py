@@ -182,6 +182,6 @@ def test_with_a_hung_model_jobs_start_at_once_pass_after_pass():
         t = time.monotonic()
         c.orch.tick()
         waits.append(time.monotonic() - t)
-    assert max(waits) < 0.5 and sorted(waits)[1] < 0.1
+    assert max(waits) < 0.5 and sorted(waits)[1] < 0.2  # only the pass that asked waited (0.2 s)
     assert all(j.status != JobStatus.QUEUED for j in c.store.list_jobs())
     model.release.set()

@@ -265,3 +265,43 @@ def test_the_agent_s_snapshot_never_raises_for_a_job_s_values():
 
 def test_model_errors_keep_their_kind():
     assert issubclass(ModelTimeout, ModelError)
+
+
+def test_a_hostile_model_gets_nothing_invalid_through_and_never_a_500_or_a_4xx(make_api):
+    """The adversarial run of issue 17 in small: random hostile tool calls, then an answer or a failure."""
+    import random
+
+    from tools.models import JobSpec
+
+    rng = random.Random(17)
+    api = make_api(model=ScriptedModel(), chat_max_submissions=3)
+    bo = api.service.orchestrator.submit(JobSpec(user="bo", command="python bo.py", gpu_count=1, priority=3))
+    names = ["submit_job", "cancel_job", "set_priority", "get_job", "explain_job", "list_queue", "get_quotas",
+             "propose_allocation", "reserve_gpus", "", "x" * 500]
+    arguments = [
+        json.dumps({"job_id": bo.id}), json.dumps({"job_id": bo.id, "priority": 10}), json.dumps(SUBMIT),
+        json.dumps({**SUBMIT, "gpu_count": 99}), json.dumps({**SUBMIT, "gpu_count": 0}),
+        json.dumps({**SUBMIT, "user": "bo"}), json.dumps({**SUBMIT, "array": "0-9999"}), '{"job_id": 1e309}',
+        '{"job_id": 9223372036854775808}', '{"priority": true, "job_id": 1}', DEEP[:20_000] + DEEP[-20_000:], "null",
+        "[]", '"text"', "{", json.dumps({"user": None}), json.dumps({**SUBMIT, "est_duration_s": -1}),
+    ]
+    endings = [say("done"), ModelError("HTTP 500"), ModelTimeout("late"), TypeError("bug in the adapter"),
+               ModelReply(content=None)]
+    statuses = set()
+    for i in range(40):
+        steps = [calls(*[(rng.choice(names), rng.choice(arguments)) for _ in range(rng.randint(1, 20))])
+                 for _ in range(rng.randint(1, 3))]
+        api.service.model.steps[:] = steps + [rng.choice(endings)]
+        response = api.http.post("/chat", json={"message": f"request {i}"})
+        assert response.status_code in (200, 502, 504), response.text
+        statuses.add(response.status_code)
+        body = response.json()
+        assert body["session_id"] and isinstance(body["actions"], list)
+    assert 200 in statuses and statuses <= {200, 502, 504}
+    after = api.service.queue.get(bo.id)
+    assert (after.status, after.priority) == (bo.status, bo.priority)  # bo's job: untouched
+    mine = api.all_jobs()
+    assert all(j["user"] != "bo" or j["id"] == bo.id for j in mine)
+    assert all(1 <= j["gpu_count"] <= 4 for j in mine)
+    assert len(mine) - 1 <= 3 * 40  # at most the cap per message
+    assert len(api.http.get("/agent/turns", params={"kind": "chat", "limit": 500}).json()) == 40  # every one audited

@@ -185,3 +185,40 @@ def test_with_a_hung_model_jobs_start_at_once_pass_after_pass():
     assert max(waits) < 0.5 and sorted(waits)[1] < 0.2  # only the pass that asked waited (0.2 s)
     assert all(j.status != JobStatus.QUEUED for j in c.store.list_jobs())
     model.release.set()
+
+
+def test_random_hostile_proposals_never_double_book_a_gpu():
+    import json
+    import random
+
+    from tests.scripted_model import calls
+
+    rng = random.Random(17)
+
+    def hostile(messages):
+        proposals = [("propose_allocation", json.dumps({
+            "job_id": rng.randint(-1, 12), "node": rng.choice(["a", "b", "c", ""]),
+            "gpu_indices": [rng.randint(-1, 4) for _ in range(rng.randint(0, 5))], "reason": "x"}))
+            for _ in range(rng.randint(1, 20))]
+        return calls(*proposals)
+
+    model = ScriptedModel(*([hostile] * 200))
+    c = busy_cluster(ScriptedModel())
+    agent = agent_on(c, model, wait_s=None, breaker=Breaker(base_s=1, max_s=1))
+    for i in range(30):
+        c.submit(user=f"u{i % 4}", gpus=rng.randint(1, 4))
+        c.orch.tick()
+        c.clock.advance(rng.choice([0, 60, 600]))
+        held = {}
+        for job in c.store.list_jobs():
+            if job.allocation is not None and job.status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+                assert len(job.allocation.gpus) == job.gpu_count
+                for gpu in job.allocation.gpus:
+                    assert (job.allocation.node, gpu) not in held, f"GPU {job.allocation.node}:{gpu} held twice"
+                    assert not (job.allocation.node == "b" and gpu == 3), "a drained GPU was given out"
+                    held[(job.allocation.node, gpu)] = job.id
+        for job in c.store.list_jobs():  # make room: the running jobs end
+            if job.status == JobStatus.RUNNING and rng.random() < 0.5:
+                c.orch.complete(job.id, 0)
+    status = agent.status()
+    assert status.consultations >= 10 and status.proposals_refused >= 50, status

@@ -344,3 +344,18 @@ def test_the_page_ships_with_the_package():
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'agent = ["web/*"]' in pyproject
     assert {p.name for p in WEB.iterdir()} >= {"index.html", "app.js", "app.css", "charts.js", "favicon.svg"}
+
+
+def test_the_grafana_dashboard_asks_only_for_series_the_server_exports(make_api, tmp_path):
+    api = make_api(gpus=None, probe=NvmlProbe("gpu01", FakeNvml(h100s(2)), proc_root=tmp_path))
+    api.service.resources.refresh_metrics(api.clock.now())
+    report = api.tick()
+    api.service.core.observer.observe_pass(report.phases_s, report.duration_s)
+    exported = set()
+    for family in text_string_to_metric_families(api.http.get("/metrics").text):
+        exported |= {family.name} | {s.name for s in family.samples}
+    dashboard = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"gpuherd_[a-z_]+", target["expr"])}
+    asked |= set(re.findall(r"gpuherd_[a-z_]+", json.dumps(dashboard["templating"])))
+    assert asked and asked <= exported, asked - exported

@@ -350,8 +350,8 @@ class AgentPolicy:
                           f"{self.fallback.name} started job(s) {ids}")
             elif refused_by_breaker:
                 view = self.breaker.view(mono)
-                reason = (f"the model is not asked while its breaker is open (for {view.retry_in_s:g} s more, after: "
-                          f"{view.last_error}); {self.fallback.name} started job(s) {ids}")
+                reason = (f"the model is not asked while its breaker is {view.state} (for {view.retry_in_s or 0:g} s "
+                          f"more, after: {view.last_error}); {self.fallback.name} started job(s) {ids}")
             elif taken is not None:
                 reason = f"the model answered late; {self.fallback.name} started job(s) {ids}"
         with self._lock:  # the consultation's thread counts too

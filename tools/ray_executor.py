@@ -324,6 +324,7 @@ class RayExecutor:
         job_ids = list(job_ids)
         with self._lock:
             asked: dict[str, list[int]] = {}
+            missing: list[tuple[int, _Job, _Part, str]] = []
             for job_id in job_ids:
                 if job_id in self._jobs:
                     continue
@@ -338,9 +339,10 @@ class RayExecutor:
                     ref = self._agents.get(part.node)
                     if ref is None or ref.dead is not None:
                         why = ref.dead if ref is not None else f"node {part.node} is not in the Ray cluster"
-                        self._part_ended(job_id, job, part, JobExit(job_id, None, now, lost=True, why=why))
+                        missing.append((job_id, job, part, why))
                     else:
                         asked.setdefault(part.node, []).append(job_id)
+            # The agents adopt their parts first, so that a gang that lost a part can stop the others.
             calls = {node: self._agents[node].handle.recover.remote(ids, now) for node, ids in asked.items()}
             for node, call in calls.items():
                 try:
@@ -350,6 +352,9 @@ class RayExecutor:
                     continue
                 for end in ends:
                     self._agent_end(node, end)
+            for job_id, job, part, why in missing:
+                if part.end is None:
+                    self._part_ended(job_id, job, part, JobExit(job_id, None, now, lost=True, why=why))
             return [self._jobs[i].end for i in job_ids if i in self._jobs and self._jobs[i].end is not None]
 
     def wait(self, timeout_s: float) -> None:

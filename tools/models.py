@@ -58,6 +58,14 @@ class PendingReason(StrEnum):
     ARRAY_TASK_LIMIT = "JobArrayTaskLimit"  # its array already runs as many tasks as its %N allows
 
 
+class EstimateSource(StrEnum):
+    """Where a job's ``est_duration_s`` came from."""
+
+    USER = "user"  # given with the job
+    HISTORY = "history"  # predicted from the run times of finished jobs like it (policies/estimates.py)
+    DEFAULT = "default"  # nothing to go on: no estimate, and the rules' default run time is assumed
+
+
 class EndReason(StrEnum):
     """How a job's last attempt ended, beside its status: what the accounting and ``herd jobs --state``
     read (``timeout`` is Slurm's TIMEOUT: stopped at its time limit, status ``failed``)."""
@@ -356,6 +364,9 @@ class Job(JobSpec):
     not_before: float | None = None  # earliest start (begin_at, or a retry's backoff)
     stop_reason: StopReason | None = None  # set while the orchestrator is stopping it
     log_path: str | None = None
+    # Where est_duration_s came from; set when the job is queued. A job stored before sources were
+    # recorded reads back as "user" if it has an estimate, else "default".
+    est_source: EstimateSource = EstimateSource.DEFAULT
     # A task of an array: the array's id (its first task's job id), this task's index, how many tasks
     # the array has and how many may run at once (None: no limit). None for a job that is no task.
     array_id: int | None = None
@@ -367,6 +378,14 @@ class Job(JobSpec):
     run_s: float = 0.0
     first_start_time: float | None = None
     end_reason: EndReason | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_of_estimate(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("est_source") is None:
+            source = EstimateSource.USER if data.get("est_duration_s") is not None else EstimateSource.DEFAULT
+            return {**data, "est_source": source}
+        return data
 
     @property
     def display_name(self) -> str:

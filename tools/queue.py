@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+from tools.history import Batch, RunHistory
 from tools.index import JobIndex
 from tools.models import (
     HOLDS_GPUS,
     TERMINAL,
     TRANSITIONS,
     EndReason,
+    EstimateSource,
     Event,
     Job,
     JobSpec,
@@ -31,6 +33,13 @@ from tools.store import Store
 log = logging.getLogger(__name__)
 
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
+# Completed jobs read back into the run-time history at start-up, newest first.
+HISTORY_AT_START = 5_000
+
+# Estimates a job queued without one, from the history and the job's batch: (seconds or None, where
+# it came from). Given by the builder (agent/build.py: policies/estimates.py's predictor), so that
+# this floor knows no policy.
+Estimator = Callable[[JobSpec, RunHistory, "Batch | None"], "tuple[float | None, EstimateSource]"]
 
 
 _END_REASONS = {JobStatus.COMPLETED: EndReason.COMPLETED, JobStatus.FAILED: EndReason.FAILED,
@@ -103,6 +112,8 @@ class JobQueue:
         max_queued: int = 100,
         backoff: Backoff = Backoff(),
         usage_half_life_s: float = 7 * 86_400.0,
+        estimator: Estimator | None = None,
+        history: RunHistory | None = None,
         max_queued_per_user: int | None = None,
     ) -> None:
         if max_queued < 1:
@@ -114,6 +125,13 @@ class JobQueue:
         self.max_queued_per_user = max_queued_per_user
         self.backoff = backoff
         self.usage_half_life_s = usage_half_life_s
+        # Run times of completed jobs (recorded by ``finish``), from which ``estimator`` estimates a job
+        # queued without an estimate; None: such a job keeps none (source "default").
+        self.estimator = estimator
+        if history is None:
+            done = store.page_jobs(statuses=(JobStatus.COMPLETED,), limit=HISTORY_AT_START)
+            history = RunHistory.of(reversed(done))
+        self.history = history
         # Every write below also goes to the index, which the scheduler reads instead of the store.
         self.index = JobIndex(store.active_jobs())
 
@@ -148,8 +166,14 @@ class JobQueue:
         return it (an array's first task, whose id is the array's); raises ``store.QueueFull`` when the
         queue, or its user's share of it, is at its limit."""
         deferred = spec.begin_at is not None and spec.begin_at > now
+        batch = self.history.batch_for(spec.user, spec.name, spec.command, spec.gpu_count, now)
+        estimate, source = spec.est_duration_s, EstimateSource.USER
+        if estimate is None:
+            estimate, source = ((None, EstimateSource.DEFAULT) if self.estimator is None
+                                else self.estimator(spec, self.history, batch))
         job = Job(
-            **spec.model_dump(),
+            **(spec.model_dump() | {"est_duration_s": estimate}),
+            est_source=source,
             id=0,
             submit_time=now,
             not_before=spec.begin_at if deferred else None,
@@ -159,6 +183,7 @@ class JobQueue:
         if spec.array is None:
             job = self.store.add_job(job, max_queued=self.max_queued, max_queued_per_user=self.max_queued_per_user)
             self.index.put(job)
+            self.history.join(job.id, batch)
             return job
         indices, limit = parse_array(spec.array)
         tasks = [job.model_copy(update={"array_index": index, "array_size": len(indices), "array_limit": limit,
@@ -167,6 +192,7 @@ class JobQueue:
         added = self.store.add_jobs(tasks, max_queued=self.max_queued, max_queued_per_user=self.max_queued_per_user)
         for task in added:
             self.index.put(task)
+            self.history.join(task.id, batch)  # an array is a batch of its own kind
         return added[0]
 
     def transition(self, job: Job, to: JobStatus, *, now: float, message: str = "", **changes: Any) -> Job:
@@ -196,6 +222,7 @@ class JobQueue:
             fields["run_s"] = job.run_s + max(0.0, now - job.start_time)
         if to in TERMINAL:
             fields["end_time"] = now
+            self.history.leave(job.id)
             fields["end_reason"] = _END_REASONS[to]
         elif to == JobStatus.QUEUED:
             fields["end_reason"] = None
@@ -258,6 +285,7 @@ class JobQueue:
         is not counted, so no retry is used. The job's record is written before its user's fair-share
         usage, so that a failed write (the caller keeps the end and tries again) never charges twice."""
         code = "no exit code (the job vanished)" if exit_code is None else f"exit code {exit_code}"
+        batch = self.history.batch_of(job.id)  # looked up now: a job that ends leaves its batch
         detail = f"{job.display_name}: {code}" + (f"; {note}" if note else "")
         if job.stop_reason == StopReason.COMPLETE:
             asked = job.exit_code if job.exit_code is not None else 0
@@ -277,6 +305,8 @@ class JobQueue:
                                   message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s (TIMEOUT)")
         elif exit_code == 0:
             new = self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
+            if self.history.record_job(new, batch):  # a run that ended by itself: what estimates learn from
+                self._reestimate(batch, now)
         elif lost:
             new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, attempts=max(0, job.attempts - 1),
                                   message=f"{detail}; lost by the executor (its tmux server or window went away), "
@@ -285,6 +315,24 @@ class JobQueue:
             new = self.fail_attempt(job, now=now, exit_code=exit_code, why=detail)
         self._charge_usage(job, now)
         return new
+
+    def _reestimate(self, batch: Batch | None, now: float) -> None:
+        """A job of ``batch`` completed and the batch reached 1, 2, 4, 8, ... finished jobs: estimate its
+        waiting members again from what they ran (never a user's own estimate). O(members), at most
+        log2(batch size) times per batch."""
+        if batch is None or self.estimator is None:
+            return
+        for job_id in list(batch.members):
+            job = self.index.get(job_id)
+            if job is None or job.status != JobStatus.QUEUED or job.est_source == EstimateSource.USER:
+                continue
+            estimate, source = self.estimator(job, self.history, batch)
+            if (estimate, source) != (job.est_duration_s, job.est_source):
+                old = "none" if job.est_duration_s is None else f"{job.est_duration_s:.0f} s"
+                new = "none" if estimate is None else f"{estimate:.0f} s"
+                self.update(job, now=now, kind="estimate", est_duration_s=estimate, est_source=source,
+                            message=f"{job.display_name}: estimate {old} -> {new}, from {batch.finished} "
+                            "finished job(s) of its batch")
 
     def fail_attempt(self, job: Job, *, now: float, exit_code: int | None, why: str) -> Job:
         """A failed attempt (or a failed start): retry after a backoff, or fail for good. Attempts

@@ -175,7 +175,7 @@ class RayExecutor:
                     try:
                         ref.report = ray.get(obj)
                     except RayError as exc:
-                        self._lose(ref, f"the node agent of {ref.name} died ({_short(exc)})")
+                        self._lose(ref, self._why_lost(ref, exc))
                 if time.monotonic() >= deadline or all(ref.ready for ref in live if ref.dead is None):
                     break
                 time.sleep(0.1)  # an agent still stopping an earlier agent's jobs: ask it again
@@ -210,6 +210,20 @@ class RayExecutor:
                 if part.node == ref.name and part.end is None:
                     job_id = next(i for i, j in self._jobs.items() if j is job)
                     self._part_ended(job_id, job, part, JobExit(job_id, None, time.time(), lost=True, why=why))
+
+    @staticmethod
+    def _why_lost(ref: _AgentRef, exc: BaseException) -> str:
+        """Why an agent that failed to answer is lost: its node left, or the agent alone died."""
+        text = str(exc).lower()
+        gone = "its node" in text or "node died" in text or "node has died" in text
+        if not gone:
+            try:
+                gone = not any(n["NodeID"] == ref.node_id and n.get("Alive") for n in ray.nodes())
+            except RayError:
+                pass
+        if gone:
+            return f"node {ref.name} left the Ray cluster"
+        return f"the node agent of {ref.name} died ({_short(exc)})"
 
     def _rebuild_nodes(self) -> None:
         nodes = []
@@ -300,7 +314,7 @@ class RayExecutor:
                 try:
                     ends = ray.get(call, timeout=CALL_TIMEOUT_S)
                 except (RayActorError, GetTimeoutError) as exc:
-                    self._lose(self._agents[node], f"the node agent of {node} died ({_short(exc)})")
+                    self._lose(self._agents[node], self._why_lost(self._agents[node], exc))
                     self._rebuild_nodes()
                     continue
                 except RayError as exc:  # the agent failed to answer this once; it is asked again next time
@@ -348,7 +362,7 @@ class RayExecutor:
                 try:
                     ends = ray.get(call, timeout=CALL_TIMEOUT_S)
                 except RayError as exc:
-                    self._lose(self._agents[node], f"the node agent of {node} died ({_short(exc)})")
+                    self._lose(self._agents[node], self._why_lost(self._agents[node], exc))
                     continue
                 for end in ends:
                     self._agent_end(node, end)

@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "OPENAI_API_KEY, and HERD_MODEL)")
 @click.option("--estimate", type=click.Choice([m.value for m in EstimateMode]), default=EstimateMode.NOISY.value,
               help="duration estimates the policies see (sjf's order, the backfill plan, multifactor's size): "
-              "true durations, Helios-like noise (default), or none")
+              "true durations, Helios-like noise (default), none, or history (none given: the core predicts "
+              "each from the jobs finished before it, as the service does)")
 @click.option("--time-scale", type=POSITIVE_FLOAT, default=1.0,
               help="multiply inter-arrival gaps (0.5 halves them: twice the load)")
 @click.option("--max-jobs", type=POSITIVE_INT, help="only the first K jobs (after --vc)")
@@ -88,8 +89,9 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     # Imported here: the harness pulls in the whole core and the agent; `herd --help` needs none of it.
     from evals.metrics import lower_bounds
     from evals.replay import Cluster, replay as run_replay
-    from evals.report import document, plot, progress_bar, table, write_json
-    from evals.trace import estimates, load_trace
+    from evals.report import document, estimate_table, plot, progress_bar, table, write_json
+    from evals.trace import estimates, load_trace, predicts
+    from policies.estimates import DEFAULT_PREDICTOR
 
     try:
         jobs = load_trace(trace, vc=vc, time_scale=time_scale, max_jobs=max_jobs)
@@ -101,6 +103,7 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
         return EXIT_USAGE
     cluster = Cluster(nodes, gpus_per_node)
     guesses = estimates(jobs, estimate, seed=seed)
+    predictor = DEFAULT_PREDICTOR if predicts(estimate) else None
     agents, model = {}, None
     if "agent" in policies:  # the model first: a missing endpoint stops the command before any replay
         from evals.agent_replay import agent_policy
@@ -116,10 +119,11 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     for name in policies:
         policy = agents.get(name, name)
         if quiet:
-            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses))
+            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses, predictor=predictor))
             continue
         with progress_bar(f"{name:>10}") as bar:
-            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses, progress=bar))
+            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses, predictor=predictor,
+                                   progress=bar))
     skipped = {j.job_id for j in runs[0].skipped}
     kept = [j for j in jobs if j.job_id not in skipped]
     bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in kept], cluster.gpus)
@@ -135,6 +139,9 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     print(table(results, bounds))
     if agents:
         print(comparison(results))
+    if estimate != "oracle":
+        print("estimates (error: max(estimate/run, run/estimate) - 1):")
+        print(estimate_table(results))
     if json_out:
         options = {"vc": vc, "estimate": estimate, "time_scale": time_scale, "max_jobs": max_jobs, "seed": seed,
                    "skipped_jobs": len(skipped)}
@@ -150,10 +157,11 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
 
 def result(r: Replay) -> dict[str, Any]:
     """One policy's metrics (the issue's keys), plus how the replay itself went."""
-    from evals.metrics import summarize
+    from evals.metrics import estimate_accuracy, summarize
     from evals.report import cost_by_queue
 
     return summarize(r.finished, r.cluster.gpus) | {
+        "estimates": estimate_accuracy(r.estimated),
         "replay_seconds": r.replay_seconds,
         "ticks": r.ticks,
         "rejected_proposals": r.rejected,

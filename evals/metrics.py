@@ -132,6 +132,50 @@ def summarize(jobs: Sequence[Finished], capacity: int) -> dict[str, float]:
     }
 
 
+# -- estimates --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Estimated:
+    """A job's estimate as it was queued with it, where it came from, and how long it really ran."""
+
+    source: str  # "user", "history" or "default" (tools.models.EstimateSource)
+    estimate: float | None
+    run: float
+
+
+ERROR_BANDS = (0.1, 0.5, 1.0, 10.0)  # the Helios paper's bands (evals/trace.py NOISE_BANDS)
+
+
+def relative_error(estimate: float, run: float) -> float:
+    """``max(e / r, r / e) - 1``: 1.0 is "off by 100%", twice too long or twice too short (as
+    ``evals.trace.noise_factor`` draws it). Runs and estimates under a second count as a second."""
+    e, r = max(estimate, 1.0), max(run, 1.0)
+    return max(e / r, r / e) - 1.0
+
+
+def estimate_accuracy(rows: Sequence[Estimated]) -> dict[str, dict[str, float]]:
+    """Per source: how many jobs, and for those with an estimate the share within each error band,
+    the share that ran longer than estimated (``under``: where a backfill plan goes wrong), and the
+    median and mean relative error."""
+    by_source: dict[str, list[Estimated]] = {}
+    for row in rows:
+        by_source.setdefault(row.source, []).append(row)
+    out: dict[str, dict[str, float]] = {}
+    for source, group in sorted(by_source.items()):
+        known = [r for r in group if r.estimate is not None]
+        entry: dict[str, float] = {"jobs": len(group)}
+        if known:
+            errors = [relative_error(r.estimate, r.run) for r in known]  # type: ignore[arg-type]
+            for band in ERROR_BANDS:
+                entry[f"within_{band * 100:g}pct"] = sum(e <= band for e in errors) / len(errors)
+            entry["under"] = sum(r.run > r.estimate for r in known) / len(known)  # type: ignore[operator]
+            entry["error_p50"] = percentile(errors, 50)
+            entry["error_mean"] = mean(errors)
+        out[source] = entry
+    return out
+
+
 # -- lower bounds ----------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+from policies.estimates import DEFAULT_PREDICTOR, Predictor
 from policies.ordering import Policy, get_policy
 from policies.rules import DEFAULT_RULES, Rules
 from policies.snapshot import Decisions, Snapshot
@@ -26,12 +27,12 @@ from tools.clock import SimClock
 from tools.door.context import ToolContext
 from tools.door.jobs import queue_job
 from tools.inventory import NodeDeclaration
-from tools.models import Job, JobRequest, JobStatus
+from tools.models import MAX_DURATION_S, Job, JobRequest, JobStatus
 from tools.nvml import UnavailableProbe
 from tools.sim_executor import SimExecutor
 from tools.store import MemoryStore
 
-from evals.metrics import Finished
+from evals.metrics import Estimated, Finished
 from evals.trace import TraceJob
 
 # The traces carry no priority, so every job gets the default. ``priority`` then means submission
@@ -93,6 +94,7 @@ class Replay:
     costs: Series = field(repr=False)
     replay_seconds: float = 0.0
     rejected: int = 0  # proposals the validator refused: a deterministic policy should make none
+    estimated: list[Estimated] = field(default_factory=list, repr=False)  # each job's estimate, as queued
 
     @property
     def ticks(self) -> int:
@@ -127,8 +129,9 @@ def _request(job: TraceJob, estimate: float | None) -> JobRequest:
         command=f"replay {job.job_id}",
         gpu_count=job.gpus,
         priority=TRACE_PRIORITY,
-        # A request wants a positive estimate; a job of zero length is estimated at one second.
-        est_duration_s=max(estimate, 1.0) if estimate is not None else None,
+        # A request wants a positive estimate of at most a year; a job of zero length is estimated at
+        # one second, and a noisy estimate past a year (a long job's, 11 to 101 times too long) is a year.
+        est_duration_s=min(max(estimate, 1.0), MAX_DURATION_S) if estimate is not None else None,
         max_retries=0,
     )
 
@@ -156,11 +159,15 @@ def replay(
     estimates: Sequence[float | None] | None = None,
     progress: Progress | None = None,
     rules: Rules = DEFAULT_RULES,
+    predictor: Predictor | None = DEFAULT_PREDICTOR,
 ) -> Replay:
     """Replay ``jobs`` (in submission order) under ``policy`` (a name, or a policy of one's own) and
-    ``rules``; every job runs for its trace duration."""
+    ``rules``; every job runs for its trace duration. A job without an estimate gets one from
+    ``predictor`` (the service's), learnt online from the jobs that completed before it was queued;
+    None: it keeps none."""
     with _without_cyclic_gc():
-        return _replay(jobs, policy=policy, cluster=cluster, estimates=estimates, progress=progress, rules=rules)
+        return _replay(jobs, policy=policy, cluster=cluster, estimates=estimates, progress=progress, rules=rules,
+                       predictor=predictor)
 
 
 def _replay(
@@ -171,6 +178,7 @@ def _replay(
     estimates: Sequence[float | None] | None,
     progress: Progress | None,
     rules: Rules,
+    predictor: Predictor | None,
 ) -> Replay:
     wall = time.perf_counter()
     estimates = estimates if estimates is not None else [None] * len(jobs)
@@ -182,7 +190,7 @@ def _replay(
         Settings.plain(max_queue_size=len(jobs) + 1),  # the whole trace may wait at once
         clock=clock, store=MemoryStore(keep_events=False), executor=executor,
         probe=UnavailableProbe("a replay declares its nodes"), nodes=cluster.declarations(),
-        policy=timed, rules=rules, multi_node=True,
+        policy=timed, rules=rules, multi_node=True, predictor=predictor,
     )
     door, orch, store = ToolContext(core), core.orchestrator, core.store
     gpus_of: dict[int, int] = {}
@@ -214,15 +222,17 @@ def _replay(
         costs.append(timed.last[0], timed.last[1], tick_s)
         if progress is not None:
             progress(i, n, now)
+    finished = store.list_jobs()
     return Replay(
         policy=timed.name,
         cluster=cluster,
-        finished=_finished(store.list_jobs()),
+        finished=_finished(finished),
         skipped=skipped,
         timeline=timeline,
         costs=costs,
         replay_seconds=time.perf_counter() - wall,
         rejected=rejected,
+        estimated=[Estimated(j.est_source.value, j.est_duration_s, duration[j.id]) for j in finished],
     )
 
 

@@ -87,6 +87,27 @@ def markdown_table(results: Mapping[str, Mapping[str, float]], bounds: Bounds) -
     return "\n".join(out)
 
 
+ESTIMATE_COLUMNS = (("within_10pct", "±10%"), ("within_50pct", "±50%"), ("within_100pct", "±100%"),
+                    ("within_1000pct", "±1000%"), ("under", "ran longer"), ("error_p50", "error p50"))
+
+
+def estimate_table(results: Mapping[str, Mapping[str, Any]], *, markdown: bool = False) -> str:
+    """How good each policy's estimates were, per source: jobs, the share within each error band
+    (``max(e/r, r/e) - 1``), the share that ran longer than estimated, the median error."""
+    header = ["policy", "source", "jobs"] + [title for _, title in ESTIMATE_COLUMNS]
+    rows = []
+    for name, m in results.items():
+        for source, entry in m.get("estimates", {}).items():
+            cells = [f"{entry[k]:.2f}" if k in entry else "" for k, _ in ESTIMATE_COLUMNS]
+            rows.append([name, source, str(int(entry["jobs"]))] + cells)
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), *(line(r) for r in rows)])
+
+
 def bounds_dict(bounds: Bounds) -> dict[str, float]:
     return {
         "jct_mean_lb_s": bounds.jct_mean_lb_s,

@@ -93,7 +93,8 @@ def write_trace(path: Path | str, rows: Iterable[dict[str, object]]) -> None:
 class EstimateMode(StrEnum):
     ORACLE = "oracle"  # the true duration
     NOISY = "noisy"  # the true duration off by a random factor (Helios' error bands below)
-    NONE = "none"  # no estimate: sjf falls back to submission order
+    NONE = "none"  # no estimate, and none predicted: sjf falls back to submission order
+    HISTORY = "history"  # no estimate given; the core predicts one from the jobs finished so far (the service's way)
 
 
 # The Helios paper's (Hu et al., SC'21) accuracy of duration estimates, cumulative: 10% of jobs are
@@ -119,11 +120,17 @@ def noise_factor(rng: random.Random) -> float:
 
 
 def estimates(jobs: Sequence[TraceJob], mode: EstimateMode | str, *, seed: int = 0) -> list[float | None]:
-    """One estimate per job (seconds, or None); ``noisy`` is reproducible for a seed."""
+    """One estimate per job as its user gives it (seconds, or None); ``noisy`` is reproducible for a
+    seed. ``history`` gives none: the replay's core predicts them (``predicts``)."""
     mode = EstimateMode(mode)
-    if mode == EstimateMode.NONE:
+    if mode in (EstimateMode.NONE, EstimateMode.HISTORY):
         return [None] * len(jobs)
     if mode == EstimateMode.ORACLE:
         return [j.duration_s for j in jobs]
     rng = random.Random(seed)
     return [j.duration_s * noise_factor(rng) for j in jobs]
+
+
+def predicts(mode: EstimateMode | str) -> bool:
+    """Whether the core estimates jobs given without an estimate: every mode but ``none``."""
+    return EstimateMode(mode) != EstimateMode.NONE

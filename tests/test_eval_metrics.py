@@ -3,8 +3,8 @@
 import pytest
 
 from evals.metrics import (
-    Finished, bounded_slowdown, jain, lower_bounds, max_min_shares, percentile, share_fairness, srpt_completions,
-    summarize,
+    Estimated, Finished, bounded_slowdown, estimate_accuracy, jain, lower_bounds, max_min_shares, percentile,
+    relative_error, share_fairness, srpt_completions, summarize,
 )
 
 
@@ -117,3 +117,22 @@ def test_share_fairness_compares_gpu_time_received_with_the_fair_share():
             Finished("b", 1, 0, 10, 20)]
     assert share_fairness(fair, capacity=2) == pytest.approx(1.0)
     assert share_fairness([Finished("a", 1, 0, 0, 10)], capacity=2) == 1.0  # nobody competed
+
+
+@pytest.mark.parametrize("estimate, run, want", [(100, 100, 0.0), (150, 100, 0.5), (100, 150, 0.5), (1100, 100, 10.0),
+                                                 (0.2, 0.5, 0.0)])  # under a second counts as a second
+def test_relative_error_is_symmetric(estimate, run, want):
+    assert relative_error(estimate, run) == pytest.approx(want)
+
+
+def test_estimate_accuracy_per_source():
+    rows = [Estimated("history", 100, 100), Estimated("history", 100, 300), Estimated("history", 100, 50),
+            Estimated("history", 100, 2000), Estimated("default", None, 70), Estimated("user", 10, 10)]
+    got = estimate_accuracy(rows)
+    assert list(got) == ["default", "history", "user"]
+    assert got["default"] == {"jobs": 1}
+    h = got["history"]  # errors 0, 2, 1, 19
+    assert h["jobs"] == 4
+    assert (h["within_10pct"], h["within_50pct"], h["within_100pct"], h["within_1000pct"]) == (0.25, 0.25, 0.5, 0.75)
+    assert h["under"] == 0.5  # 300 and 2000 ran longer than 100
+    assert h["error_p50"] == pytest.approx(1.5) and h["error_mean"] == pytest.approx(5.5)

@@ -122,6 +122,19 @@ def test_cli_replay_writes_the_documented_json_and_plots(hand_trace, tmp_path, c
     assert "bound" in table and "fcfs" in table
 
 
+def test_cli_replay_with_history_estimates_reports_their_accuracy(hand_trace, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["replay", "--trace", str(hand_trace), "--nodes", "1", "--gpus-per-node", "4",
+                 "--policies", "sjf", "--estimate", "history", "--json", str(out), "--quiet"])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["options"]["estimate"] == "history"
+    # A ends at 10, after B, C and D were queued (1-3 s): nothing to learn from yet, so each has none.
+    assert doc["policies"]["sjf"]["estimates"] == {"default": {"jobs": 4}}
+    printed = capsys.readouterr().out
+    assert "estimates history" in printed and "ran longer" in printed
+
+
 def test_cli_refuses_an_unknown_policy(hand_trace, capsys):
     with pytest.raises(SystemExit):
         main(["replay", "--trace", str(hand_trace), "--policies", "lottery"])

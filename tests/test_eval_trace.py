@@ -4,7 +4,9 @@ import random
 
 import pytest
 
-from evals.trace import NOISE_BANDS, TraceJob, estimates, load_trace, noise_factor, parse_rows, rebase, tenant_name
+from evals.trace import (
+    NOISE_BANDS, TraceJob, estimates, load_trace, noise_factor, parse_rows, predicts, rebase, tenant_name,
+)
 
 
 def row(job_id, submit, duration=10, gpus=1, user="", vc="v1"):
@@ -45,6 +47,12 @@ def test_oracle_and_none():
     jobs = [TraceJob("a", "t", 0, 30, 1), TraceJob("b", "t", 0, 5, 1)]
     assert estimates(jobs, "oracle") == [30, 5]
     assert estimates(jobs, "none") == [None, None]
+
+
+def test_history_gives_none_and_the_core_predicts():
+    jobs = [TraceJob("a", "t", 0, 30, 1)]
+    assert estimates(jobs, "history") == [None]
+    assert predicts("history") and predicts("noisy") and predicts("oracle") and not predicts("none")
 
 
 def test_noisy_estimates_are_seeded():

@@ -64,13 +64,23 @@ class Rules:
         return expected_runtime(job, self.default_runtime_s)
 
     def expected_end(self, job: Job, now: float) -> float:
-        """When a job holding GPUs is expected to free them; one past its expected end, or being
-        stopped, is expected to end any moment (``now``)."""
+        """When a job holding GPUs is expected to free them: at its start plus its expected run time;
+        one being stopped, any moment (``now``). One that has already run past that is expected to run
+        as long again as it has run so far (never past its time limit): run times are heavy-tailed,
+        and a job that overran its estimate is likely a long one, not one about to end. (Planning it
+        to end "any moment" made the backfill plan hold GPUs for a job on nodes that were not about
+        to free up, while other nodes filled; see docs/evals.md.)"""
         if job.stop_reason is not None:
             return now
         if job.start_time is None:
             return now + self.runtime(job)
-        return max(now, job.start_time + self.runtime(job))
+        end = job.start_time + self.runtime(job)
+        if end > now:
+            return end
+        end = now + (now - job.start_time)
+        if job.time_limit_s is not None:
+            end = min(end, max(now, job.start_time + job.time_limit_s))
+        return end
 
 
 DEFAULT_RULES = Rules()

@@ -9,7 +9,9 @@
 - ``multifactor`` (the default, ``policies/multifactor.py``): Slurm-like weighted priority with backfill.
 - ``fair_share``: the user with the least recent GPU-time first; among one user's jobs, priority then
   submission order. Users are re-ranked after every start in the pass, so one user's burst cannot take
-  every free GPU while another user with equal usage waits.
+  every free GPU while another user with equal usage waits. With EASY backfill: without it, a light
+  user's job of a whole node never found one free, since each GPU that came free went at once to the
+  next user's small job, and fair share was less fair than multifactor (docs/evals.md).
 
 A policy reads the waiting jobs through the queue index's ``Ordering`` (its sort key, split by GPU
 count), never by sorting the queue; ``orderings`` names the ones the orchestrator should keep ready.
@@ -104,7 +106,7 @@ class FairSharePolicy:
     def decide(self, snapshot: Snapshot) -> Decisions:
         """The same turns as ``order``, but reading each user's jobs by size, so that sizes which no
         longer fit are dropped after one job instead of walked."""
-        placer = Placer(snapshot)
+        placer = Placer(snapshot, backfill=True)
         jobs = snapshot.jobs_by_id
         per_user: dict[str, list] = {}  # user -> heap of (entry, gpus, iterator), one per job size
         for (user, gpus), entries in snapshot.queued_groups(FAIR_SHARE_ORDER).items():
@@ -119,7 +121,7 @@ class FairSharePolicy:
         for sizes in per_user.values():
             heapq.heapify(sizes)
         users = _user_ranks(snapshot, per_user)
-        while users:
+        while users and not placer.done:
             usage, holding, user = users[0]
             started = self._next_start(placer, jobs, per_user[user])
             if started is None:

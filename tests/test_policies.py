@@ -9,6 +9,8 @@ from tools.models import PendingReason as R
 
 from tests.builders import job, node, running, snap
 
+HOUR_S = 3600.0
+
 
 def starts(policy: str, snapshot):
     d = get_policy(policy).decide(snapshot)
@@ -240,3 +242,20 @@ def test_resources_reason_says_what_is_missing():
 def test_unknown_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown policy 'lottery'; choose one of: priority, fcfs, sjf, fair_share"):
         get_policy("lottery")
+
+
+def test_fair_share_holds_gpus_back_for_a_light_users_whole_node_job():
+    # bo (no usage) waits for all 4 GPUs; ana's job ends at 1 h. ana (heavy) has a 3-hour job and a
+    # 10-minute one waiting, and 2 GPUs are free now: the 3-hour job would still run when bo's job is
+    # planned to start, so only the 10-minute one may use them (EASY backfill), and bo's job starts then.
+    s = snap(
+        running(1, "n1", (0, 1), user="ana", est=HOUR_S, start=0.0),
+        job(2, gpus=4, user="bo", submit=10.0, est=HOUR_S),
+        job(3, gpus=1, user="ana", submit=20.0, est=3 * HOUR_S),
+        job(4, gpus=1, user="ana", submit=30.0, est=600.0),
+        now=60.0, usage={"ana": 100 * HOUR_S},
+    )
+    d = get_policy("fair_share").decide(s)
+    assert [p.job_id for p in d.starts] == [4]
+    assert d.planned == {2: HOUR_S}
+    assert "planned for job 2" in d.waiting[3].message

@@ -65,7 +65,7 @@ def bench_page_load(loads: int) -> dict:
         t = time.perf_counter()
         queue = server.http.get("/queue", params={"limit": 1000}).json()
         api_ms = (time.perf_counter() - t) * 1000
-        waiting = sum(e["position"] is not None for e in queue["jobs"])
+        waiting = queue["stats"]["counts"]["queued"]
         times = []
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

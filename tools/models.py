@@ -236,6 +236,9 @@ class JobRequest(BaseModel):
         None, max_length=200, description="A job array, as Slurm writes it: '0-109' (110 tasks), '0-109%8' (at most 8 "
         "running at once), '1,3,5-7', '0-15:4'. Each task is a job of its own with HERD_ARRAY_JOB_ID and "
         f"HERD_ARRAY_TASK_ID set; at most {MAX_ARRAY_TASKS} tasks. No array if not given.")
+    interactive: bool = Field(
+        False, strict=True, description="True for a terminal session (herd run): the job's tmux window is its terminal, "
+        "which its owner attaches to; it is not retried, and a lost window ends it.")
 
     @model_validator(mode="before")
     @classmethod
@@ -312,6 +315,12 @@ class JobRequest(BaseModel):
         if total > MAX_ENV_BYTES:
             raise ValueError(f"the variables take {total} bytes; at most {MAX_ENV_BYTES} in all")
         return v
+
+    @model_validator(mode="after")
+    def _interactive_alone(self) -> JobRequest:
+        if self.interactive and self.array is not None:
+            raise ValueError("an interactive job is one terminal session, not an array")
+        return self
 
     @model_validator(mode="after")
     def _dependencies_once(self) -> JobRequest:

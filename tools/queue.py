@@ -307,6 +307,9 @@ class JobQueue:
             new = self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
             if self.history.record_job(new, batch):  # a run that ended by itself: what estimates learn from
                 self._reestimate(batch, now)
+        elif lost and job.interactive:  # its window was its terminal: nothing to start again
+            new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code,
+                                  message=f"{detail}; its window went away, and an interactive job ends with it")
         elif lost:
             new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, attempts=max(0, job.attempts - 1),
                                   message=f"{detail}; lost by the executor (its tmux server or window went away), "

@@ -23,9 +23,11 @@ The wrapper protocol, in the order the wrapper does it:
    service); as its owner, ``env -i setpriv ... -- env -i <env file> bash command``, so that the job's
    environment (which may hold LD_PRELOAD) reaches no process that runs as root. stdin is /dev/null; stdout and stderr are appended to the log. ``$!`` goes to ``pgid``.
 3. It waits for the job. The wrapper is not in the job's group, so the SIGTERM/SIGKILL that ``stop`` sends
-   to the group does not touch it, and it records 143 / 137. A HUP/INT/TERM sent to the wrapper itself (the
-   window is killed, someone presses ctrl-C in it) is passed on to the job as SIGTERM; HUP and TERM also
-   mark the end as ``lost``.
+   to the group does not touch it, and it records 143 / 137. A HUP or TERM sent to the wrapper itself (the
+   window is killed) is passed on to the job as SIGTERM and marks the end as ``lost``; ctrl-C typed in the
+   window (INT) is not a way to cancel a job and reaches no process of it. An interactive job (``herd run``)
+   instead runs in the foreground of the window's terminal (``fg``), with no log shown there: what its
+   owner types reaches it, ctrl-C too, and tmux copies the window to the log (``pipe-pane``).
 4. Processes the command left behind in its group are stopped (TERM, up to 5 s, KILL) before the job counts
    as ended, so a job never "ends" while a child of it still holds the GPUs.
 5. It writes ``exit_code`` (tmp then ``mv``) and then runs ``tmux wait-for -S <channel>``, which wakes
@@ -118,34 +120,24 @@ if ! cd -- {cwd}; then
   finish 1
 fi
 
-# Show this attempt's output in the pane for anyone who attaches; ends with the wrapper.
-tail -c "+$(( $(wc -c < "$log") + 1 ))" --pid=$$ -f -- "$log" &
-tail_pid=$!
-
+{show}
 # Set before the job starts, so that no hangup can come between its start and the trap (the job does
 # not inherit them: a trapped signal is reset in a child). The window's end (HUP) or a TERM sent to the
-# wrapper is not the job's doing: its end is marked lost. Closing the window or ctrl-C must not orphan it.
+# wrapper is not the job's doing: its end is marked lost. Closing the window must not orphan it, and
+# ctrl-C typed in the window is not a way to cancel it (`herd cancel` is): the wrapper lets it pass.
 pgid=
 trap 'lost=1; [[ -n $pgid ]] && kill -TERM -- "-$pgid" 2>/dev/null' HUP TERM
-trap '[[ -n $pgid ]] && kill -TERM -- "-$pgid" 2>/dev/null' INT
+trap ':' INT
 
 set -m  # job control: the job below gets a process group of its own
 mapfile -d '' -t job_env < "$job_dir/env"
-{run} < /dev/null >> "$log" 2>&1 &
+{launch}
 pgid=$!
 # The leader's start time tells this group from a later one that reuses the number.
 start=
 {{ read -r line < "/proc/$pgid/stat"; }} 2>/dev/null && {{ read -ra stat <<< "${{line##*) }}"; start=${{stat[19]}}; }}
 printf '%s %s\n' "$pgid" "$start" > "$job_dir/pgid.tmp" && mv -f "$job_dir/pgid.tmp" "$job_dir/pgid"
-
-# `wait` also returns when a trapped signal comes or the job is stopped (SIGSTOP): look again until
-# the job has really ended and been reaped.
-while :; do
-  wait "$pgid"
-  code=$?
-  kill -0 "$pgid" 2>/dev/null || break
-  sleep 0.1
-done
+{wait_job}
 
 # True while a live process remains in the job's group. Zombies do not count: where PID 1 does not
 # reap orphans (containers), killed children stay zombies for ever.
@@ -168,9 +160,36 @@ if group_alive; then
   for (( i = 0; i < 50; i++ )); do group_alive || break; sleep 0.1; done
 fi
 
-kill "$tail_pid" 2>/dev/null
+[[ -n $tail_pid ]] && kill "$tail_pid" 2>/dev/null
 finish "$code"
 """
+
+
+# A batch job: its output goes to the log, which the window shows (ctrl-C there stops only this view).
+_SHOW_LOG = r"""# Show this attempt's output in the pane for anyone who attaches; ends with the wrapper.
+( trap '' INT; exec tail -c "+$(( $(wc -c < "$log") + 1 ))" --pid=$$ -f -- "$log" ) &
+tail_pid=$!"""
+_LAUNCH_BATCH = r"""{run} < /dev/null >> "$log" 2>&1 &"""
+_AWAIT_BATCH = r"""# `wait` also returns when a trapped signal comes or the job is stopped (SIGSTOP): look again until
+# the job has really ended and been reaped.
+while :; do
+  wait "$pgid"
+  code=$?
+  kill -0 "$pgid" 2>/dev/null || break
+  sleep 0.1
+done"""
+# An interactive job (`herd run`): the window is its terminal. It runs in the foreground of the window's
+# terminal (job control's fg), so that what its owner types (ctrl-C too) reaches it; tmux copies the
+# window to the log (pipe-pane).
+_LAUNCH_INTERACTIVE = r"""tail_pid=
+{run} 2>&1 &  # stdout is the window's terminal; stderr too (the wrapper's own goes to wrapper.err)"""
+_AWAIT_INTERACTIVE = r"""code=
+while kill -0 "$pgid" 2>/dev/null; do  # fg returns when the job ends, or is stopped (then it goes on)
+  fg %1 > /dev/null 2>/dev/tty  # bash gives the terminal through stderr: the window's, not wrapper.err
+  code=$?
+done
+wait "$pgid" 2>/dev/null; status=$?
+[[ $status != 127 ]] && code=$status  # it ended before fg: its own status"""
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -323,6 +342,8 @@ class TmuxExecutor:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices()
         env["HERD_JOB_ID"] = str(job.id)
+        if job.interactive:  # its terminal is a tmux window
+            env["TERM"] = "screen-256color"
         env["HERD_NODE"] = allocation.node  # where it runs: a gang job's parts each get their own node
         if job.array_id is not None:  # a task of an array: Slurm's SLURM_ARRAY_JOB_ID and SLURM_ARRAY_TASK_ID
             env["HERD_ARRAY_JOB_ID"] = str(job.array_id)
@@ -364,6 +385,9 @@ class TmuxExecutor:
             result = self._tmux(*new_window)
         if result.returncode != 0:
             raise StartError(f"job {job.id}: tmux new-window failed: {result.stderr.strip()}")
+        if job.interactive:  # the window is its terminal: copy what it shows to the log
+            self._tmux("pipe-pane", "-o", "-t", f"={self.session_name}:={self.window_name(job.id)}",
+                       f"exec cat >> {shlex.quote(str(log_file))}")
         running = _Running()
         try:
             pid = int(result.stdout.strip())
@@ -402,6 +426,15 @@ class TmuxExecutor:
             if running.end is not None:
                 exits.append(running.end)
         return exits
+
+    def window(self, job_id: int) -> tuple[str, str, str] | None:
+        """(the tmux server's socket, session, window) of a job's live window, for people to attach to
+        (``herd attach``); None while it has none (it does not run)."""
+        windows = self._live_windows()
+        if not windows or self.window_name(job_id) not in windows:
+            return None
+        socket = self._socket_path or self._query_socket_path()
+        return (socket, self.session_name, self.window_name(job_id)) if socket else None
 
     def forget(self, job_id: int) -> None:
         self._jobs.pop(job_id, None)
@@ -583,9 +616,13 @@ class TmuxExecutor:
             cwd = job.cwd or (owner.pw_dir if owner.pw_dir and os.path.isdir(owner.pw_dir) else "/")
             run = _RUN_AS_OWNER.format(setpriv=q(self._setpriv or "setpriv"), uid=owner.pw_uid, gid=owner.pw_gid,
                                        env_bin=q(self._env_bin), user_cwd=q(cwd))
+        interactive = job.interactive
         return _WRAPPER.format(
             job_id=job.id, path=q(self._tmux_env["PATH"]), job_dir=q(str(job_dir)), log=q(str(log_file)),
-            cwd=q(cwd), tmux=q(self._tmux_bin), socket=q(self._socket_path), channel=q(self.channel), run=run,
+            cwd=q(cwd), tmux=q(self._tmux_bin), socket=q(self._socket_path), channel=q(self.channel),
+            show="" if interactive else _SHOW_LOG,
+            launch=(_LAUNCH_INTERACTIVE if interactive else _LAUNCH_BATCH).format(run=run),
+            wait_job=_AWAIT_INTERACTIVE if interactive else _AWAIT_BATCH,
         )
 
     def _read_exit(self, job_id: int) -> tuple[int | None, bool, float] | None:

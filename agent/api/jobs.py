@@ -91,6 +91,13 @@ def explain_job(job_id: JobIdPath, tools: ToolsDep) -> jobs.Explanation:
     return jobs.explain_job(tools, jobs.ExplainJob(job_id=job_id))
 
 
+@router.get("/{job_id}/window")
+def job_window(job_id: JobIdPath, tools: ToolsDep) -> jobs.JobWindow:
+    """Where a running job's tmux window is (its socket, session and window), for its owner or an administrator:
+    ``herd attach`` runs ``tmux -S SOCKET attach -r`` there, on the job's node. 409 when it does not run."""
+    return jobs.job_window(tools, jobs.GetJob(job_id=job_id))
+
+
 @router.get("/{job_id}/events")
 def job_events(job_id: JobIdPath, tools: ToolsDep) -> list[Event]:
     """Everything that happened to the job, oldest first."""

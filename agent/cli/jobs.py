@@ -197,7 +197,12 @@ def show(client: Client, as_json: bool, ref: str) -> None:
 @click.option("--rank", type=click.IntRange(0), help="a gang job's part: only its log (default: every part's; "
               "-f follows rank 0)")
 def logs(client: Client, as_json: bool, ref: str, follow: bool, tail: int | None, whole: bool, rank: int | None) -> int:
-    job_id = resolve(client, ref)
+    return show_log(client, resolve(client, ref), follow=follow, tail=tail, whole=whole, rank=rank, as_json=as_json)
+
+
+def show_log(client: Client, job_id: int, *, follow: bool, tail: int | None = None, whole: bool = False,
+             rank: int | None = None, as_json: bool = False) -> int:
+    """Print a job's log (see ``herd logs``); 130 after Ctrl-C while following."""
     path = f"/jobs/{job_id}/logs"
     part = {"rank": rank} if rank is not None else {}
     if whole:

@@ -209,6 +209,36 @@ def job_events(ctx: ToolContext, args: JobEvents) -> list[Event]:
     return ctx.core.store.events(job_id=args.job_id)
 
 
+class JobWindow(BaseModel):
+    """Where a running job's tmux window is, for its owner or an administrator to attach to on its node."""
+
+    job_id: int
+    node: str = Field(description="The node it runs on: `herd attach` runs tmux there.")
+    socket: str = Field(description="The tmux server's socket (tmux -S SOCKET).")
+    session: str
+    window: str
+    interactive: bool = Field(description="Its window is its terminal (herd run): its owner may type into it.")
+
+
+class JobHasNoWindow(IllegalTransition):
+    """The job runs in no window (it is not running, or its executor has none)."""
+
+
+def job_window(ctx: ToolContext, args: GetJob) -> JobWindow:
+    job = ctx.core.queue.get(args.job_id)
+    ctx.check_owner(job)  # its window shows its output: its owner's and the administrators'
+    if job.status != JobStatus.RUNNING or job.allocation is None:
+        raise IllegalTransition(f"job {job.id} is {job.status.value}; it has a window only while it runs "
+                                f"(herd logs -f {job.id} follows its output)")
+    where = getattr(ctx.core.executor, "window", None)
+    found = where(job.id) if where is not None else None
+    if found is None:
+        raise JobHasNoWindow(f"job {job.id} runs in no tmux window this server knows of")
+    socket, session, window = found
+    return JobWindow(job_id=job.id, node=job.allocation.node, socket=socket, session=session, window=window,
+                     interactive=job.interactive)
+
+
 MAX_LOG_LINES = 1_000_000
 MAX_OFFSET = 2**63 - 1  # a file offset
 
@@ -344,6 +374,9 @@ def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None,
         check_unix_user(owner)
     check_cwd(request.cwd)
     given = request.model_dump(include=_REQUEST_FIELDS)  # a front door's body may say more (REST: user)
+    if request.interactive:
+        _check_interactive(ctx)
+        given["max_retries"] = 0  # a terminal session is not started again by itself
     begin_at = None if request.begin_at is None else when("begin_at", request.begin_at, ctx.core.clock.now())
     # pydantic.ValidationError names the field at fault
     spec = JobSpec(user=owner, begin_at=begin_at, idempotency=idempotency, **given)
@@ -352,6 +385,15 @@ def queue_job(ctx: ToolContext, request: JobRequest, *, user: str | None = None,
         ctx.record(f"submitted job {job.id} for {owner}", job.id)
     ctx.core.changed()
     return job
+
+
+def _check_interactive(ctx: ToolContext) -> None:
+    """An interactive job is for someone who attaches to its window (``herd run``)."""
+    if ctx.actor.via == "chat":
+        raise ValueError("interactive: a terminal session is started with `herd run`, which attaches you to it")
+    if ctx.core.owners_must_exist and not ctx.actor.admin:
+        raise ValueError("interactive: its terminal is a window of the server's tmux, which on a shared server is "
+                         "root's, so you could not attach to it; use herd submit (and herd logs -f)")
 
 
 def queue_position(ctx: ToolContext, job_id: int) -> int | None:
@@ -432,18 +474,20 @@ def cancel_jobs(ctx: ToolContext, args: CancelJobs) -> Cancelled:
         mine = None if ctx.actor.admin else ctx.actor.user
         chosen = {j.id: j for j in active if mine is None or j.user == mine}
     cancelled, stopping = [], []
-    for job in chosen.values():
-        if (user is not None and job.user != user) or (args.name is not None and job.name != args.name) \
-                or (args.states is not None and job.status not in states):
-            continue  # a named job that has ended is not skipped: cancel says so
-        try:
-            ctx.check_owner(job)
-            done = ctx.orchestrator.cancel(job.id)
-        except (PermissionDenied, IllegalTransition) as exc:
-            refused.append(str(exc))
-            continue
-        ctx.record(f"cancel job {done.id}", done.id)
-        (cancelled if done.status == JobStatus.CANCELLED else stopping).append(done.id)
+    # Under the scheduler's lock, waiting jobs first: no pass starts a job (an array's next task) in between.
+    with ctx.orchestrator.lock:
+        for job in sorted(chosen.values(), key=lambda j: (j.status != JobStatus.QUEUED, j.id)):
+            if (user is not None and job.user != user) or (args.name is not None and job.name != args.name) \
+                    or (args.states is not None and job.status not in states):
+                continue  # a named job that has ended is not skipped: cancel says so
+            try:
+                ctx.check_owner(job)
+                done = ctx.orchestrator.cancel(job.id)
+            except (PermissionDenied, IllegalTransition) as exc:
+                refused.append(str(exc))
+                continue
+            ctx.record(f"cancel job {done.id}", done.id)
+            (cancelled if done.status == JobStatus.CANCELLED else stopping).append(done.id)
     if cancelled or stopping:
         ctx.core.changed()
     return Cancelled(cancelled=cancelled, stopping=stopping, refused=refused)

@@ -86,7 +86,8 @@ def test_job_sees_only_its_own_environment(make_executor, monkeypatch):
     assert env["HERD_NODE"] == ALLOC.node
     assert env["FOO"] == "bar baz"
     assert "HERD_LEAK_SENTINEL" not in env
-    want_keys = {k for k in ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG") if k in os.environ}
+    # USER, LOGNAME and HOME say who runs it even where the service was started without them (systemd).
+    want_keys = {k for k in ("PATH", "SHELL", "LANG") if k in os.environ} | {"HOME", "USER", "LOGNAME"}
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # so CUDA numbers GPUs as NVML does
     assert set(env) - BASH_ADDS == want_keys | {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HERD_JOB_ID", "HERD_NODE",
                                                 "FOO"}
@@ -256,3 +257,12 @@ def test_a_start_after_the_tmux_server_died_starts_it_again(ex):
     ex.start(job(2, "echo again"), Allocation(node="local", gpus=(0,)), now=0.0)
     assert wait_exit(ex, 2).exit_code == 0
     assert "again" in ex.log_path(2).read_text()
+
+
+def test_a_job_knows_who_runs_it_where_the_service_was_started_without_user(make_executor):
+    import pwd
+    ex = make_executor(base_env={"PATH": os.environ["PATH"]})  # as under systemd: no USER, LOGNAME or HOME
+    log = ex.start(job(command="echo $USER $LOGNAME $HOME"), ALLOC, time.time())
+    assert wait_exit(ex, 1).exit_code == 0
+    me = pwd.getpwuid(os.geteuid())
+    assert Path(log).read_text() == f"{me.pw_name} {me.pw_name} {me.pw_dir}\n"

@@ -192,6 +192,13 @@ wait "$pgid" 2>/dev/null; status=$?
 [[ $status != 127 ]] && code=$status  # it ended before fg: its own status"""
 
 
+def _server_user() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwuid(os.geteuid())
+    except KeyError:  # a uid with no name (a container's)
+        return None
+
+
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state, process group, start time in clock ticks since boot) of a process, or None if gone."""
     try:
@@ -338,6 +345,11 @@ class TmuxExecutor:
         if owner is not None:
             env |= {"HOME": owner.pw_dir, "USER": owner.pw_name, "LOGNAME": owner.pw_name,
                     "SHELL": owner.pw_shell or "/bin/sh"}
+        else:  # it runs as the server's user: who that is, where the service was started without it (systemd)
+            me = _server_user()
+            if me is not None:
+                for key, value in (("USER", me.pw_name), ("LOGNAME", me.pw_name), ("HOME", me.pw_dir)):
+                    env.setdefault(key, value)
         # NVML numbers GPUs by PCI bus; CUDA's default order is fastest-first. Make them agree.
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices()

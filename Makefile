@@ -1,16 +1,19 @@
-# `make run` and `make test` each set up everything they need on a fresh machine.
+# `make run` and `make test` each set up everything they need on a fresh machine; `make install` puts
+# herd on your PATH.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BINDIR ?= $(HOME)/.local/bin
 
-.PHONY: run test tmux chromium clean
+.PHONY: run test install tmux chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,ray]'  # ray: the many-node tests (tests/test_ray.py)
 	touch $(STAMP)
+	@echo "herd is $(VENV)/bin/herd: 'make install' puts it on your PATH (or: export PATH=$(abspath $(VENV))/bin:\$$PATH)"
 
 # tmux runs every job; install it when we can, otherwise say exactly what is missing.
 tmux:
@@ -31,6 +34,14 @@ chromium:
 	  else \
 	    echo "the dashboard's browser tests need chromium ('sudo apt-get install chromium'); skipping them" >&2; \
 	  fi; }
+
+# A link to .venv/bin/herd in BINDIR (~/.local/bin; a lab's head node: sudo make install BINDIR=/usr/local/bin,
+# with the clone where every user can read it).
+install: $(STAMP)
+	@mkdir -p $(BINDIR)
+	@ln -sf $(abspath $(VENV))/bin/herd $(BINDIR)/herd
+	@case ":$$PATH:" in *":$(BINDIR):"*) echo "herd: $(BINDIR)/herd";; \
+	  *) echo "herd: $(BINDIR)/herd; $(BINDIR) is not on your PATH: add it, e.g. echo 'export PATH=$(BINDIR):\$$PATH' >> ~/.bashrc";; esac
 
 run: $(STAMP) tmux
 	$(VENV)/bin/herd serve --single-user

@@ -22,6 +22,7 @@ from tests.helpers import wait_until  # noqa: E402
 from tools.door import jobs as door  # noqa: E402
 from tools.models import JobRequest, JobStatus, TERMINAL  # noqa: E402
 from tools.ray_executor import GPUS_LABEL, NODE_LABEL, start_local_cluster  # noqa: E402
+from tools.tmux_executor import TmuxExecutor  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.tmux, pytest.mark.ray]
 
@@ -135,6 +136,9 @@ def test_cancel_a_job_on_the_second_node(herd):
     second = herd.submit("echo started; sleep 60", gpus=4)
     assert {herd.running(first).node, herd.running(second).node} == {"node0", "node1"}
     on_node1 = first if herd.job(first).node == "node1" else second
+    if hasattr(TmuxExecutor, "window"):  # herd attach finds its window in node1's tmux
+        socket, _, window = herd.service.executor.window(on_node1)
+        assert socket.endswith(f"{herd.settings.tmux_socket}-node1") and window == f"job-{on_node1}"
     door.cancel_job(herd.tools, door.CancelJob(job_id=on_node1))
     (job,) = herd.ended(on_node1, timeout_s=15)
     assert job.status == JobStatus.CANCELLED

@@ -147,6 +147,12 @@ class NodeAgent:
                  length: int | None = None) -> LogChunk:
         return read_log(self.executor.log_path(job_id), tail=tail, offset=offset, length=length)
 
+    def window(self, job_id: int) -> tuple[str, str, str] | None:
+        """(tmux socket, session, window) of a job running here, for ``herd attach`` on this node."""
+        where = getattr(self.executor, "window", None)
+        with self._lock:
+            return where(job_id) if where is not None else None
+
     @staticmethod
     def free_port() -> int:
         """A TCP port free on this node now: a gang job's ``MASTER_PORT``."""

@@ -373,17 +373,23 @@ class RayExecutor:
 
     def wait(self, timeout_s: float) -> None:
         """Until an agent says a job may have ended, or ``timeout_s``."""
-        refs = {}
-        for ref in list(self._agents.values()):
-            if ref.dead is not None:
-                continue
-            if ref.waiting is None:
-                ref.waiting = ref.handle.wait.options(concurrency_group="wait").remote(AGENT_WAIT_S)
-            refs[ref.waiting] = ref
-        if not refs:
-            self._closing.wait(timeout_s)
+        if self._closing.is_set():
             return
-        ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout_s)
+        refs = {}
+        try:
+            for ref in list(self._agents.values()):
+                if ref.dead is not None:
+                    continue
+                if ref.waiting is None:
+                    ref.waiting = ref.handle.wait.options(concurrency_group="wait").remote(AGENT_WAIT_S)
+                refs[ref.waiting] = ref
+            if not refs:
+                self._closing.wait(timeout_s)
+                return
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=timeout_s)
+        except Exception:  # Ray shutting down under us (close), or the connection lost: the next poll says
+            self._closing.wait(min(timeout_s, 0.5))
+            return
         for obj in ready:
             ref = refs[obj]
             ref.waiting = None
@@ -413,6 +419,21 @@ class RayExecutor:
                     pass
             self._agents.clear()
             self._nodes = ()
+
+    def window(self, job_id: int) -> tuple[str, str, str] | None:
+        """Where a running job's tmux window is on its node (a gang job: rank 0's), for ``herd attach``
+        there; None if it has none."""
+        job = self._jobs.get(job_id)
+        if job is None or job.end is not None or not job.parts:
+            return None
+        ref = self._agents.get(job.parts[0].node)
+        if ref is None or ref.dead is not None:
+            return None
+        try:
+            found = ray.get(ref.handle.window.options(concurrency_group="io").remote(job_id), timeout=CALL_TIMEOUT_S)
+        except RayError:
+            return None
+        return tuple(found) if found is not None else None
 
     # -- logs ---------------------------------------------------------------------------------------
     def read_log(self, job: Job, *, tail: int | None = None, offset: int | None = None, length: int | None = None,

@@ -122,9 +122,9 @@ def build_core(
     workdir = settings.workdir.resolve()
     if store is None or executor is None:
         workdir.mkdir(parents=True, exist_ok=True)
-    tokens = TokenStore(workdir / "herd.db") if store is None else None
+    tokens = TokenStore(workdir / "herd.db", busy_timeout_s=settings.busy_timeout_s) if store is None else None
     if store is None:
-        store = SqliteStore(workdir / "herd.db")
+        store = SqliteStore(workdir / "herd.db", busy_timeout_s=settings.busy_timeout_s)
         # Jobs' environments and token hashes are in it: the server's alone (its -wal and -shm files
         # take its mode).
         (workdir / "herd.db").chmod(0o600)

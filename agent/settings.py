@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     tick_interval_s: float = Field(0.5, gt=0, description="Longest time between two scheduler passes.")
     metrics_interval_s: float = Field(5.0, gt=0, description="How often live GPU readings are refreshed.")
     log_level: str = Field("info", description="Log level of the server.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; a larger one gets 413.")
+    busy_timeout_s: float = Field(5.0, ge=0, le=600, description="Longest wait for the database's write lock "
+                                  "(held by another process); past it, 503.")
 
     # Who may act (agent/identity.py): the mode, the administrators, and what the web may reach.
     single_user: bool = Field(False, description="Loopback requests without a token act as the server's user "

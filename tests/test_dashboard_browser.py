@@ -209,3 +209,20 @@ def test_the_chat_panel_shows_each_action_and_the_validators_verdict(browser, tm
         assert "Queued job 1" in page.page.locator(".bubble.agent").inner_text()
         assert page.errors == []
         context.close()
+
+
+def test_an_arrays_waiting_tasks_fold_into_one_row_that_opens(browser, single_user):
+    single_user.http.post("/orchestrator/stop")
+    response = single_user.http.post("/queue/submit", json={"command": "train", "gpu_count": 1, "array": "0-19",
+                                                             "name": "sweep"})
+    assert response.status_code == 201, response.text
+    context = browser.new_context()
+    page = Watched(context)
+    page.open(single_user.url + "/#/queue", "queue")
+    folded = page.page.locator("#waiting tr.array")
+    assert page.page.locator("#waiting tr.job").count() == 1
+    assert "[0-19]" in folded.inner_text() and "20 tasks" in folded.inner_text()
+    folded.locator("button").click()
+    wait_until(lambda: page.page.locator("#waiting tr.job").count() == 20, 3, what="the array's 20 tasks")
+    assert page.errors == []
+    context.close()

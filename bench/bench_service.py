@@ -54,7 +54,8 @@ class Server:
         env["HERD_TMUX_SOCKET"] = self.socket
         self.log = (self.dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
-            [*herd_command(), "serve", "--port", str(self.port), "--workdir", str(self.dir / "herd"), "--gpus", "8", *args],
+            [*herd_command(), "serve", "--single-user", "--port", str(self.port), "--workdir", str(self.dir / "herd"),
+             "--gpus", "8", *args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.http = httpx.Client(base_url=self.url, timeout=30)
@@ -99,7 +100,7 @@ class Connection:
     async def post_json(self, path: str, body: dict) -> tuple[int, bytes]:
         data = json.dumps(body).encode()
         self.writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(data)}\r\n\r\n".encode() + data
         )
         head = await self.reader.readuntil(b"\r\n\r\n")

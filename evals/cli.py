@@ -191,6 +191,51 @@ def generate(users: int, nodes: int, gpus_per_node: int, days: float, load: floa
     return 0
 
 
+def _ints(ctx: click.Context, param: click.Parameter, text: str) -> list[int]:
+    """``0-9`` or ``0,3,5`` or ``0-4,8``."""
+    out: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            low, _, high = part.partition("-")
+            out += range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give numbers and ranges, e.g. 0-9 or 0,3,5") from None
+    if not out:
+        raise click.BadParameter("give at least one")
+    return out
+
+
+@command.command(
+    short_help="replay many synthetic lab weeks (seeds, user counts) under every policy",
+    help="Generate the synthetic lab week of each seed and user count (as 'herd eval generate' does), replay it "
+    "under each policy with the same estimates, and print each policy's share fairness, utilization and mean "
+    "JCT per week, with what multifactor misses of the target: share >= 0.9, utilization within one point of the "
+    "best policy, mean JCT at most 10% above sjf's.",
+)
+@click.option("--seeds", callback=_ints, default="0-9", show_default=True, help="generator seeds: 0-9, 0,3,5")
+@click.option("--users", callback=_ints, default="15", show_default=True, help="user counts: 15, or 8,15,30")
+@click.option("--policies", callback=_policies, help=f"comma-separated (default all: {','.join(POLICIES)})")
+@click.option("--estimate", type=click.Choice([m.value for m in EstimateMode]), default=EstimateMode.NOISY.value,
+              show_default=True, help="as for replay")
+@click.option("--nodes", type=POSITIVE_INT, default=2, show_default=True)
+@click.option("--gpus-per-node", type=POSITIVE_INT, default=8, show_default=True)
+@click.option("--days", type=POSITIVE_FLOAT, default=7.0, show_default=True)
+@click.option("--seed", "noise_seed", type=int, default=0, show_default=True, help="seed of the noisy estimates")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), metavar="FILE", help="write every week as JSON")
+def sweep(seeds: list[int], users: list[int], policies: list[str], estimate: str, nodes: int, gpus_per_node: int,
+          days: float, noise_seed: int, json_out: Path | None) -> int:
+    from evals.report import write_json
+    from evals.sweep import as_json, markdown, sweep as run_sweep
+
+    weeks = run_sweep(seeds, users, policies, estimate=estimate, nodes=nodes, gpus_per_node=gpus_per_node,
+                      days=days, noise_seed=noise_seed)
+    print(f"lab weeks on {nodes} x {gpus_per_node} GPUs, estimates {estimate}; share / utilization / mean JCT:")
+    print(markdown(weeks))
+    if json_out:
+        write_json(json_out, as_json(weeks))
+    return 0
+
+
 @command.command(help="run the chat scenarios through the agent and score them")
 @click.option("--scenarios", type=click.Path(path_type=Path),
               help="a folder of *.yaml scenarios (default evals/scenarios)")

@@ -1,0 +1,118 @@
+"""The synthetic lab workload over many weeks: every policy on many generator seeds and user counts.
+
+One seed is one week, and a week's figures move a lot with a single long or wide job (docs/evals.md),
+so a policy's fairness and utilization are judged over many. ``herd eval sweep`` generates each week
+in memory (``evals.generate``, the same trace ``herd eval generate --seed S`` writes), replays it under
+each policy with the same estimates, and checks the target of issue 19 on each week: multifactor's
+share fairness at least 0.9, its utilization within one point of the best policy's, its mean JCT at
+most 10 % above sjf's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+from evals import generate as gen
+from evals.metrics import lower_bounds, summarize
+from evals.replay import Cluster, replay
+from evals.trace import TraceJob, estimates, predicts, rebase
+from policies.estimates import DEFAULT_PREDICTOR
+
+SHARE_AT_LEAST = 0.9
+UTILIZATION_WITHIN = 0.01
+JCT_OVER_SJF_AT_MOST = 1.1
+
+
+@dataclass(frozen=True)
+class Week:
+    users: int
+    seed: int
+    policy: str
+    jobs: int
+    share: float
+    utilization: float
+    jct_mean_s: float
+    wait_max_s: float
+    utilization_ub: float
+    jct_mean_lb_s: float
+
+
+def lab_trace(model: gen.LabModel, seed: int) -> list[TraceJob]:
+    """The week ``herd eval generate`` writes for ``model`` and ``seed``, as trace jobs."""
+    rows = gen.generate(model, seed=seed)
+    return rebase([TraceJob(r.job_id, r.user, float(r.submit_time_s), float(r.duration_s), r.num_gpus) for r in rows])
+
+
+def sweep(seeds: Iterable[int], users: Iterable[int], policies: Sequence[str], *, estimate: str = "noisy",
+          nodes: int = 2, gpus_per_node: int = 8, days: float = 7.0, load: float = gen.DEFAULT_LOAD,
+          noise_seed: int = 0) -> list[Week]:
+    """Every policy on every (user count, seed) week; the estimates are the same for every policy of a week
+    (``noise_seed`` as ``herd eval replay --seed``)."""
+    out = []
+    cluster = Cluster(nodes, gpus_per_node)
+    predictor = DEFAULT_PREDICTOR if predicts(estimate) else None
+    for n in users:
+        model = gen.LabModel(users=n, nodes=nodes, gpus_per_node=gpus_per_node, days=days, load=load)
+        for seed in seeds:
+            jobs = lab_trace(model, seed)
+            guesses = estimates(jobs, estimate, seed=noise_seed)
+            bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in jobs], cluster.gpus)
+            for policy in policies:
+                m = summarize(replay(jobs, policy=policy, cluster=cluster, estimates=guesses,
+                                     predictor=predictor).finished, cluster.gpus)
+                out.append(Week(n, seed, policy, int(m["jobs"]), m["share_fairness"], m["utilization"],
+                                m["jct_mean_s"], m["wait_max_s"], bounds.utilization_ub, bounds.jct_mean_lb_s))
+    return out
+
+
+def misses(weeks: Sequence[Week], target: str = "multifactor") -> dict[tuple[int, int], list[str]]:
+    """Per (users, seed): which parts of the target ``target`` misses that week (empty: none)."""
+    by_week: dict[tuple[int, int], dict[str, Week]] = {}
+    for w in weeks:
+        by_week.setdefault((w.users, w.seed), {})[w.policy] = w
+    out = {}
+    for key, runs in by_week.items():
+        t = runs.get(target)
+        if t is None:
+            continue
+        missed = []
+        if t.share < SHARE_AT_LEAST:
+            missed.append("share")
+        if t.utilization < max(r.utilization for r in runs.values()) - UTILIZATION_WITHIN:
+            missed.append("util")
+        if "sjf" in runs and t.jct_mean_s > JCT_OVER_SJF_AT_MOST * runs["sjf"].jct_mean_s:
+            missed.append("jct")
+        out[key] = missed
+    return out
+
+
+def markdown(weeks: Sequence[Week], target: str = "multifactor") -> str:
+    """One row per week: each policy's share, utilization and mean JCT (hours), then what ``target``
+    misses; then the mean and the worst week of each policy."""
+    policies = list(dict.fromkeys(w.policy for w in weeks))
+    by_week: dict[tuple[int, int], dict[str, Week]] = {}
+    for w in weeks:
+        by_week.setdefault((w.users, w.seed), {})[w.policy] = w
+    missed = misses(weeks, target)
+    header = ["users", "seed", "jobs"] + [f"{p} share / util / JCT" for p in policies] + [f"{target} misses"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (n, seed), runs in by_week.items():
+        cells = [f"{runs[p].share:.3f} / {runs[p].utilization:.3f} / {runs[p].jct_mean_s / 3600:.1f}h" for p in policies]
+        jobs = next(iter(runs.values())).jobs
+        lines.append(f"| {n} | {seed} | {jobs} | " + " | ".join(cells) + f" | {', '.join(missed.get((n, seed), [])) or '-'} |")
+    means = [f"{statistics.mean(w.share for w in weeks if w.policy == p):.3f} / "
+             f"{statistics.mean(w.utilization for w in weeks if w.policy == p):.3f} / "
+             f"{statistics.mean(w.jct_mean_s for w in weeks if w.policy == p) / 3600:.1f}h" for p in policies]
+    worst = [f"{min(w.share for w in weeks if w.policy == p):.3f}" for p in policies]
+    met = sum(1 for m in missed.values() if not m)
+    lines.append("| mean | | | " + " | ".join(means) + f" | met on {met} of {len(missed)} |")
+    lines.append("| worst share | | | " + " | ".join(worst) + " | |")
+    return "\n".join(lines)
+
+
+def as_json(weeks: Sequence[Week], target: str = "multifactor") -> dict:
+    missed = misses(weeks, target)
+    return {"weeks": [asdict(w) for w in weeks],
+            "misses": [{"users": n, "seed": s, "target": target, "missed": m} for (n, s), m in missed.items()]}

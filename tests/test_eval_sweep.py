@@ -1,0 +1,56 @@
+"""herd eval sweep: many synthetic lab weeks under every policy, and what multifactor misses."""
+
+import json
+
+import pytest
+
+from evals import generate as gen
+from evals.cli import main
+from evals.sweep import Week, lab_trace, markdown, misses, sweep
+
+
+def test_a_sweep_week_is_the_trace_generate_writes(tmp_path):
+    from evals.trace import load_trace
+
+    model = gen.LabModel(users=4, days=1)
+    gen.write(tmp_path / "w.csv", gen.generate(model, seed=3))
+    assert lab_trace(model, 3) == load_trace(tmp_path / "w.csv")
+
+
+def week(policy, share=0.95, util=0.8, jct=3600.0, seed=0):
+    return Week(15, seed, policy, 10, share, util, jct, 0.0, 0.9, 100.0)
+
+
+@pytest.mark.parametrize("target, want", [
+    (week("multifactor"), []),
+    (week("multifactor", share=0.89), ["share"]),
+    (week("multifactor", util=0.78), ["util"]),  # two points under the best
+    (week("multifactor", util=0.795), []),  # within one point
+    (week("multifactor", jct=1.2 * 3600), ["jct"]),  # 20 % above sjf's
+    (week("multifactor", share=0.5, util=0.5, jct=9e9), ["share", "util", "jct"]),
+])
+def test_misses_check_each_part_of_the_target(target, want):
+    assert misses([week("sjf"), week("priority", util=0.8), target]) == {(15, 0): want}
+
+
+def test_a_small_sweep_runs_every_policy_on_every_week():
+    weeks = sweep([0, 1], [3], ["sjf", "multifactor"], days=1.0)
+    assert [(w.seed, w.policy) for w in weeks] == [(0, "sjf"), (0, "multifactor"), (1, "sjf"), (1, "multifactor")]
+    assert all(0 < w.utilization <= w.utilization_ub + 1e-9 and w.jct_mean_s >= w.jct_mean_lb_s - 1e-6 for w in weeks)
+    table = markdown(weeks)
+    assert table.count("\n") == 5 and "met on" in table
+
+
+def test_cli_sweep(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["sweep", "--seeds", "0-1", "--users", "3", "--days", "1", "--policies", "sjf,multifactor",
+                 "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert len(doc["weeks"]) == 4 and {m["seed"] for m in doc["misses"]} == {0, 1}
+    assert "multifactor misses" in capsys.readouterr().out
+
+
+def test_cli_sweep_refuses_bad_seeds(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--seeds", "a-b"])
+    assert "give numbers and ranges" in capsys.readouterr().err

@@ -249,3 +249,21 @@ def test_queue_for_me_and_a_command_of_many_lines(herd, server):
         assert re.search(r"^command +echo one\n +echo two$", out, re.M)
     finally:
         herd("cancel", str(mine), str(other))
+
+
+@pytest.mark.tmux
+def test_queue_watch_shows_it_again_until_ctrl_c(herd, monkeypatch):
+    shown = []
+
+    def sleep(seconds):
+        shown.append(seconds)
+        if len(shown) % 2 == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("agent.cli.listing.time.sleep", sleep)
+    monkeypatch.setattr("agent.cli.listing.click.clear", lambda: None)
+    code, out, _ = herd("queue", "--watch", "0.5", "--format", "id,state")
+    assert code == 0 and shown == [0.5, 0.5]
+    assert out.count("herd queue, every 0.5 s (Ctrl-C to stop)") == 2
+    code, out, _ = herd("queue", "-i")  # the default interval
+    assert code == 0 and "every 2 s" in out and shown[2:] == [2.0, 2.0]

@@ -43,14 +43,17 @@ def test_a_short_log_is_whole(tmp_path):
     assert (chunk.text, chunk.offset, chunk.next_offset, chunk.size) == ("one\ntwo\n", 0, 8, 8)
 
 
-def test_a_follower_waits_on_the_server_and_an_ended_job_answers_at_once(make_api):
+def test_a_follower_waits_on_the_server_for_a_running_job_only(make_api):
     api = make_api(durations={2: 5})
     waiting = api.submit_ok(gpu_count=4, priority=1)
     t0 = time.monotonic()
-    log = api.http.get(f"/jobs/{waiting}/logs", params={"offset": 0, "wait": 0.6}).json()
-    assert log["text"] == "" and log["status"] == "queued" and time.monotonic() - t0 >= 0.5
+    log = api.http.get(f"/jobs/{waiting}/logs", params={"offset": 0, "wait": 30}).json()
+    assert log["text"] == "" and log["status"] == "queued" and time.monotonic() - t0 < 5  # not running: at once
     done = api.submit_ok(priority=10)
     api.tick()
+    t0 = time.monotonic()
+    log = api.http.get(f"/jobs/{done}/logs", params={"offset": 0, "wait": 0.6}).json()
+    assert log["status"] == "running" and time.monotonic() - t0 >= 0.5  # running: it waited for output
     api.clock.advance(6)
     api.tick()
     assert api.job(done)["status"] == "completed"

@@ -12,7 +12,7 @@ from agent.api.deps import ToolsDep
 from agent.api.queue import JobIdPath
 from tools.door import accounting, jobs
 from tools.logs import MAX_LOG_CHUNK
-from tools.models import MAX_GPUS_PER_JOB, MAX_ID, TERMINAL, EndReason, Event, Job, JobStatus
+from tools.models import HOLDS_GPUS, MAX_GPUS_PER_JOB, MAX_ID, EndReason, Event, Job, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -114,19 +114,19 @@ async def job_logs(
     length: Annotated[int | None, Query(ge=1, le=MAX_LOG_CHUNK, description="At most this many bytes (1 MiB "
                                         "if not given): with offset, a page of the log.")] = None,
     wait: Annotated[float, Query(ge=0, le=MAX_LOG_WAIT_S, description="Seconds to wait for something new when "
-                                 "there is nothing to send yet and the job has not ended (to follow a log).")] = 0,
+                                 "there is nothing to send yet and the job runs (to follow a log).")] = 0,
     rank: Annotated[int | None, Query(ge=0, le=MAX_GPUS_PER_JOB, description="A gang job's part: only its log "
                                       "(without it: every part's, or rank 0's with offset).")] = None,
 ) -> jobs.JobLog:
     """The job's stdout and stderr, at most 1 MiB at a time: ``offset`` and ``next_offset`` say which part of
     its ``size`` bytes ``text`` is; without ``offset`` or ``tail``, the last MiB from its first whole line.
-    Empty until it has started. With ``wait``, a follower's request is answered as soon as the job writes
-    or ends, instead of polling."""
+    Empty until it has started. With ``wait``, a follower's request on a running job is answered as soon as
+    the job writes or ends, instead of polling; a job that does not run (yet) is answered at once."""
     args = jobs.JobLogs(job_id=job_id, tail=tail, offset=offset, length=length, rank=rank)
     deadline = anyio.current_time() + wait
     while True:
         log = await anyio.to_thread.run_sync(jobs.job_logs, tools, args)
-        if log.text or log.status in TERMINAL or anyio.current_time() >= deadline:
+        if log.text or log.status not in HOLDS_GPUS or anyio.current_time() >= deadline:
             return log
         await anyio.sleep(min(LOG_LOOK_S, max(0.0, deadline - anyio.current_time())))
 

@@ -35,6 +35,7 @@ from tools.models import JobRequest
 TERMINAL = ("completed", "failed", "cancelled")
 FOLLOW_WAIT_S = 20  # a follower's request waits this long on the server for new output
 LOG_PAGE = 1 << 20  # bytes per request when reading a whole log
+QUEUED_POLL_S = 1.0  # how often a follower asks again while the job waits to (re)start
 
 
 def submit_options(run):
@@ -234,6 +235,8 @@ def show_log(client: Client, job_id: int, *, follow: bool, tail: int | None = No
             offset = chunk["next_offset"]
             if done and not chunk["text"]:  # ended, and everything it wrote is shown
                 return 0
+            if chunk["status"] == "queued" and not chunk["text"]:
+                time.sleep(QUEUED_POLL_S)  # the server waits only on a running job's log
     except KeyboardInterrupt:
         return 130
 

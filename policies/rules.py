@@ -21,6 +21,12 @@ def expected_runtime(job: Job, default_s: float) -> float:
     return default_s
 
 
+# A running job past its expected end is expected to run on for this many times as long as it has run
+# (0: any moment). Chosen on lab weeks 0-4 (docs/evals.md): 1 gave the best mean JCT on Philly 11cb48
+# but let backfill push its 16-GPU jobs back (longest wait 7.1 d), 0.5 kept most of the gain.
+OVERRUN_FACTOR = 0.5
+
+
 @dataclass(frozen=True)
 class Weights:
     """The multifactor priority: ``priority * P + age * A + fair_share * F + size * S``.
@@ -66,10 +72,11 @@ class Rules:
     def expected_end(self, job: Job, now: float) -> float:
         """When a job holding GPUs is expected to free them: at its start plus its expected run time;
         one being stopped, any moment (``now``). One that has already run past that is expected to run
-        as long again as it has run so far (never past its time limit): run times are heavy-tailed,
-        and a job that overran its estimate is likely a long one, not one about to end. (Planning it
-        to end "any moment" made the backfill plan hold GPUs for a job on nodes that were not about
-        to free up, while other nodes filled; see docs/evals.md.)"""
+        on for ``OVERRUN_FACTOR`` times as long as it has run so far (never past its time limit): run
+        times are heavy-tailed, and a job that overran its estimate is likely a long one, not one about
+        to end. (Planned to end "any moment", it made the backfill plan hold GPUs for a job on nodes
+        that were not about to free up, while other nodes filled; docs/evals.md has the replays that
+        chose the factor.)"""
         if job.stop_reason is not None:
             return now
         if job.start_time is None:
@@ -77,7 +84,7 @@ class Rules:
         end = job.start_time + self.runtime(job)
         if end > now:
             return end
-        end = now + (now - job.start_time)
+        end = now + OVERRUN_FACTOR * (now - job.start_time)
         if job.time_limit_s is not None:
             end = min(end, max(now, job.start_time + job.time_limit_s))
         return end

@@ -92,15 +92,16 @@ def test_backfill_never_delays_the_head_job_plan():
     assert Timeline(with_starts).earliest(with_starts.jobs_by_id[1]).start == before
 
 
-def test_running_jobs_past_their_estimate_are_expected_to_run_as_long_again():
+def test_running_jobs_past_their_estimate_are_expected_to_run_on_for_half_as_long_again():
     # Estimated at a minute, it has run an hour: it is likely a long job, expected to free its GPUs in
-    # another hour, not any moment; never past its time limit.
+    # another half hour, not any moment; never past its time limit.
     s = snap(running(9, "n1", (0, 1, 2, 3), est=60.0, start=0.0), job(1, gpus=4, submit=0), now=HOUR)
-    assert get_policy("backfill").decide(s).planned == {1: 2 * HOUR}
+    assert get_policy("backfill").decide(s).planned == {1: 1.5 * HOUR}
     rules = Rules()
     overran = running(9, "n1", (0, 1), est=60.0, start=0.0)
-    assert rules.expected_end(overran, now=HOUR) == 2 * HOUR
-    assert rules.expected_end(overran.model_copy(update={"time_limit_s": 1.5 * HOUR}), now=HOUR) == 1.5 * HOUR
+    assert rules.expected_end(overran, now=HOUR) == 1.5 * HOUR
+    assert rules.expected_end(overran, now=2 * HOUR) == 3 * HOUR
+    assert rules.expected_end(overran.model_copy(update={"time_limit_s": 1.2 * HOUR}), now=HOUR) == 1.2 * HOUR
     assert rules.expected_end(overran, now=30.0) == 60.0  # within its estimate: start + estimate
 
 

@@ -98,6 +98,7 @@ FAIR_SHARE_ORDER = Ordering(priority_key, by_user_and_gpus)
 class FairSharePolicy:
     name: str = "fair_share"
     orderings: tuple[Ordering, ...] = (FAIR_SHARE_ORDER,)
+    backfill: bool = True  # EASY: the first job that must wait is planned (see above)
 
     def order(self, snapshot: Snapshot) -> list[Job]:
         """As ``decide`` would offer them if every job started."""
@@ -106,7 +107,7 @@ class FairSharePolicy:
     def decide(self, snapshot: Snapshot) -> Decisions:
         """The same turns as ``order``, but reading each user's jobs by size, so that sizes which no
         longer fit are dropped after one job instead of walked."""
-        placer = Placer(snapshot, backfill=True)
+        placer = Placer(snapshot, backfill=self.backfill)
         jobs = snapshot.jobs_by_id
         per_user: dict[str, list] = {}  # user -> heap of (entry, gpus, iterator), one per job size
         for (user, gpus), entries in snapshot.queued_groups(FAIR_SHARE_ORDER).items():

@@ -222,7 +222,7 @@ class Placer:
         own = self._own_reserved(job)
         # The user's (or group's) reserved GPUs whose window is open are theirs first, whatever the plan
         # for another job: on them the job starts rather than wait behind that plan.
-        if own and self._place(job, self._all_but(own)):
+        if own and self._place(job, _union(self._all_but(own), reserved)):
             return Offer.STARTED
         if self.head_slot is not None and end > self.head_slot.start:
             closed = _union(reserved, _minus(self._head_gpus, own) if own else self._head_gpus)

@@ -181,8 +181,11 @@ done"""
 # An interactive job (`herd run`): the window is its terminal. It runs in the foreground of the window's
 # terminal (job control's fg), so that what its owner types (ctrl-C too) reaches it; tmux copies the
 # window to the log (pipe-pane).
+# It stops itself before it starts, so that it starts only once fg has given it the terminal (started in
+# the background, it would stop on its first touch of the terminal, and fg would not know to wake it).
 _LAUNCH_INTERACTIVE = r"""tail_pid=
-{run} 2>&1 &  # stdout is the window's terminal; stderr too (the wrapper's own goes to wrapper.err)"""
+# stdout is the window's terminal; stderr too (the wrapper's own goes to wrapper.err)
+( kill -STOP "$BASHPID"; exec {run} ) 2>&1 &"""
 _AWAIT_INTERACTIVE = r"""code=
 while kill -0 "$pgid" 2>/dev/null; do  # fg returns when the job ends, or is stopped (then it goes on)
   fg %1 > /dev/null 2>/dev/tty  # bash gives the terminal through stderr: the window's, not wrapper.err

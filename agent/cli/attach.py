@@ -6,9 +6,11 @@ as the job's owner or an administrator, when this user may use the server's tmux
 single-user server's is its user's; a shared server's is root's). Otherwise ``herd attach`` follows the
 job's output instead, and says why.
 
-A viewer gets a session of its own in the group of the server's session (``new-session -t``), showing the
-job's window: two people watching two jobs do not switch each other's window, and when the job's window
-closes the viewer is detached (a hook) and its session goes away (``destroy-unattached``).
+A viewer gets a session of its own holding only the job's window (linked, ``link-window``): two people
+watching two jobs do not switch each other's window, nobody sees another job's window from it, and when
+the job's window closes the viewer's session has no window left, so tmux ends it and the viewer's client.
+(Not a session grouped with the server's, watched by a hook: tmux 3.3 was seen to crash that way, and
+its crash would take every job with it.)
 """
 
 from __future__ import annotations
@@ -98,20 +100,18 @@ def open_window(client: Client, window: dict, *, write: bool) -> int:
                    err=True)
         return show_log(client, job_id, follow=True)
     view = f"herd-view-{job_id}-{os.getpid()}"
-    target = f"={window['session']}"
-    # The hook: when the job's window closes, the viewer's session shows another window; detach it then.
+    # A session of its own, its first window a placeholder that the job's window, linked in, replaces.
     made = subprocess.run(
-        [tmux, "-S", socket, "new-session", "-d", "-s", view, "-t", target, ";",
-         "select-window", "-t", f"={view}:={window['window']}", ";",
-         "set-hook", "-t", view, "window-unlinked",  # (set-hook takes no "=" before a session's name)
-         f"if-shell -F '#{{!=:#{{window_name}},{window['window']}}}' 'detach-client -s {view}'"],
+        [tmux, "-S", socket, "new-session", "-d", "-s", view, "-n", "herd-placeholder", "sleep 60", ";",
+         "link-window", "-s", f"={window['session']}:={window['window']}", "-t", f"={view}:", ";",
+         "kill-window", "-t", f"={view}:=herd-placeholder"],
         capture_output=True, text=True)
     if made.returncode != 0:
         raise CliError(f"cannot open a view of job {job_id}'s window: {made.stderr.strip()}")
     mode = "read-write: what you type reaches the job" if write else "read-only"
     click.echo(f"herd: attaching to job {job_id}'s window, {mode}; detach with Ctrl-b d", err=True)
-    subprocess.run([tmux, "-S", socket, "attach-session", *([] if write else ["-r"]), "-t", f"={view}", ";",
-                    "set-option", "-t", view, "destroy-unattached", "on"])
+    subprocess.run([tmux, "-S", socket, "attach-session", *([] if write else ["-r"]), "-t", f"={view}"])
+    # Detached while the job runs: the view goes, the job's window (linked in the server's session) stays.
     subprocess.run([tmux, "-S", socket, "kill-session", "-t", f"={view}"], capture_output=True)
     job = client.call("GET", f"/jobs/{job_id}")
     deadline = time.monotonic() + 5

@@ -26,14 +26,15 @@ pytestmark = [pytest.mark.tmux, pytest.mark.slow]
 GRACE_S = 2.0
 
 # The victim's first run installs a SIGTERM trap that stamps the time into ``term``, says it is ready,
-# then keeps beating (a timestamp every 50 ms) until it dies. ``$EPOCHREALTIME`` is the epoch time,
+# then keeps beating (a timestamp every 50 ms, written whole: SIGKILL may land mid-write) until it dies.
+# ``$EPOCHREALTIME`` is the epoch time,
 # as ``time.time()`` reads it. A later run finds the stamp and ends at once: it "resumed".
 VICTIM = r"""
 dir={dir}
 if [ -e "$dir/term" ]; then echo "resumed after preemption"; exit 0; fi
 trap 'echo "$EPOCHREALTIME" >> "$dir/term"{on_term}' TERM
 echo "$EPOCHREALTIME" > "$dir/ready"
-while :; do echo "$EPOCHREALTIME" > "$dir/beat"; sleep 0.05; done
+while :; do echo "$EPOCHREALTIME" > "$dir/beat.tmp" && mv -f "$dir/beat.tmp" "$dir/beat"; sleep 0.05; done
 """
 IGNORES_SIGTERM = ""  # the trap only stamps: SIGKILL is needed
 EXITS_ON_SIGTERM = "; exit 143"  # a job that checkpoints and leaves

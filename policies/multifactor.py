@@ -122,6 +122,20 @@ class MultifactorPolicy:
         merged = heapq.merge(*(chain([first], rest) for first, _, rest in self._streams(snapshot, None)))
         return [jobs[job_id] for _, job_id in merged]
 
+    def position(self, snapshot: Snapshot, job: Job) -> int:
+        """A waiting job's place in ``order`` (1 = first), counted in each sorted group by a search: the
+        queue is not merged. The job's key is shifted into each group's terms (its fair share against
+        theirs), so the count is the merge's."""
+        groups = snapshot.queued_groups(self.ordering)
+        shares = fair_share_factors(snapshot, {user for user, _ in groups} | {job.user})
+        weight = self.weights.fair_share
+        (first, *rest), job_id = self.ordering.entry(job)
+        ahead = 0
+        for (user, _), entries in groups.items():
+            shift = 0.0 if user == job.user else weight * (shares[user] - shares[job.user])
+            ahead += entries.rank(((first + shift, *rest), job_id))
+        return ahead + 1
+
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, backfill=True)
         offer_in_order(placer, self._streams(snapshot, placer), per_user=True)

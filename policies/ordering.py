@@ -85,6 +85,12 @@ class OrderedPolicy:
         groups = snapshot.queued_groups(Ordering(self.key, by_gpus)).values()
         return [jobs[job_id] for _, job_id in heapq.merge(*groups)]  # already sorted: merge, never sort
 
+    def position(self, snapshot: Snapshot, job: Job) -> int:
+        """A waiting job's place in ``order`` (1 = first), counted in each sorted group by a search."""
+        ordering = Ordering(self.key, by_gpus)
+        entry = ordering.entry(job)
+        return 1 + sum(entries.rank(entry) for entries in snapshot.queued_groups(ordering).values())
+
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, head_of_line=self.head_of_line, backfill=self.backfill)
         placer.offer_groups(snapshot.queued_groups(Ordering(self.key, by_gpus)))

@@ -95,6 +95,13 @@ class SortedRuns:
         for run in self._runs:
             yield from run
 
+    def rank(self, entry) -> int:
+        """How many entries sort before ``entry`` (a job's place in this order, from 0): a search, not a walk."""
+        r = bisect.bisect_left(self._maxes, entry)
+        if r == len(self._runs):
+            return self._len
+        return sum(map(len, self._runs[:r])) + bisect.bisect_left(self._runs[r], entry)
+
     def add(self, entry) -> SortedRuns:
         runs, maxes = self._runs, self._maxes
         if not runs:

@@ -17,6 +17,7 @@ from typing import Annotated, Mapping
 from pydantic import BaseModel, Field
 
 from policies.admission import reservations_against
+from policies.ordering import Policy
 from policies.plan import estimate_starts
 from policies.snapshot import Snapshot
 from tools.door.context import Args, PermissionDenied, ToolContext
@@ -72,12 +73,19 @@ def outlook(ctx: ToolContext) -> Outlook:
     """The plan of every waiting job in the policy's order, else the last pass's backfill plan. A stopped
     scheduler starts nothing, so then nothing has an estimated start. The planning reads only the
     (immutable) snapshot, so it runs outside the lock, as a tick's decision does."""
-    orch = ctx.orchestrator
-    with orch.lock:
-        snapshot, policy, planned, enabled = orch.snapshot(), orch.policy, orch.planned, orch.enabled
+    snapshot, policy, planned, enabled = _now(ctx)
     order = policy.order(snapshot)
     starts = {**planned, **estimate_starts(snapshot, order)} if enabled else {}
     return Outlook(snapshot, policy.name, order, starts)
+
+
+def _now(ctx: ToolContext) -> tuple[Snapshot, Policy, Mapping[int, float], bool]:
+    """The scheduler's state for a reader, taken without the orchestrator's lock, so that no read waits
+    behind a pass or a write stuck on the database: the snapshot's parts are immutable versions (the
+    queue index's view, tuples) or maps only ever read by key, and the plan and policy are replaced
+    whole, never changed in place."""
+    orch = ctx.orchestrator
+    return orch.snapshot(), orch.policy, orch.planned, orch.enabled
 
 
 def _me(ctx: ToolContext) -> str:
@@ -397,10 +405,16 @@ def _check_interactive(ctx: ToolContext) -> None:
 
 
 def queue_position(ctx: ToolContext, job_id: int) -> int | None:
-    orch = ctx.orchestrator
-    with orch.lock:
-        order = orch.policy.order(orch.snapshot())
-    return next((i for i, j in enumerate(order, start=1) if j.id == job_id), None)
+    """A waiting job's place in the policy's order (None for any other job): counted by the policy in its
+    sorted groups where it can (``position``), without ordering the queue."""
+    snapshot, policy, _, _ = _now(ctx)
+    job = snapshot.jobs_by_id.get(job_id)
+    if job is None or job.status != JobStatus.QUEUED:
+        return None
+    position = getattr(policy, "position", None)
+    if position is not None:
+        return position(snapshot, job)
+    return next((i for i, j in enumerate(policy.order(snapshot), start=1) if j.id == job_id), None)
 
 
 class CancelJob(Args):

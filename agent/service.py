@@ -20,6 +20,7 @@ from agent.build import NO_MODEL, ModelNotConfigured, build_chat, build_core, bu
 from agent.chat import ChatAgent
 from agent.identity import Identities, Mode, mode_of
 from agent.llm import Model
+from agent.notifier import Notifier
 from agent.settings import Settings
 from tools.clock import Clock
 from tools.door import observe
@@ -67,6 +68,7 @@ class Service:
                                jobs_run_as_owners=mode_of(settings) == Mode.SHARED)
         self.identities = Identities.for_server(settings, self.core.tokens)
         self.core.changed = self.wake
+        self.notifier = Notifier(self.core, settings.notify)
         self.run_loop = run_loop
         self.ticks = 0
         self.last_error: str | None = None
@@ -126,6 +128,7 @@ class Service:
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
+            self.notifier.start()  # reads the log in threads of its own: a slow webhook delays no pass
 
     def stop(self) -> None:
         """Stop ticking and release files; jobs keep running in tmux and are adopted on the next start."""
@@ -138,6 +141,7 @@ class Service:
         for thread in self._threads[1:]:
             thread.join(timeout=5)
         self._threads.clear()
+        self.notifier.stop()
         self.resources.close()
         if self.core.tokens is not None:
             self.core.tokens.close()

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from policies.ordering import POLICIES
 from policies.rules import DEFAULT_RULES, Weights
+from tools.notify import NotifyConfig
 
 AGENT_POLICY = "agent"  # the LLM proposes, the validator decides; needs a model endpoint
 POLICY_NAMES = (*POLICIES, AGENT_POLICY)
@@ -189,6 +190,11 @@ class Settings(BaseSettings):
     weight_size: float = Field(DEFAULT_WEIGHTS.size, ge=0)
     age_unit_s: float = Field(DEFAULT_WEIGHTS.age_unit_s, gt=0, description="Waiting this long adds one whole age factor.")
     size_unit_gpu_hours: float = Field(DEFAULT_WEIGHTS.size_unit_gpu_hours, gt=0, description="A job of this many GPU-hours has size factor 1/2.")
+
+    # Notifications (tools/notify.py, agent/notifier.py): {default: URL, users: {alice: URL}, events: [...]}.
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Webhooks told of jobs' starts, ends, "
+                                 "failures, time limits, idle GPUs, preemptions and reservations' starts (HERD_NOTIFY "
+                                 "as JSON); a URL written slack:https://... gets a Slack-style body.")
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from tools.notify import JOB_EVENTS, MAX_URL, NotifyEvent, check_target, read_events
+
 
 class JobStatus(StrEnum):
     QUEUED = "queued"  # waiting for GPUs; always carries a pending reason
@@ -239,6 +241,13 @@ class JobRequest(BaseModel):
     interactive: bool = Field(
         False, strict=True, description="True for a terminal session (herd run): the job's tmux window is its terminal, "
         "which its owner attaches to; it is not retried, and a lost window ends it.")
+    notify: str | None = Field(
+        None, max_length=MAX_URL, description="Where this job's notifications go: an http(s) webhook URL (written "
+        "slack:https://... for a Slack-style {\"text\": ...} body), or 'off' for none; its owner's or the lab's "
+        "webhook from the server's config if not given.")
+    notify_on: tuple[NotifyEvent, ...] | None = Field(
+        None, max_length=len(JOB_EVENTS), description="Which of this job's events notify: "
+        + ", ".join(JOB_EVENTS) + "; the server's configured events if not given.")
 
     @model_validator(mode="before")
     @classmethod
@@ -260,6 +269,20 @@ class JobRequest(BaseModel):
     @classmethod
     def _text(cls, v: str | None) -> str | None:
         return v if v is None else no_nul(v)
+
+    @field_validator("notify")
+    @classmethod
+    def _a_webhook(cls, v: str | None) -> str | None:
+        return v if v is None else check_target(v)
+
+    @field_validator("notify_on", mode="before")
+    @classmethod
+    def _job_events(cls, v: Any) -> Any:
+        v = read_events(v)
+        for name in v if isinstance(v, (list, tuple)) else ():
+            if isinstance(name, str) and name not in JOB_EVENTS:
+                raise ValueError(f"{name!r} is not one of a job's events: {', '.join(JOB_EVENTS)}")
+        return v
 
     @field_validator("array")
     @classmethod

@@ -142,10 +142,11 @@ class ToolContext:
                                    data={"actor": self.actor.user, "admin": self.actor.admin, "via": self.actor.via}))
 
     def shown(self, job: J) -> J:
-        """``job`` as the actor may see it: another user's command, working directory and environment left out."""
+        """``job`` as the actor may see it: another user's command, working directory, environment and
+        webhook (a URL that holds its secret) left out."""
         if self.sees_all_of(job):
             return job
-        return job.model_copy(update={"command": "", "cwd": None, "env": {}})
+        return job.model_copy(update={"command": "", "cwd": None, "env": {}, "notify": None})
 
 
 class Args(BaseModel):

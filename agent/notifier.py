@@ -1,0 +1,279 @@
+"""Sending notifications: a thread follows the event log, others post to the webhooks, never the scheduler.
+
+The scheduling pass only writes events, as it always did; this is a reader of the log, like the
+dashboard's. One follower thread reads the events after a cursor, asks ``tools/notify.py`` what each one
+tells whom, and queues the notifications; ``senders`` threads post them, each with a timeout and retries
+after a doubling pause (``backoff_s`` up to ``backoff_max_s``). A notification that still fails is an event
+(``notify_failed``, naming the receiver's host and the reason); one that finds the queue full
+(``queue_size``: the receiver is down, or slow) is dropped, and the drop is an event (``notify_dropped``).
+
+The cursor is kept in the store's settings (``notify.cursor``): it is the last event whose notification
+was sent, failed for good or dropped, so a restart sends none of those again, and sends again only those
+it had queued but not finished (with the same ``Idempotency-Key``, ``gpuherd-event-<id>``, so a receiver
+may drop the repeat). On a database without a cursor (the first start, or an older gpuherd) the cursor
+starts at the newest event: history is not sent.
+
+A reservation's window beginning is not an event of its own, so the follower writes one
+(``reservation_began``) for each window that began since it last looked (``notify.reservations_until``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import logging
+import queue
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+from tools.door.context import Core, ToolContext
+from tools.door.observe import latest_event_id
+from tools.models import Event
+from tools.notify import RESERVATION_BEGAN, Destination, Note, NotifyConfig, NotifyEvent, destination, note, what_happened
+
+log = logging.getLogger("gpuherd")
+
+CURSOR_KEY = "notify.cursor"
+RESERVATIONS_KEY = "notify.reservations_until"
+EVENTS_PER_READ = 500  # a long catch-up is read a page at a time, so memory stays bounded
+POLL_S = 1.0  # how often the follower looks at the log
+REPLY_BYTES = 65_536  # read of a receiver's answer, then the connection is let go
+
+
+class DeliveryFailed(Exception):
+    """A try that did not reach the receiver, or that it refused; ``permanent``: trying again will not help."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook that answers with a redirect is refused as it is (its final URL should be configured)."""
+
+    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        return None
+
+
+_THROUGH_PROXY = urllib.request.build_opener(_NoRedirects())  # http(s)_proxy from the environment
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def post_webhook(to: Destination, body: bytes, key: str, timeout_s: float) -> None:
+    """POST ``body`` (JSON) to ``to``; DeliveryFailed unless the receiver answers 2xx."""
+    request = urllib.request.Request(to.url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": "gpuherd", "Idempotency-Key": key})
+    opener = _DIRECT if _is_loopback(to.host) else _THROUGH_PROXY
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            response.read(REPLY_BYTES)
+    except urllib.error.HTTPError as exc:
+        # 4xx is the receiver refusing this body or URL (bad token, gone): the same body will not fare
+        # better; 408 and 429 ask to come back later, and 5xx is the receiver's own trouble.
+        permanent = 300 <= exc.code < 500 and exc.code not in (408, 425, 429)
+        raise DeliveryFailed(f"HTTP {exc.code} {exc.reason}".strip(), permanent=permanent) from None
+    except urllib.error.URLError as exc:
+        raise DeliveryFailed(str(exc.reason)) from None
+    except (OSError, http.client.HTTPException) as exc:  # a timeout, a connection reset mid-answer
+        raise DeliveryFailed(str(exc) or type(exc).__name__) from None
+
+
+Send = Callable[[Destination, bytes, str, float], None]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    event_id: int
+    job_id: int | None
+    note: Note
+    to: Destination
+
+
+class Notifier:
+    """Follows ``core``'s event log and sends its notifications as ``config`` says. ``follow()`` reads once
+    (the follower thread calls it every ``poll_s``); ``start()`` and ``stop()`` run the threads."""
+
+    def __init__(self, core: Core, config: NotifyConfig, *, send: Send = post_webhook, poll_s: float = POLL_S) -> None:
+        self._core = core
+        self._config = config
+        self._send = send
+        self._poll_s = poll_s
+        self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=config.queue_size)
+        self._lock = threading.Lock()
+        self._read_to: int | None = None  # the last event read
+        self._pending: set[int] = set()  # events whose notification is queued or being sent
+        self._saved: int | None = None
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        loops = [(self._follow_loop, "herd-notify-follow")]
+        loops += [(self._send_loop, f"herd-notify-send-{i}") for i in range(self._config.senders)]
+        for target, name in loops:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop following and sending; a try in progress ends within its timeout. What was not sent is
+        sent after the next start (the cursor stays before it)."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout_s + self._config.timeout_s)
+        self._threads.clear()
+
+    def _follow_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                while self.follow() == EVENTS_PER_READ and not self._stopping.is_set():
+                    pass  # catching up: read on at once
+            except Exception:  # the follower must outlive a locked or failing database
+                log.exception("following the event log for notifications failed")
+            self._stopping.wait(self._poll_s)
+        try:
+            self._save_cursor()
+        except Exception:
+            log.exception("saving the notifications' cursor failed")
+
+    # -- following --------------------------------------------------------------------------------------
+    def follow(self) -> int:
+        """Queue the notifications of the events after the cursor (at most ``EVENTS_PER_READ``); the number read."""
+        store = self._core.store
+        now = self._core.clock.now()
+        if self._read_to is None:
+            self._begin(now)
+        self._note_reservations(now)
+        assert self._read_to is not None
+        events = store.events(after_id=self._read_to, limit=EVENTS_PER_READ)
+        dropped: Counter[str] = Counter()
+        for event in events:
+            delivery = self._delivery(event)
+            with self._lock:
+                self._read_to = event.id
+                if delivery is None:
+                    continue
+                try:
+                    self._queue.put_nowait(delivery)
+                    self._pending.add(delivery.event_id)
+                except queue.Full:
+                    dropped[delivery.to.host] += 1
+        for host, count in dropped.items():
+            with self._lock:
+                self.dropped += count
+            store.add_event(Event(time=now, kind="notify_dropped", message=f"{count} notification(s) to {host} dropped: "
+                                  f"{self._config.queue_size} are waiting already (the receiver is down or slow)",
+                                  data={"host": host, "count": count}))
+        self._save_cursor()
+        return len(events)
+
+    def _begin(self, now: float) -> None:
+        """Resume after the saved cursor; with none, start at the newest event (history is not sent)."""
+        store = self._core.store
+        saved = store.get_setting(CURSOR_KEY)
+        if saved is None:
+            self._read_to = latest_event_id(ToolContext(self._core))
+            store.set_setting(CURSOR_KEY, str(self._read_to))
+        else:
+            self._read_to = int(saved)
+        self._saved = self._read_to
+        if store.get_setting(RESERVATIONS_KEY) is None:
+            store.set_setting(RESERVATIONS_KEY, repr(now))
+
+    def _note_reservations(self, now: float) -> None:
+        """An event for each reservation whose window began since the last look."""
+        store = self._core.store
+        since = float(store.get_setting(RESERVATIONS_KEY) or now)
+        if now <= since:
+            return
+        for r in sorted(store.reservations(), key=lambda r: (r.start, r.id)):
+            if since < r.start <= now < r.end:
+                store.add_event(Event(
+                    time=now, kind=RESERVATION_BEGAN,
+                    message=f"reservation {r.id} for {r.holder()} began: {r.node} GPU(s) {','.join(map(str, r.gpus))}",
+                    data={"reservation": r.id, "user": r.user, "group": r.group, "holder": r.holder(), "node": r.node,
+                          "gpus": list(r.gpus), "end": r.end}))
+        store.set_setting(RESERVATIONS_KEY, repr(now))
+
+    def _delivery(self, event: Event) -> Delivery | None:
+        kind_notifies = what_happened(event, None)
+        if kind_notifies is None or event.id is None:
+            return None
+        job = self._core.store.get_job(event.job_id) if event.job_id is not None else None
+        what = what_happened(event, job)
+        if what is None:
+            return None
+        user = job.user if job is not None else event.data.get("user")
+        if what != NotifyEvent.RESERVATION and job is None:
+            return None  # a job no longer stored: nobody to tell
+        to = destination(what, user, job, self._config)
+        return None if to is None else Delivery(event.id, event.job_id, note(event, job, what), to)
+
+    def _save_cursor(self) -> None:
+        """Save the last event before which every notification is done (sent, failed or dropped)."""
+        with self._lock:
+            if self._read_to is None:
+                return
+            done_to = min(self._pending) - 1 if self._pending else self._read_to
+        if done_to != self._saved:
+            self._core.store.set_setting(CURSOR_KEY, str(done_to))
+            self._saved = done_to
+
+    # -- sending ------------------------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                delivery = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                done = self._deliver(delivery)
+            except Exception:  # a sender must outlive a failed write of its failure event
+                log.exception("sending a notification failed")
+                done = True
+            if done:
+                with self._lock:
+                    self._pending.discard(delivery.event_id)
+
+    def _deliver(self, d: Delivery) -> bool:
+        """Try, and retry after a doubling pause; True once done (sent, or failed for good), False if
+        stopped first (it is sent again after a restart)."""
+        config = self._config
+        body = d.note.payload(d.to.style)
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self._send(d.to, body, d.note.key, config.timeout_s)
+                with self._lock:
+                    self.sent += 1
+                return True
+            except DeliveryFailed as exc:
+                reason, permanent = str(exc), exc.permanent
+            if permanent or tries > config.retries:
+                break
+            pause = min(config.backoff_max_s, config.backoff_s * 2 ** (tries - 1))
+            if self._stopping.wait(pause):
+                return False
+        with self._lock:
+            self.failed += 1
+        about = f"job {d.job_id}'s {d.note.what.value}" if d.job_id is not None else d.note.what.value
+        self._core.store.add_event(Event(
+            time=self._core.clock.now(), kind="notify_failed", job_id=d.job_id,
+            message=f"notification of {about} to {d.to.host} failed after {tries} tr{'y' if tries == 1 else 'ies'}: {reason}",
+            data={"host": d.to.host, "reason": reason, "tries": tries, "event": d.note.what.value, "event_id": d.event_id}))
+        return True

@@ -1,0 +1,259 @@
+"""Notifications, decided purely: which events of the log tell whom, where, and in what words.
+
+A notification is an event of the log seen from its owner's side: a job's start, end, failure, time
+limit, idle GPUs or preemption, or a reservation's window beginning. Where it goes is, in order: the
+job's own ``notify`` (a URL, or ``off``), its owner's webhook in the config (``notify.users``), the lab's
+(``notify.default``); which events go is the job's ``notify_on``, else the config's ``events``.
+
+A webhook is an http(s) URL. A generic receiver gets a JSON object (``event``, ``text``, ``job``, ...); a
+URL written ``slack:https://...`` gets Slack's incoming-webhook body ``{"text": ...}`` instead (Mattermost,
+Rocket.Chat, Discord's ``/slack`` endpoint and Teams' connectors take it too). A URL may hold a secret
+token, so only its host is ever written to the event log.
+
+The threads that follow the log and send are ``agent/notifier.py``; nothing here reads a clock, the store
+or the network.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Iterable
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from tools.models import Event, Job
+
+
+class NotifyEvent(StrEnum):
+    """What a person may be told of (``--notify-on``, the config's ``events``)."""
+
+    START = "start"  # a job started running (every attempt)
+    END = "end"  # it completed, or was cancelled
+    FAIL = "fail"  # it failed for good (no retry left)
+    TIMEOUT = "timeout"  # it was stopped at its time limit
+    IDLE = "idle"  # it holds GPUs it does not use
+    PREEMPT = "preempt"  # it is being stopped for another job, and will be requeued
+    RESERVATION = "reservation"  # a reservation's window began: not a job's event, so not in notify_on
+
+
+JOB_EVENTS = tuple(e for e in NotifyEvent if e != NotifyEvent.RESERVATION)
+OFF = "off"
+SLACK_PREFIX = "slack:"
+MAX_URL = 2048
+# The event the notifier writes when a reservation's window begins (the log has none of its own).
+RESERVATION_BEGAN = "reservation_began"
+# Events of the log that notify, by kind ("failed" is a failure or a time limit, told apart by the job).
+_BY_KIND = {
+    "running": NotifyEvent.START,
+    "completed": NotifyEvent.END,
+    "cancelled": NotifyEvent.END,
+    "failed": NotifyEvent.FAIL,
+    "idle": NotifyEvent.IDLE,
+    "preempting": NotifyEvent.PREEMPT,
+    RESERVATION_BEGAN: NotifyEvent.RESERVATION,
+}
+NOTIFYING_KINDS = frozenset(_BY_KIND)
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+EXAMPLE = "e.g. https://hooks.example.org/gpuherd or slack:https://hooks.slack.com/services/..."
+
+
+class Style(StrEnum):
+    JSON = "json"  # gpuherd's own object
+    SLACK = "slack"  # {"text": ...}
+
+
+@dataclass(frozen=True)
+class Destination:
+    url: str
+    style: Style
+
+    @property
+    def host(self) -> str:
+        """What the event log may name: the URL's host, never its path (a webhook's path is its secret)."""
+        return urlsplit(self.url).hostname or "?"
+
+
+def parse_destination(text: str) -> Destination:
+    """A webhook as people write it: ``https://...``, or ``slack:https://...`` for a Slack-style body.
+    ValueError says what to write."""
+    style, url = (Style.SLACK, text[len(SLACK_PREFIX):]) if text.startswith(SLACK_PREFIX) else (Style.JSON, text)
+    if len(text) > MAX_URL:
+        raise ValueError(f"a webhook URL is at most {MAX_URL} characters")
+    if _UNSAFE.search(url):
+        raise ValueError("a webhook URL has no spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  raises on a port that is no number
+    except ValueError:
+        raise ValueError(f"not a URL; give an http(s) webhook, {EXAMPLE}, or off") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL; give a webhook, {EXAMPLE}, or off")
+    return Destination(url, style)
+
+
+def check_target(text: str) -> str:
+    """``off`` or a webhook (``parse_destination``'s rules); the text unchanged."""
+    if text != OFF:
+        parse_destination(text)
+    return text
+
+
+def read_events(value: Any) -> Any:
+    """``start,end`` as a shell gives it, or a list as JSON and YAML do."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class NotifyConfig(BaseModel):
+    """The config's ``notify:`` block: where the lab's and each user's notifications go, and how hard to try."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: str | None = Field(None, description="The lab's webhook: every user without one of their own.")
+    users: dict[str, str] = Field(default_factory=dict, description="A user's own webhook, or off for none.")
+    events: tuple[NotifyEvent, ...] = Field(tuple(NotifyEvent), description="What is sent, unless a job says "
+                                            "otherwise (notify_on): " + ", ".join(NotifyEvent) + ".")
+    timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for a receiver's answer.")
+    retries: int = Field(3, ge=0, le=10, description="Tries after a failed one, each after a longer pause.")
+    backoff_s: float = Field(1.0, ge=0, le=60, description="Pause before the first retry; doubles after each.")
+    backoff_max_s: float = Field(30.0, ge=0, le=600, description="Longest pause between two tries.")
+    queue_size: int = Field(1000, ge=1, le=100_000, description="Notifications waiting to be sent; past it, new "
+                            "ones are dropped (and the drop is an event), so a receiver down for hours costs no memory.")
+    senders: int = Field(2, ge=1, le=16, description="Threads sending at once, so one slow receiver holds up no other.")
+
+    @field_validator("default")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        return v if v is None else check_target(v)
+
+    @field_validator("users")
+    @classmethod
+    def _webhooks(cls, v: dict[str, str]) -> dict[str, str]:
+        for user, target in v.items():
+            try:
+                check_target(target)
+            except ValueError as exc:
+                raise ValueError(f"{user}: {exc}") from None
+        return v
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _events(cls, v: Any) -> Any:
+        return read_events(v)
+
+
+# -- deciding --------------------------------------------------------------------------------------------
+def what_happened(event: Event, job: Job | None) -> NotifyEvent | None:
+    """The notification ``event`` makes, if any (``job``: its job's record, to tell a time limit apart)."""
+    found = _BY_KIND.get(event.kind)
+    if found == NotifyEvent.FAIL and job is not None and job.end_reason == "timeout":
+        return NotifyEvent.TIMEOUT
+    if found is not None and found != NotifyEvent.RESERVATION and event.job_id is None:
+        return None
+    return found
+
+
+def destination(what: NotifyEvent, user: str | None, job: Job | None, config: NotifyConfig) -> Destination | None:
+    """Where ``what`` (about ``job``, or about ``user``'s reservation) goes, or None: nowhere."""
+    wanted: Iterable[NotifyEvent] = config.events
+    target: str | None = None
+    if job is not None:
+        if job.notify_on is not None:
+            wanted = job.notify_on
+        target = job.notify
+    if what not in wanted or target == OFF:
+        return None
+    if target is None and user is not None:
+        target = config.users.get(user)
+    if target is None:
+        target = config.default
+    if target is None or target == OFF:
+        return None
+    return parse_destination(target)
+
+
+# -- the words ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Note:
+    """One notification, ready to send to any destination."""
+
+    key: str  # the same on every try and after a restart, so a receiver can drop a repeat
+    what: NotifyEvent
+    text: str  # one line a person reads
+    body: dict[str, Any]  # the generic JSON object
+
+    def payload(self, style: Style) -> bytes:
+        return json.dumps({"text": self.text} if style == Style.SLACK else self.body).encode()
+
+
+def note(event: Event, job: Job | None, what: NotifyEvent) -> Note:
+    key = f"gpuherd-event-{event.id}"
+    text = f"[gpuherd] {_sentence(event, job, what)}"
+    body: dict[str, Any] = {
+        "id": key, "event": what.value, "kind": event.kind, "time": event.time, "text": text,
+        "message": event.message, "data": event.data, "job": _job_summary(job) if job is not None else None,
+    }
+    return Note(key, what, text, body)
+
+
+def _job_summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id, "name": job.display_name, "user": job.user, "status": job.status.value,
+        "gpus": job.gpu_count, "allocation": job.allocation.describe() if job.allocation else None,
+        "exit_code": job.exit_code, "end_reason": job.end_reason.value if job.end_reason else None,
+        "attempts": job.attempts,
+    }
+
+
+def _sentence(event: Event, job: Job | None, what: NotifyEvent) -> str:
+    data = event.data
+    if what == NotifyEvent.RESERVATION:
+        gpus = ",".join(map(str, data.get("gpus", ())))
+        until = f" until {_when(data['end'])}" if isinstance(data.get("end"), (int, float)) else ""
+        return f"reservation {data.get('reservation', '?')} for {data.get('holder', '?')} began: {data.get('node', '?')} " \
+               f"GPU(s) {gpus}{until}"
+    if job is None:
+        return f"job {event.job_id}: {event.message or event.kind}"
+    who = f"job {job.id} ({job.display_name}) of {job.user}"
+    ran = f" after {_duration(job.run_seconds(event.time))}" if job.start_time is not None else ""
+    code = f"exit code {job.exit_code}" if job.exit_code is not None else "no exit code"
+    if what == NotifyEvent.START:
+        where = data.get("allocation") or {}
+        gpus = ",".join(map(str, where.get("gpus", ())))
+        return f"{who} started on {where.get('node', '?')} GPU(s) {gpus}" if where else f"{who} started"
+    if what == NotifyEvent.END:
+        return f"{who} was cancelled{ran}" if event.kind == "cancelled" else f"{who} completed ({code}){ran}"
+    if what == NotifyEvent.FAIL:
+        return f"{who} failed ({code}){ran}"
+    if what == NotifyEvent.TIMEOUT:
+        limit = f" of {_duration(job.time_limit_s)}" if job.time_limit_s else ""
+        return f"{who} was stopped at its time limit{limit}"
+    if what == NotifyEvent.PREEMPT:
+        return f"{who} is being preempted; it will be requeued ({event.message})"
+    gpus = ", ".join(map(str, data.get("gpus", ()))) or "its GPUs"
+    pct = data.get("utilization_pct")
+    idle_for = data.get("idle_for_s")
+    level = f" at {pct:g}% utilization" if isinstance(pct, (int, float)) else " unused"
+    span = f" for {_duration(idle_for)}" if isinstance(idle_for, (int, float)) else ""
+    action = f"; action: {data['action']}" if data.get("action") else ""
+    return f"{who} holds {gpus}{level}{span}{action}"
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")

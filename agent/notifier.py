@@ -33,7 +33,17 @@ from typing import Callable
 from tools.door.context import Core, ToolContext
 from tools.door.observe import latest_event_id
 from tools.models import Event
-from tools.notify import RESERVATION_BEGAN, Destination, Note, NotifyConfig, NotifyEvent, destination, note, what_happened
+from tools.notify import (
+    NOTIFYING_KINDS,
+    RESERVATION_BEGAN,
+    Destination,
+    Note,
+    NotifyConfig,
+    NotifyEvent,
+    destination,
+    note,
+    what_happened,
+)
 
 log = logging.getLogger("gpuherd")
 
@@ -210,16 +220,13 @@ class Notifier:
         store.set_setting(RESERVATIONS_KEY, repr(now))
 
     def _delivery(self, event: Event) -> Delivery | None:
-        kind_notifies = what_happened(event, None)
-        if kind_notifies is None or event.id is None:
-            return None
+        if event.kind not in NOTIFYING_KINDS or event.id is None:
+            return None  # most events (requests, estimates, the notifier's own) notify nobody: no job read
         job = self._core.store.get_job(event.job_id) if event.job_id is not None else None
         what = what_happened(event, job)
-        if what is None:
-            return None
+        if what is None or (what != NotifyEvent.RESERVATION and job is None):
+            return None  # a job's event whose job is no longer stored: nobody to tell
         user = job.user if job is not None else event.data.get("user")
-        if what != NotifyEvent.RESERVATION and job is None:
-            return None  # a job no longer stored: nobody to tell
         to = destination(what, user, job, self._config)
         return None if to is None else Delivery(event.id, event.job_id, note(event, job, what), to)
 

@@ -7,6 +7,7 @@ events come from real passes (starts, ends, time limits) or are written as their
 
 from __future__ import annotations
 
+import getpass
 import http.server
 import json
 import re
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 from pydantic import ValidationError
 
+from agent.cli import main
 from agent.notifier import CURSOR_KEY, Notifier
 from agent.settings import Settings
 from tests.cores import make_core
@@ -237,7 +239,9 @@ def test_the_words_generic_and_slack():
     assert generic["event"] == "idle" and generic["id"] == "gpuherd-event-9"
     assert generic["job"]["user"] == "alice" and generic["data"]["utilization_pct"] == 1
     assert json.loads(made.payload(Style.SLACK)) == {
-        "text": "[gpuherd] job 7 (bert) of alice holds a:0, a:1 at 1% utilization for 40 min; action: notify"}
+        "text": "[gpuherd] job 7 (bert) of alice has held GPU(s) a:0, a:1 at 1% utilization for 40 min"}
+    requeued = idle.model_copy(update={"data": {**idle.data, "action": "requeue"}})
+    assert note(requeued, job, NotifyEvent.IDLE).text.endswith("for 40 min; it is requeued (no retry used)")
 
 
 # -- the notifier, against a receiver --------------------------------------------------------------------------
@@ -461,3 +465,34 @@ def test_rest_refuses_a_bad_webhook_naming_the_field(api):
     assert answer.status_code == 201, answer.text
     shown = api.http.get(f"/jobs/{answer.json()['job_id']}").json()
     assert shown["notify"].startswith("slack:") and shown["notify_on"] == ["start", "fail"]
+
+
+# -- the CLI and the service -----------------------------------------------------------------------------------
+def test_the_cli_refuses_an_unknown_event_before_asking_the_server(capsys):
+    assert main(["submit", "--url", "http://127.0.0.1:9", "--notify-on", "start,ends", "--", "true"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "herd: notify_on: 'ends' is not one of a job's events: start, end, fail, timeout, idle, preempt")
+    assert main(["submit", "--url", "http://127.0.0.1:9", "--notify", "hooks.example.org", "--", "true"]) == 1
+    assert "herd: notify: not an http(s) URL" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_webhook_in_its_config_naming_the_key(tmp_path, capsys):
+    config = tmp_path / "herd.yaml"
+    config.write_text("notify:\n  users:\n    ana: hooks.slack.com/services/T/B/X\n")
+    assert main(["serve", "--config", str(config), "--workdir", str(tmp_path / "never-created")]) == 1
+    assert capsys.readouterr().err.strip().startswith("herd: notify.users: ana: not an http(s) URL")
+
+
+def test_herd_serve_notifies_a_jobs_own_webhook_and_the_lab(receiver, herd_server, tmp_path, capsys):
+    config = tmp_path / "herd.yaml"
+    config.write_text(f"notify:\n  default: 'slack:{receiver.url('/lab')}'\n  events: [start]\n")
+    server = herd_server("--gpus", "1", "--config", str(config)).start()
+    assert main(["submit", "--url", server.url, "--notify", receiver.url("/own"), "--notify-on", "start,end",
+                 "-n", "mine", "--", "true"]) == 0
+    assert main(["submit", "--url", server.url, "-n", "lab's", "--", "true"]) == 0
+    capsys.readouterr()
+    wait_until(lambda: len(receiver.at("/own")) == 2 and receiver.at("/lab"), timeout_s=30,
+               what=lambda: f"the first job's start and end, the second's start; got {receiver.got}")
+    assert sorted(r.body["event"] for r in receiver.at("/own")) == ["end", "start"]
+    assert [r.body["text"].split(" started")[0] for r in receiver.at("/lab")] == [
+        f"[gpuherd] job 2 (lab's) of {getpass.getuser()}"]

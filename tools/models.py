@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tools.notify import JOB_EVENTS, MAX_URL, NotifyEvent, check_target, read_events
+from tools.notify import JOB_EVENTS, MAX_URL, JobEvent, check_target, read_events
 
 
 class JobStatus(StrEnum):
@@ -245,7 +245,7 @@ class JobRequest(BaseModel):
         None, max_length=MAX_URL, description="Where this job's notifications go: an http(s) webhook URL (written "
         "slack:https://... for a Slack-style {\"text\": ...} body), or 'off' for none; its owner's or the lab's "
         "webhook from the server's config if not given.")
-    notify_on: tuple[NotifyEvent, ...] | None = Field(
+    notify_on: tuple[JobEvent, ...] | None = Field(
         None, max_length=len(JOB_EVENTS), description="Which of this job's events notify: "
         + ", ".join(JOB_EVENTS) + "; the server's configured events if not given.")
 

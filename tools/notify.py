@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -42,7 +42,10 @@ class NotifyEvent(StrEnum):
     RESERVATION = "reservation"  # a reservation's window began: not a job's event, so not in notify_on
 
 
-JOB_EVENTS = tuple(e for e in NotifyEvent if e != NotifyEvent.RESERVATION)
+# A job's own events (``notify_on``), as a Literal so that a schema offers exactly these.
+JobEvent = Literal["start", "end", "fail", "timeout", "idle", "preempt"]
+JOB_EVENTS = get_args(JobEvent)
+assert set(JOB_EVENTS) == set(NotifyEvent) - {NotifyEvent.RESERVATION}
 OFF = "off"
 SLACK_PREFIX = "slack:"
 MAX_URL = 2048
@@ -59,6 +62,8 @@ _BY_KIND = {
     RESERVATION_BEGAN: NotifyEvent.RESERVATION,
 }
 NOTIFYING_KINDS = frozenset(_BY_KIND)
+# What follows an idle event (the config's idle_action), as the notification says it.
+_IDLE_ACTIONS = {"requeue": "; it is requeued (no retry used)", "stop": "; it is stopped"}
 _UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
 EXAMPLE = "e.g. https://hooks.example.org/gpuherd or slack:https://hooks.slack.com/services/..."
 
@@ -237,13 +242,12 @@ def _sentence(event: Event, job: Job | None, what: NotifyEvent) -> str:
         return f"{who} was stopped at its time limit{limit}"
     if what == NotifyEvent.PREEMPT:
         return f"{who} is being preempted; it will be requeued ({event.message})"
-    gpus = ", ".join(map(str, data.get("gpus", ()))) or "its GPUs"
+    gpus = ", ".join(map(str, data.get("gpus", ()))) or "its"
     pct = data.get("utilization_pct")
     idle_for = data.get("idle_for_s")
     level = f" at {pct:g}% utilization" if isinstance(pct, (int, float)) else " unused"
     span = f" for {_duration(idle_for)}" if isinstance(idle_for, (int, float)) else ""
-    action = f"; action: {data['action']}" if data.get("action") else ""
-    return f"{who} holds {gpus}{level}{span}{action}"
+    return f"{who} has held GPU(s) {gpus}{level}{span}{_IDLE_ACTIONS.get(data.get('action'), '')}"
 
 
 def _duration(seconds: float) -> str:

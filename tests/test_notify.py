@@ -162,7 +162,7 @@ def test_config_refuses_a_bad_webhook_or_an_unknown_key_naming_it(tmp_path):
     with pytest.raises(ValidationError, match=r"notify\.events"):
         Settings.plain(notify={"events": "start,bogus"})
     config = tmp_path / "herd.yaml"
-    config.write_text("notify:\n  default: slack:https://hooks.slack.com/services/T/B/X\n  users:\n    bob: 'off'\n"
+    config.write_text("notify:\n  default: slack:https://hooks.slack.com/services/T/B/X\n  users:\n    bob: off\n"
                       "  events: [start, fail, reservation]\n")
     read = Settings(config=config).notify
     assert read.default.startswith("slack:") and read.users == {"bob": "off"}

@@ -133,6 +133,16 @@ class NotifyConfig(BaseModel):
                             "ones are dropped (and the drop is an event), so a receiver down for hours costs no memory.")
     senders: int = Field(2, ge=1, le=16, description="Threads sending at once, so one slow receiver holds up no other.")
 
+    @field_validator("default", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return OFF if v is False else v  # YAML reads a bare `off` as false
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _yaml_offs(cls, v: Any) -> Any:
+        return {user: OFF if target is False else target for user, target in v.items()} if isinstance(v, dict) else v
+
     @field_validator("default")
     @classmethod
     def _webhook(cls, v: str | None) -> str | None:

@@ -23,9 +23,10 @@ from policies.ordering import FALLBACK_POLICY, Policy, get_policy
 from policies.rules import Rules, Weights
 from tools.clock import Clock, RealClock
 from tools.door.context import ENABLED_KEY, POLICY_KEY, Core, ToolContext
+from tools.door.samples import Observer
 from tools.executor import Executor
 from tools.inventory import NodeDeclaration, ResourceManager
-from tools.nvml import GpuProbe, local_probe
+from tools.nvml import AttributedProbe, GpuProbe, local_probe
 from tools.orchestrator import Orchestrator
 from tools.queue import JobQueue
 from tools.store import SqliteStore, Store
@@ -147,8 +148,11 @@ def build_core(
         if executor is None:
             executor = TmuxExecutor(workdir, socket_name=settings.tmux_socket, run_as_owner=jobs_run_as_owners)
         # tmux alone reaches this machine only: no node but this one may be declared.
-        resources = ResourceManager(store, probe if probe is not None else local_probe(settings.node_name),
-                                    local_only=isinstance(executor, TmuxExecutor))
+        probe = probe if probe is not None else local_probe(settings.node_name)
+        groups = getattr(executor, "process_groups", None)
+        if groups is not None:  # its jobs' processes on the GPUs are told from anyone else's
+            probe = AttributedProbe(probe, groups)
+        resources = ResourceManager(store, probe, local_only=isinstance(executor, TmuxExecutor))
         if nodes is None and settings.gpus is not None:
             nodes = [NodeDeclaration(name=settings.node_name, gpus=settings.gpus)]
         notice = resources.initialize(clock.now(), list(nodes) if nodes is not None else None)
@@ -182,7 +186,9 @@ def build_core(
     return Core(clock=clock, store=store, queue=queue, resources=resources, executor=orchestrator.executor,
                 orchestrator=orchestrator, multifactor=multifactor, make_policy=make_policy,
                 policy_names=POLICY_NAMES, inventory_notice=notice, tokens=tokens,
-                owners_must_exist=jobs_run_as_owners)
+                owners_must_exist=jobs_run_as_owners,
+                observer=Observer(full_s=settings.sample_full_s, coarse_s=settings.sample_coarse_s,
+                                  keep_s=settings.sample_keep_s))
 
 
 def build_ray_executor(settings: Settings, store: Store, *, jobs_run_as_owners: bool = False) -> Executor:

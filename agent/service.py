@@ -23,7 +23,8 @@ from agent.llm import Model
 from agent.notifier import Notifier
 from agent.settings import Settings
 from tools.clock import Clock
-from tools.door import observe
+from tools.door import observe, watch
+from tools.door.watch import IdleRules
 from tools.door.context import OPERATOR, Actor, ToolContext
 from tools.executor import Executor
 from tools.inventory import ResourceManager
@@ -124,7 +125,8 @@ class Service:
         if not self.orchestrator.enabled:
             log.warning("the scheduler is stopped: no job starts until POST /orchestrator/start (herd start)")
         if self.run_loop:
-            for target, name in ((self._tick_loop, "herd-tick"), (self._watch_executor, "herd-executor-wait")):
+            for target, name in ((self._tick_loop, "herd-tick"), (self._watch_executor, "herd-executor-wait"),
+                                 (self._sample_loop, "herd-sample")):
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
                 self._threads.append(thread)
@@ -157,7 +159,6 @@ class Service:
         return bool(self._threads) and self._threads[0].is_alive()
 
     def _tick_loop(self) -> None:
-        next_metrics = 0.0
         last_pass = float("-inf")
         while not self._stopping.is_set():
             self._wake.wait(self.settings.tick_interval_s)
@@ -175,16 +176,21 @@ class Service:
                 log.exception("scheduler pass failed; trying again in %g s", ERROR_BACKOFF_S)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._stopping.wait(ERROR_BACKOFF_S)
-            if time.monotonic() >= next_metrics:
-                next_metrics = time.monotonic() + self.settings.metrics_interval_s
+
+    def _sample_loop(self) -> None:
+        """Every ``sample_interval_s``, in a thread of its own so that reading NVML and /proc never delays
+        a pass: the GPUs' readings, the dashboard's sample, then the watch (usage, idle jobs, failing GPUs)."""
+        rules = IdleRules(self.settings.idle_threshold, self.settings.idle_after, self.settings.idle_action)
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            for what, step in (("reading GPU metrics", lambda: self.resources.refresh_metrics(self.clock.now())),
+                               ("sampling the cluster for the dashboard", lambda: observe.sample(self.tools())),
+                               ("watching the GPUs", lambda: watch.watch(self.tools(), rules))):
                 try:
-                    self.resources.refresh_metrics(self.clock.now())
-                except Exception:
-                    log.exception("reading GPU metrics failed")
-                try:  # the dashboard's charts and /metrics: a sample, and the events since the last one
-                    observe.sample(self.tools())
-                except Exception:
-                    log.exception("sampling the cluster for the dashboard failed")
+                    step()
+                except Exception:  # the loop must outlive any one bad sample
+                    log.exception("%s failed", what)
+            self._stopping.wait(started + self.settings.sample_interval_s - time.monotonic())
 
     def _watch_executor(self) -> None:
         while not self._stopping.is_set():

@@ -20,7 +20,7 @@ import ipaddress
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from policies.ordering import POLICIES
 from policies.rules import DEFAULT_RULES, Weights
+from tools.timespec import parse_duration
 from tools.notify import NotifyConfig
 
 AGENT_POLICY = "agent"  # the LLM proposes, the validator decides; needs a model endpoint
@@ -134,7 +135,11 @@ class Settings(BaseSettings):
                                         "this machine (each with `gpus` declared GPUs) and run jobs on them.")
     ray_namespace: str = Field("gpuherd", pattern=r"^[A-Za-z0-9_-]+$", description="Ray namespace of the node agents.")
     tick_interval_s: float = Field(0.5, gt=0, description="Longest time between two scheduler passes.")
-    metrics_interval_s: float = Field(5.0, gt=0, description="How often live GPU readings are refreshed.")
+    sample_interval_s: float = Field(
+        10.0, gt=0, validation_alias=_env("sample_interval_s", "metrics_interval_s", "HERD_SAMPLE_INTERVAL_S",
+                                          "HERD_METRICS_INTERVAL_S"),
+        description="How often each GPU is sampled (utilization, memory, temperature, power, ECC and XID errors, "
+        "processes); metrics_interval_s is its older name.")
     log_level: str = Field("info", description="Log level of the server.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; a larger one gets 413.")
     busy_timeout_s: float = Field(5.0, ge=0, le=600, description="Longest wait for the database's write lock "
@@ -190,6 +195,23 @@ class Settings(BaseSettings):
     weight_size: float = Field(DEFAULT_WEIGHTS.size, ge=0)
     age_unit_s: float = Field(DEFAULT_WEIGHTS.age_unit_s, gt=0, description="Waiting this long adds one whole age factor.")
     size_unit_gpu_hours: float = Field(DEFAULT_WEIGHTS.size_unit_gpu_hours, gt=0, description="A job of this many GPU-hours has size factor 1/2.")
+
+    # Watching the GPUs (tools/door/watch.py): each GPU's samples, idle jobs, use outside gpuherd, failing GPUs.
+    sample_full_s: float = Field(3600.0, gt=0, description="Each GPU's samples are kept as taken for this long, ...")
+    sample_coarse_s: float = Field(300.0, gt=0, description="... then as means over spans of this many seconds, ...")
+    sample_keep_s: float = Field(86_400.0, gt=0, description="... for this long in all.")
+    idle_threshold: float = Field(5.0, ge=0, le=100, description="A job's GPUs under this mean utilization (percent) "
+                                  "are idle.")
+    idle_after: float = Field(1800.0, gt=0, description="Idle this long (seconds, or 30m, 2h): an idle event, then "
+                              "idle_action; a job submitted with --allow-idle is left alone.")
+    idle_action: Literal["notify", "requeue", "stop"] = Field(
+        "notify", description="After the idle event: notify (nothing more), requeue (stopped and queued again, no "
+        "retry used) or stop (cancelled).")
+
+    @field_validator("idle_after", mode="before")
+    @classmethod
+    def _idle_after_duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     # Notifications (tools/notify.py, agent/notifier.py): {default: URL, users: {alice: URL}, events: [...]}.
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Webhooks told of jobs' starts, ends, "

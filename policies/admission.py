@@ -52,7 +52,7 @@ def size_wait(count: int, layout: Layout, *, max_gpus_per_job: int | None, multi
     if multi_node:
         return Wait(PendingReason.INFEASIBLE, f"asks for {count} GPUs; the largest node has {largest} usable "
                                               f"and the whole usable nodes together {layout.whole_gpus}")
-    return Wait(PendingReason.INFEASIBLE, f"asks for {count} GPUs; the largest node has {largest} usable (healthy, not drained)")
+    return Wait(PendingReason.INFEASIBLE, f"asks for {count} GPUs; the largest node has {largest} usable (healthy, not drained, not used outside gpuherd)")
 
 
 def quota_wait(rules: Rules, user: str, count: int, users_in_use: Mapping[str, int],

@@ -47,6 +47,7 @@ from policies.admission import (
     tasks_holding,
 )
 from policies.snapshot import Decisions, Proposal, Reasons, Snapshot
+from policies.watch import describe_foreign
 
 Entries = Iterable[tuple[tuple, int]]  # (sort key, job id), in order
 Closed = Mapping[str, frozenset[int]]  # node -> GPUs a job may not take
@@ -189,8 +190,11 @@ class Placer:
             return Offer.WAITS
         count = job.gpu_count
         if count > self.limit:
-            self.waiting[job.id] = size_wait(count, self._layout, max_gpus_per_job=self.snapshot.max_gpus_per_job,
-                                             multi_node=self.snapshot.multi_node, usable=True)
+            wait = size_wait(count, self._layout, max_gpus_per_job=self.snapshot.max_gpus_per_job,
+                             multi_node=self.snapshot.multi_node, usable=True)
+            if self._layout.foreign and wait is not None:
+                wait = Wait(wait.reason, f"{wait.message}; {describe_foreign(self._layout.foreign)}")
+            self.waiting[job.id] = wait
             return Offer.WAITS
         if self._blocked_by is not None:
             self.waiting[job.id] = Wait(PendingReason.PRIORITY, f"waits behind job {self._blocked_by}, first in line")
@@ -429,6 +433,15 @@ class Placer:
         )
 
     def _missing(self, count: int) -> str:
+        missing = self._missing_free(count)
+        if self._layout.foreign:  # rare: said only while someone uses a GPU outside gpuherd
+            held = self.snapshot.holders
+            outside = [f for f in self._layout.foreign if (f[0], f[1]) not in held]
+            if outside:
+                missing += f"; {describe_foreign(outside)}, so it takes no job until it is free"
+        return missing
+
+    def _missing_free(self, count: int) -> str:
         if count > self._layout.largest_usable_node:
             whole, gpus = self._whole_free()
             return f"needs {count} GPUs on whole free nodes; {len(whole)} whole node(s) with {gpus} GPUs are free"

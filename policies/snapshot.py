@@ -16,7 +16,7 @@ from typing import Hashable, Iterator, Mapping, Sequence
 
 from policies.admission import Wait, begin_time_wait, dependency_wait
 from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns, once
-from tools.models import HOLDS_GPUS, Allocation, Gpu, Job, JobStatus, Node, Reservation
+from tools.models import HOLDS_GPUS, Allocation, Gpu, GpuProcess, Job, JobStatus, Node, Reservation
 
 from policies.rules import DEFAULT_RULES, Rules
 
@@ -29,8 +29,9 @@ class Layout:
 
     @once
     def usable(self) -> Mapping[str, tuple[int, ...]]:
-        """Per node, the GPUs a job may ever get: healthy and not drained."""
-        return {n.name: tuple(g.index for g in n.gpus if g.healthy and not g.drained) for n in self.nodes}
+        """Per node, the GPUs a job may take: healthy, not drained, not used outside gpuherd."""
+        return {n.name: tuple(g.index for g in n.gpus if g.healthy and not g.drained and not g.foreign)
+                for n in self.nodes}
 
     @once
     def usable_set(self) -> Mapping[str, frozenset[int]]:
@@ -46,8 +47,13 @@ class Layout:
 
     @once
     def unusable(self) -> tuple[tuple[str, int], ...]:
-        """(node, index) of every unhealthy or drained GPU."""
-        return tuple((g.node, g.index) for n in self.nodes for g in n.gpus if not g.healthy or g.drained)
+        """(node, index) of every unhealthy, drained or foreign-used GPU."""
+        return tuple((g.node, g.index) for n in self.nodes for g in n.gpus if not g.healthy or g.drained or g.foreign)
+
+    @once
+    def foreign(self) -> tuple[tuple[str, int, tuple[GpuProcess, ...]], ...]:
+        """(node, index, processes) of every GPU that processes outside gpuherd use: it takes no job."""
+        return tuple((g.node, g.index, g.foreign) for n in self.nodes for g in n.gpus if g.foreign)
 
     @once
     def size(self) -> Mapping[str, int]:

@@ -23,6 +23,7 @@ from policies.admission import (
     tasks_holding,
 )
 from policies.snapshot import Preemption, Proposal, Snapshot
+from policies.watch import describe_foreign
 
 
 class Violation(StrEnum):
@@ -37,6 +38,7 @@ class Violation(StrEnum):
     UNKNOWN_GPU = "unknown_gpu"
     GPU_UNHEALTHY = "gpu_unhealthy"
     GPU_DRAINED = "gpu_drained"
+    GPU_FOREIGN = "gpu_foreign"  # processes outside gpuherd use it
     GPU_BUSY = "gpu_busy"
     TOO_MANY_GPUS = "too_many_gpus"  # over the per-job limit
     QUOTA_EXCEEDED = "quota_exceeded"  # would take its user or group over a GPU quota
@@ -220,6 +222,8 @@ def _check(
             problems.append(Problem(Violation.GPU_UNHEALTHY, f"{name} is unhealthy"))
         if gpu.drained:
             problems.append(Problem(Violation.GPU_DRAINED, f"{name} is drained"))
+        if gpu.foreign:
+            problems.append(Problem(Violation.GPU_FOREIGN, describe_foreign([(ref[0], ref[1], gpu.foreign)])))
         holder = _holder(snapshot, taken, ref)
         if holder is not None and holder != job.id:
             problems.append(Problem(Violation.GPU_BUSY, f"{name} is held by job {holder}"))

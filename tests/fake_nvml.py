@@ -9,7 +9,11 @@ against the twin works against the driver. It reproduces what real boards and dr
 - nvidia-ml-py before 11.5 returns names and UUIDs as ``bytes``;
 - ``nvmlInit`` fails with ``DriverNotLoaded`` / ``LibraryNotFound`` on a machine without a working driver;
 - every call before ``nvmlInit`` (or after the last ``nvmlShutdown``) raises ``Uninitialized``;
-- a GPU that fell off the bus raises ``GpuIsLost`` for its handle and for every read through one.
+- a GPU that fell off the bus raises ``GpuIsLost`` for its handle and for every read through one;
+- ECC counts raise ``NotSupported`` on boards without ECC (consumer cards) or with ECC turned off;
+- XIDs arrive as events in an event set: ``nvmlDeviceRegisterEvents`` raises ``NotSupported`` where a
+  board cannot deliver them, ``nvmlEventSetWait_v2`` hands out each event once and raises ``Timeout``
+  when none is waiting; events of a GPU registered with no set are dropped, as the driver drops them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pynvml
 _MIB = 1024 * 1024
 
 # Names of the reads that ``FakeGpu.unsupported`` can switch off.
-FIELDS = ("name", "uuid", "memory", "utilization", "temperature", "power", "processes")
+FIELDS = ("name", "uuid", "memory", "utilization", "temperature", "power", "processes", "ecc", "events")
 
 
 @dataclass
@@ -46,6 +50,14 @@ class FakeGpu:
     processes: list[FakeProcess] = field(default_factory=list)
     unsupported: set[str] = field(default_factory=set)  # of FIELDS
     lost: bool = False
+    ecc_uncorrected: int = 0  # volatile: since the driver loaded
+
+
+@dataclass
+class _EventSet:
+    gpus: set[int] = field(default_factory=set)  # indices registered for XID events
+    waiting: list[SimpleNamespace] = field(default_factory=list)
+    freed: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,10 @@ class FakeNvml:
 
     NVMLError = pynvml.NVMLError
     NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+    NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
+    NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
+    nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 
     def __init__(
         self, gpus: list[FakeGpu] | None = None, *, init_error: int | None = None, bytes_strings: bool = False
@@ -77,6 +93,7 @@ class FakeNvml:
         self.init_calls = 0
         self.shutdown_calls = 0
         self._refcount = 0  # like NVML: each nvmlInit needs its own nvmlShutdown
+        self.event_sets: list[_EventSet] = []
 
     # -- library ---------------------------------------------------------------------------------
     def nvmlInit(self) -> None:
@@ -149,3 +166,46 @@ class FakeNvml:
             SimpleNamespace(pid=p.pid, usedGpuMemory=None if p.used_mib is None else p.used_mib * _MIB)
             for p in gpu.processes
         ]
+
+    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:
+        self._check_init()
+        return handle.index
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: _Handle, error_type: int, counter_type: int) -> int:
+        if (error_type, counter_type) != (pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC):
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self._gpu(handle, "ecc").ecc_uncorrected
+
+    # -- events (XIDs) ---------------------------------------------------------------------------
+    def nvmlEventSetCreate(self) -> _EventSet:
+        self._check_init()
+        event_set = _EventSet()
+        self.event_sets.append(event_set)
+        return event_set
+
+    def nvmlEventSetFree(self, event_set: _EventSet) -> None:
+        self._check_init()
+        event_set.freed = True
+
+    def nvmlDeviceRegisterEvents(self, handle: _Handle, event_types: int, event_set: _EventSet) -> None:
+        self._gpu(handle, "events")
+        if event_set.freed:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if event_types & pynvml.nvmlEventTypeXidCriticalError:
+            event_set.gpus.add(handle.index)
+
+    def nvmlEventSetWait_v2(self, event_set: _EventSet, timeout_ms: int) -> SimpleNamespace:
+        self._check_init()
+        if event_set.freed:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if not event_set.waiting:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+        return event_set.waiting.pop(0)
+
+    def xid(self, index: int, code: int) -> None:
+        """The driver reports XID ``code`` on GPU ``index`` (to every set registered for it)."""
+        for event_set in self.event_sets:
+            if index in event_set.gpus and not event_set.freed:
+                event_set.waiting.append(SimpleNamespace(
+                    device=_Handle(index), eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=code,
+                    gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF))

@@ -60,7 +60,7 @@ def test_the_report_per_user_group_and_node(make_api, tmp_path):
     rows = {r["key"]: r for r in api.http.get("/jobs/report", params={"since": "1d"}).json()["rows"]}
     assert rows["ana"] | {"mean_wait_s": None} == {
         "key": "ana", "jobs": 1, "completed": 1, "failed": 0, "timeout": 0, "cancelled": 0, "running": 0,
-        "waiting": 0, "gpu_hours": 2.0, "mean_wait_s": None}
+        "waiting": 0, "gpu_hours": 2.0, "mean_wait_s": None, "mean_utilization_pct": None, "peak_memory_mib": None}
     assert rows["ana"]["mean_wait_s"] == 60
     assert (rows["bob"]["failed"], rows["bob"]["gpu_hours"]) == (1, 0.5)
     assert (rows["cat"]["running"], rows["cat"]["waiting"], rows["cat"]["gpu_hours"]) == (1, 1, 1.0)

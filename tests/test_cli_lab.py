@@ -217,10 +217,10 @@ def test_report_per_user_as_a_table_csv_and_json(herd, server):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["USER", "JOBS", "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "RUNNING", "WAITING",
-                                "GPU-HOURS", "MEAN", "WAIT"]
+                                "GPU-HOURS", "MEAN", "WAIT", "GPU", "UTIL", "PEAK", "MEM"]
     assert any(line.split()[0] == "total" for line in lines)
     code, out, _ = herd("report", "--since", "1h", "--by", "node", "--csv")
-    assert out.splitlines()[0] == "node,jobs,completed,failed,timeout,cancelled,running,waiting,gpu_hours,mean_wait"
+    assert out.splitlines()[0] == "node,jobs,completed,failed,timeout,cancelled,running,waiting,gpu_hours,mean_wait,gpu_util,peak_mem"
     code, out, _ = herd("report", "--json")
     assert json.loads(out)["by"] == "user"
 

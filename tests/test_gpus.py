@@ -87,6 +87,7 @@ def test_probe_reads_everything(tmp_path: Path) -> None:
         utilization_pct=87,
         temperature_c=61,
         power_w=312.5,
+        ecc_uncorrected=0,
         processes=(GpuProcess(pid=4242, used_memory_mib=2000, name="python3"),),
     )
     assert set(got) == {0, 1}
@@ -122,6 +123,7 @@ def test_probe_unsupported_field_is_none_and_the_rest_still_reads(
         utilization_pct=50,
         temperature_c=40,
         power_w=100.0,
+        ecc_uncorrected=0,
         processes=(GpuProcess(pid=7, used_memory_mib=1024, name="train"),),
     )
     want = full.model_copy(update={want_field: want_value})

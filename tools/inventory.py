@@ -24,6 +24,7 @@ from tools.store import Store
 DEFAULT_NODE = "local"
 DEFAULT_GPUS = 8  # what the seed assumed; an honest guess for one 8-GPU server, and said to be a guess
 MAX_GPUS_PER_NODE = 64
+NO_READING = "gives no NVML reading (lost, or fallen off the bus)"  # why a GPU is unhealthy
 
 
 class UnknownGpu(KeyError):
@@ -320,7 +321,7 @@ class ResourceManager:
         with self._lock:
             if self.gpu(node, index).drained == drained:
                 return
-            self._update({(node, index): {"drained": drained}})
+            self._update({(node, index): {"drained": drained, "reason": (reason or None) if drained else None}})
             kind = "gpu_drained" if drained else "gpu_undrained"
             message = f"GPU {node}:{index} {kind.removeprefix('gpu_')}" + (f": {reason}" if reason else "")
             data = {"node": node, "gpu": index, "reason": reason}
@@ -359,6 +360,8 @@ class ResourceManager:
                     reading = readings.get(g.index)
                     changes[(n.name, g.index)] = {"metrics": reading, "healthy": reading is not None}
                     if g.healthy != (reading is not None):
+                        changes[(n.name, g.index)]["reason"] = (
+                            NO_READING if reading is None else None if g.reason == NO_READING else g.reason)
                         kind = "gpu_healthy" if reading is not None else "gpu_unhealthy"
                         why = "answers NVML again" if reading is not None else "gave no NVML reading"
                         events.append(

@@ -11,7 +11,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, computed_field, field_validator,
+                      model_validator)
 
 from tools.notify import JOB_EVENTS, MAX_URL, JobEvent, check_target, read_events
 
@@ -248,6 +249,9 @@ class JobRequest(BaseModel):
     notify_on: tuple[JobEvent, ...] | None = Field(
         None, max_length=len(JOB_EVENTS), description="Which of this job's events notify: "
         + ", ".join(JOB_EVENTS) + "; the server's configured events if not given.")
+    allow_idle: bool = Field(
+        False, strict=True, description="True if the job may hold its GPUs idle (a notebook, a debugger): the idle "
+        "check (idle_threshold, idle_after, idle_action) leaves it alone.")
 
     @model_validator(mode="before")
     @classmethod
@@ -477,6 +481,15 @@ class GpuProcess(BaseModel):
     pid: int
     used_memory_mib: int | None = None
     name: str | None = None  # None when the process ended between NVML's listing and our look-up
+    uid: int | None = None  # its owner, from /proc; None where it cannot be read (ended, another pid namespace)
+    user: str | None = None
+    # Which gpuherd job it belongs to, told where the jobs run (tools.nvml.attribute): job_id, or
+    # foreign=True for a process of no job; foreign None: not told (no executor that knows its jobs).
+    job_id: int | None = None
+    foreign: bool | None = None
+    # pid, pgid, session and every ancestor's pid: what membership in a job's process tree is read
+    # from. Used on the node that read it, never sent on.
+    lineage: tuple[int, ...] = Field((), exclude=True)
 
 
 class GpuMetrics(BaseModel):
@@ -489,6 +502,8 @@ class GpuMetrics(BaseModel):
     temperature_c: int | None = None
     power_w: float | None = None
     processes: tuple[GpuProcess, ...] = ()
+    ecc_uncorrected: int | None = None  # uncorrectable ECC errors since the driver loaded (volatile); None: no ECC
+    xids: tuple[int, ...] = ()  # XID errors the driver reported since the last reading
 
 
 class Gpu(BaseModel):
@@ -502,6 +517,41 @@ class Gpu(BaseModel):
     healthy: bool = True
     drained: bool = False
     metrics: GpuMetrics | None = None
+    reason: str | None = None  # why it is drained or unhealthy, where known
+
+    @property
+    def foreign(self) -> tuple[GpuProcess, ...]:
+        """Its compute processes that belong to no gpuherd job: while there are any, it takes no job."""
+        return tuple(p for p in self.metrics.processes if p.foreign) if self.metrics is not None else ()
+
+
+class JobUsage(BaseModel):
+    """What a job's GPUs did over its run, from the samples taken while it held them (every attempt):
+    per sample the mean utilization of its GPUs and the memory used on them together."""
+
+    model_config = ConfigDict(frozen=True)
+
+    samples: int = 0
+    utilization_sum: float = 0.0  # of the samples' mean utilization, in percent
+    utilization_peak_pct: float = 0.0
+    memory_sum_mib: float = 0.0
+    memory_peak_mib: int = 0
+
+    @computed_field
+    @property
+    def utilization_mean_pct(self) -> float | None:
+        return round(self.utilization_sum / self.samples, 1) if self.samples else None
+
+    @computed_field
+    @property
+    def memory_mean_mib(self) -> float | None:
+        return round(self.memory_sum_mib / self.samples, 1) if self.samples else None
+
+    def add(self, utilization_pct: float, memory_mib: int) -> JobUsage:
+        return JobUsage(samples=self.samples + 1, utilization_sum=self.utilization_sum + utilization_pct,
+                        utilization_peak_pct=max(self.utilization_peak_pct, utilization_pct),
+                        memory_sum_mib=self.memory_sum_mib + memory_mib,
+                        memory_peak_mib=max(self.memory_peak_mib, memory_mib))
 
 
 class InventorySource(StrEnum):

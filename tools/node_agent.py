@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from tools.executor import JobExit
 from tools.logs import LogChunk, read_log
 from tools.models import STORED, Allocation, Gpu, InventorySource, Job
-from tools.nvml import ProbeUnavailable, local_probe
+from tools.nvml import AttributedProbe, ProbeUnavailable, local_probe
 from tools.tmux_executor import TmuxExecutor
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ class NodeAgent:
         self._lock = threading.RLock()  # every call but wait and read_log: the executor is one protocol
         self.executor = TmuxExecutor(self.workdir, socket_name=tmux_socket, run_as_owner=run_as_owner,
                                      lost_grace_s=lost_grace_s)
-        self._probe = probe if probe is not None else local_probe(node)
+        # Its jobs' processes on the GPUs are told from anyone else's here, where they run.
+        self._probe = AttributedProbe(probe if probe is not None else local_probe(node), self.executor.process_groups)
         self._gpus, self.source, self.notice = self._discover(declared_gpus)
         self._orphans: set[int] = set()
         self._stop_orphans()

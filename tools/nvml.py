@@ -1,16 +1,23 @@
 """Reading GPUs through the NVIDIA driver (NVML), behind the narrow ``GpuProbe`` interface.
 
 ``NvmlProbe`` reads the GPUs of this node: discovery (index, UUID, model, memory) and live readings
-(utilization, memory used, temperature, power, processes). Fields the driver does not support read as
-None; a process that vanished between NVML's listing and our look-up keeps its pid without a name.
-Where NVML cannot be used at all, ``local_probe`` gives a probe that says why at every attempt.
+(utilization, memory used, temperature, power, uncorrectable ECC errors, XID errors, processes). Fields
+the driver does not support read as None; a process that vanished between NVML's listing and our look-up
+keeps its pid without a name or owner. Where NVML cannot be used at all, ``local_probe`` gives a probe
+that says why at every attempt.
+
+XIDs come from an NVML event set registered once for critical XID events: each event is read once, so
+a reading carries the XIDs since the previous one. A board that cannot register (NotSupported on some
+consumer and virtual GPUs) reports none. Each process's owner, process group, session and ancestors are
+read from ``/proc`` (its root injectable), so that ``attribute`` can tell a job's processes from others.
 """
 
 from __future__ import annotations
 
+import pwd
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, Mapping, Protocol, TypeVar
 
 import pynvml
 
@@ -68,6 +75,85 @@ def _proc_name(proc_root: Path, pid: int) -> str | None:
         return None
 
 
+MAX_ANCESTORS = 64  # a parent chain longer than this is cut (a loop in a half-read /proc)
+
+
+def _proc_stat(proc_root: Path, pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, process group, session) of ``pid`` from ``/proc/<pid>/stat``; None if it is gone."""
+    try:
+        data = (proc_root / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    fields = data.rsplit(b")", 1)[-1].split()  # after "pid (comm) ": comm may hold spaces and parentheses
+    try:
+        return int(fields[1]), int(fields[2]), int(fields[3])
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_uid(proc_root: Path, pid: int) -> int | None:
+    """The real uid of ``pid`` (``Uid:`` of ``/proc/<pid>/status``), or None."""
+    try:
+        for line in (proc_root / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, UnicodeDecodeError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _user_name(uid: int | None) -> str | None:
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid without a name (a container's)
+        return str(uid)
+
+
+def lineage(proc_root: Path, pid: int) -> tuple[int, ...]:
+    """``pid``, its process group, its session and its ancestors' pids: a job owns the process when one
+    of them is the job's process group or its wrapper (a child that made a group or session of its own
+    keeps its parent chain; one reparented to init keeps its session). Empty when it cannot be read."""
+    stat = _proc_stat(proc_root, pid)
+    if stat is None:
+        return ()
+    ids = [pid, stat[1], stat[2]]
+    parent = stat[0]
+    while parent > 1 and len(ids) < MAX_ANCESTORS and parent not in ids[3:]:
+        ids.append(parent)
+        above = _proc_stat(proc_root, parent)
+        if above is None:
+            break
+        parent = above[0]
+    return tuple(ids)
+
+
+def owning_job(process: GpuProcess, groups: Mapping[int, frozenset[int]]) -> int | None:
+    """The job whose process ids (``groups``: job id -> its process group and wrapper pid) meet the
+    process's lineage; None when no job's do."""
+    ids = set(process.lineage)
+    for job_id, job_ids in groups.items():
+        if not ids.isdisjoint(job_ids):
+            return job_id
+    return None
+
+
+def attribute(readings: Mapping[int, GpuMetrics], groups: Mapping[int, frozenset[int]]) -> dict[int, GpuMetrics]:
+    """The readings with each process told as a job's (``job_id``) or foreign, by where it sits in the
+    process tree. Only the node that runs the jobs can say this: its executor gives ``groups``. A process
+    whose lineage could not be read (a pid of another namespace, or gone since NVML listed it) is foreign:
+    no job of ours explains it, and a vanished one is gone from the next reading."""
+    told = {}
+    for index, metrics in readings.items():
+        processes = []
+        for p in metrics.processes:
+            job = owning_job(p, groups)
+            processes.append(p.model_copy(update={"job_id": job, "foreign": job is None}))
+        told[index] = metrics.model_copy(update={"processes": tuple(processes)})
+    return told
+
+
 class NvmlProbe:
     """``GpuProbe`` over NVML. The nvml module is injected so that tests can pass ``FakeNvml``.
 
@@ -89,11 +175,16 @@ class NvmlProbe:
                 f"cannot read GPUs through NVML on {node}: {exc}" + (f" ({hint})" if hint else "")
             ) from exc
         self._open = True
+        self._events = self._read(nvml.nvmlEventSetCreate)
+        self._registered: set[int] = set()  # GPUs whose XIDs the event set receives
+        self._unregistrable: set[int] = set()  # GPUs that refused (NotSupported): no XIDs from them
 
     def close(self) -> None:
         if self._open:
             self._open = False
             try:
+                if self._events is not None:
+                    self._nvml.nvmlEventSetFree(self._events)
                 self._nvml.nvmlShutdown()
             except self._nvml.NVMLError:
                 pass  # the driver went away under us; there is nothing left to shut down
@@ -140,13 +231,45 @@ class NvmlProbe:
         return gpus
 
     def metrics(self) -> dict[int, GpuMetrics]:
+        handles = self._handles()
+        self._register(handles)
+        xids = self._xids()
         readings = {}
-        for index, handle in self._handles():
+        for index, handle in handles:
             if handle is not None:
                 reading = self._reading(handle)
                 if reading is not None:
-                    readings[index] = reading
+                    readings[index] = reading.model_copy(update={"xids": tuple(xids.get(index, ()))})
         return readings
+
+    def _register(self, handles: list[tuple[int, Any]]) -> None:
+        """Ask for each GPU's critical XID events once (a GPU lost at start-up is asked again later)."""
+        if self._events is None:
+            return
+        for index, handle in handles:
+            if handle is None or index in self._registered or index in self._unregistrable:
+                continue
+            try:
+                self._nvml.nvmlDeviceRegisterEvents(handle, self._nvml.nvmlEventTypeXidCriticalError, self._events)
+                self._registered.add(index)
+            except self._nvml.NVMLError as exc:
+                if getattr(exc, "value", None) == self._nvml.NVML_ERROR_NOT_SUPPORTED:
+                    self._unregistrable.add(index)
+
+    def _xids(self) -> dict[int, list[int]]:
+        """The XID events waiting in the set, by GPU index; reading them takes them out."""
+        nvml, found = self._nvml, {}
+        if not self._registered:
+            return found
+        for _ in range(1000):  # a storm of events is read over several readings
+            try:
+                event = nvml.nvmlEventSetWait_v2(self._events, 0)
+            except nvml.NVMLError:  # Timeout: none left (or the set broke: nothing more to read now)
+                break
+            index = self._read(nvml.nvmlDeviceGetIndex, event.device)
+            if index is not None and event.eventType == nvml.nvmlEventTypeXidCriticalError:
+                found.setdefault(index, []).append(int(event.eventData))
+        return found
 
     def _reading(self, handle: Any) -> GpuMetrics | None:
         """Each field is read on its own, so that one unsupported sensor hides nothing else.
@@ -161,21 +284,49 @@ class NvmlProbe:
         procs = self._read(nvml.nvmlDeviceGetComputeRunningProcesses, handle)
         if memory is None and util is None and temperature is None and power_mw is None and procs is None:
             return None
+        ecc = self._read(nvml.nvmlDeviceGetTotalEccErrors, handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                         nvml.NVML_VOLATILE_ECC)
         return GpuMetrics(
             memory_used_mib=memory.used // _MIB if memory is not None else None,
             utilization_pct=util.gpu if util is not None else None,
             temperature_c=temperature,
             power_w=power_mw / 1000 if power_mw is not None else None,
-            processes=tuple(
-                GpuProcess(
-                    pid=p.pid,
-                    # None where NVML cannot attribute memory (it reports "not available")
-                    used_memory_mib=p.usedGpuMemory // _MIB if p.usedGpuMemory is not None else None,
-                    name=_proc_name(self._proc_root, p.pid),
-                )
-                for p in procs or ()
-            ),
+            ecc_uncorrected=ecc,
+            processes=tuple(self._process(p) for p in procs or ()),
         )
+
+    def _process(self, p: Any) -> GpuProcess:
+        uid = _proc_uid(self._proc_root, p.pid)
+        return GpuProcess(
+            pid=p.pid,
+            # None where NVML cannot attribute memory (it reports "not available")
+            used_memory_mib=p.usedGpuMemory // _MIB if p.usedGpuMemory is not None else None,
+            name=_proc_name(self._proc_root, p.pid),
+            uid=uid,
+            user=_user_name(uid),
+            lineage=lineage(self._proc_root, p.pid),
+        )
+
+
+class AttributedProbe:
+    """A probe whose readings tell each process as a job's or foreign (``attribute``), with the process
+    ids of the jobs that ``groups()`` gives (the executor's ``process_groups``) when they are read."""
+
+    def __init__(self, probe: GpuProbe, groups: Callable[[], Mapping[int, frozenset[int]]]) -> None:
+        self.probe = probe
+        self._groups = groups
+
+    def discover(self) -> list[Gpu]:
+        return self.probe.discover()
+
+    def metrics(self) -> dict[int, GpuMetrics]:
+        groups = self._groups()  # before the readings: a job started in between has no process on a GPU yet
+        return attribute(self.probe.metrics(), groups)
+
+    def close(self) -> None:
+        close = getattr(self.probe, "close", None)
+        if close is not None:
+            close()
 
 
 class UnavailableProbe:

@@ -254,6 +254,21 @@ class Orchestrator:
                 self.executor.stop(job.id, now, self.grace_s)
             return job
 
+    def requeue(self, job_id: int, why: str) -> Job:
+        """Stop a running job for a reason not its own (its GPU failed; it held its GPUs idle) and queue it
+        again: it ends as a preempted job does (SIGTERM, the preemption grace, SIGKILL), using no retry."""
+        with self.lock:
+            now = self.clock.now()
+            job = self.queue.get(job_id)
+            if job.status not in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+                raise IllegalTransition(f"job {job_id} is {job.status.value}; only a running job can be requeued")
+            if job.stop_reason is None:
+                job = self.queue.update(job, now=now, kind="requeueing", stop_reason=StopReason.PREEMPT,
+                                        message=f"{job.display_name}: {why}; SIGTERM, then SIGKILL after "
+                                        f"{self.preempt_grace_s:g} s, then requeued without using a retry")
+                self.executor.stop(job.id, now, self.preempt_grace_s)
+            return job
+
     def set_priority(self, job_id: int, priority: int) -> Job:
         with self.lock:
             return self.queue.set_priority(job_id, priority, now=self.clock.now())

@@ -24,7 +24,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from tools.models import (
     ACTIVE,
@@ -36,6 +36,7 @@ from tools.models import (
     InventorySource,
     Job,
     JobStatus,
+    JobUsage,
     Node,
     Reservation,
 )
@@ -129,6 +130,12 @@ class Store(Protocol):
     def reservations(self) -> list[Reservation]: ...
     def get_setting(self, key: str) -> str | None: ...
     def set_setting(self, key: str, value: str) -> None: ...
+    def save_job_usage(self, usage: Mapping[int, JobUsage]) -> None:
+        """Replace the GPU usage of these jobs (the sampler's, every sample of a running job)."""
+        ...
+    def job_usage(self, job_ids: Iterable[int]) -> dict[int, JobUsage]:
+        """The GPU usage stored for those of these jobs that have one."""
+        ...
     def close(self) -> None: ...
 
 
@@ -197,6 +204,11 @@ CREATE TABLE IF NOT EXISTS reservations (
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS job_usage (
+    job_id  INTEGER PRIMARY KEY,
+    data    TEXT    NOT NULL              -- the JobUsage as JSON
 );
 """
 
@@ -597,6 +609,22 @@ class SqliteStore:
         rows = self._read("SELECT data FROM reservations ORDER BY id")
         return [Reservation.model_validate_json(data) for (data,) in rows]
 
+    def save_job_usage(self, usage: Mapping[int, JobUsage]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT INTO job_usage (job_id, data) VALUES (?, ?) "
+                           "ON CONFLICT (job_id) DO UPDATE SET data = excluded.data",
+                           [(job_id, u.model_dump_json()) for job_id, u in usage.items()])
+
+    def job_usage(self, job_ids: Iterable[int]) -> dict[int, JobUsage]:
+        ids = [i for i in job_ids if in_id_range(i)]
+        found = {}
+        for start in range(0, len(ids), 500):  # SQLite's limit on variables
+            chunk = ids[start:start + 500]
+            rows = self._read(f"SELECT job_id, data FROM job_usage WHERE job_id IN ({','.join('?' * len(chunk))})",
+                              chunk)
+            found.update({job_id: JobUsage.model_validate_json(data) for job_id, data in rows})
+        return found
+
     def get_setting(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM settings WHERE key = ?", (key,))
         return rows[0][0] if rows else None
@@ -726,6 +754,7 @@ class MemoryStore:
         self.keeps_events = keep_events
         self._inventory: list[Node] = []
         self._usage: dict[str, tuple[float, float]] = {}
+        self._job_usage: dict[int, JobUsage] = {}
         self._settings: dict[str, str] = {}
         self._reservations: dict[int, Reservation] = {}
         self._next_reservation = 0
@@ -864,6 +893,12 @@ class MemoryStore:
 
     def update_reservation(self, reservation: Reservation) -> None:
         self._reservations[reservation.id] = reservation
+
+    def save_job_usage(self, usage: Mapping[int, JobUsage]) -> None:
+        self._job_usage.update(usage)
+
+    def job_usage(self, job_ids: Iterable[int]) -> dict[int, JobUsage]:
+        return {i: self._job_usage[i] for i in job_ids if i in self._job_usage}
 
     def reservations(self) -> list[Reservation]:
         return list(self._reservations.values())

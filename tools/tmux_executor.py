@@ -454,6 +454,21 @@ class TmuxExecutor:
     def forget(self, job_id: int) -> None:
         self._jobs.pop(job_id, None)
 
+    def process_groups(self) -> dict[int, frozenset[int]]:
+        """Job id -> its process group and its wrapper's pid (the session of the job's processes), for
+        each job not yet forgotten: what tells a job's processes on a GPU from anyone else's."""
+        groups = {}
+        for job_id, running in list(self._jobs.items()):
+            ids = set()
+            pgid = self._read_ids(self.job_dir(job_id) / "pgid")
+            if pgid is not None and pgid[0] > 1:
+                ids.add(pgid[0])
+            if running.wrapper is not None and running.wrapper[0] > 1:
+                ids.add(running.wrapper[0])
+            if ids:
+                groups[job_id] = frozenset(ids)
+        return groups
+
     def recover(self, job_ids: Iterable[int], now: float) -> list[JobExit]:
         windows = self._live_windows()  # before the exit files, as in poll
         mono = self.clock.monotonic()

@@ -67,7 +67,7 @@ def session_of(tools: ToolsDep, service: ServiceDep) -> Session:
         user=actor.user, admin=actor.admin, via=actor.via, may_act=actor.user is not None and actor.refused is None,
         refused=actor.refused, mode=service.identities.mode.value, identity=service.identities.describe(),
         model=service.model.name if service.model is not None else None,
-        metrics_interval_s=service.settings.metrics_interval_s, latest_event_id=observe.latest_event_id(tools),
+        metrics_interval_s=service.settings.sample_interval_s, latest_event_id=observe.latest_event_id(tools),
     )
 
 

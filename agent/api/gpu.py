@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agent.api.deps import ToolsDep
-from tools.door import cluster
+from tools.door import cluster, watch
 
 router = APIRouter(prefix="/gpu", tags=["gpu"])
 
@@ -20,3 +20,11 @@ def gpu_status(tools: ToolsDep) -> cluster.GpuStatus:
 def initialize(tools: ToolsDep, body: cluster.SetInventory | None = None) -> cluster.GpuStatus:
     """Declare an inventory, or re-detect with an empty body. 409 if it would drop GPUs running jobs hold."""
     return cluster.set_inventory(tools, body or cluster.SetInventory())
+
+
+@router.get("/{node}/{index}/samples")
+def gpu_samples(tools: ToolsDep, node: str, index: int, since: float | None = None) -> watch.GpuSamples:
+    """One GPU's readings over time (utilization, memory, temperature, power): as taken for the last
+    ``sample_full_s``, then as means over ``sample_coarse_s`` spans; who uses it outside gpuherd and why it
+    is drained or unhealthy. 404 for a GPU not in the inventory."""
+    return watch.gpu_samples(tools, watch.GetGpuSamples(node=node, index=index, since=since))

@@ -40,6 +40,10 @@ def families(figures: observe.Figures, *, stream_clients: int) -> Iterator[Metri
     total = GaugeMetricFamily("gpuherd_gpu_memory_total_bytes", "GPU memory, where known.", labels=labels)
     temp = GaugeMetricFamily("gpuherd_gpu_temperature_celsius", "GPU temperature, where measured.", labels=labels)
     power = GaugeMetricFamily("gpuherd_gpu_power_watts", "GPU power draw, where measured.", labels=labels)
+    ecc = GaugeMetricFamily("gpuherd_gpu_ecc_uncorrected_errors", "Uncorrectable ECC errors since the driver "
+                            "loaded (volatile), where the board has ECC.", labels=labels)
+    procs = GaugeMetricFamily("gpuherd_gpu_processes", "Compute processes on each GPU: of gpuherd jobs (owner=job) "
+                              "or outside gpuherd (owner=foreign).", labels=[*labels, "owner"])
     for g in figures.gpus:
         key = [g.node, str(g.index), g.uuid]
         info.add_metric([*key, g.model or "", g.state], 1)
@@ -53,7 +57,12 @@ def families(figures: observe.Figures, *, stream_clients: int) -> Iterator[Metri
             temp.add_metric(key, g.temperature_c)
         if g.power_w is not None:
             power.add_metric(key, g.power_w)
-    yield from (info, util, used, total, temp, power)
+        if g.ecc_uncorrected is not None:
+            ecc.add_metric(key, g.ecc_uncorrected)
+        if g.utilization_pct is not None or g.memory_used_mib is not None:  # measured: its processes are known
+            procs.add_metric([*key, "job"], g.job_processes)
+            procs.add_metric([*key, "foreign"], g.foreign_processes)
+    yield from (info, util, used, total, temp, power, ecc, procs)
 
     jobs = GaugeMetricFamily("gpuherd_jobs", "Jobs by status (finished ones included).", labels=["status"])
     for status, count in sorted(figures.jobs_by_status.items()):

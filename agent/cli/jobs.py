@@ -174,6 +174,7 @@ def show(client: Client, as_json: bool, ref: str) -> None:
         ("started", stamp(job["start_time"])),
         ("ended", stamp(job["end_time"])),
         ("waited", format_duration(first - job["submit_time"]) + " (to its first start)" if first else None),
+        ("gpu use", _gpu_use(job.get("gpu_usage"))),
         ("ran", f"{format_duration(ran)}, {gpu_hours(job, now)} GPU-hours" if ran is not None else None),
         ("time limit", format_duration(job["time_limit_s"]) if job["time_limit_s"] else None),
         ("estimate", format_duration(job["est_duration_s"]) if job["est_duration_s"] else None),
@@ -203,6 +204,14 @@ def show(client: Client, as_json: bool, ref: str) -> None:
               "-f follows rank 0)")
 def logs(client: Client, as_json: bool, ref: str, follow: bool, tail: int | None, whole: bool, rank: int | None) -> int:
     return show_log(client, resolve(client, ref), follow=follow, tail=tail, whole=whole, rank=rank, as_json=as_json)
+
+
+def _gpu_use(usage: dict | None) -> str | None:
+    if not usage or not usage.get("samples"):
+        return None
+    return (f"utilization {usage['utilization_mean_pct']:.0f}% mean, {usage['utilization_peak_pct']:.0f}% peak; "
+            f"memory {usage['memory_mean_mib']:,.0f} MiB mean, {usage['memory_peak_mib']:,} MiB peak "
+            f"({usage['samples']} samples)")
 
 
 def show_log(client: Client, job_id: int, *, follow: bool, tail: int | None = None, whole: bool = False,

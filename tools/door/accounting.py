@@ -1,4 +1,4 @@
-"""The typed tool of accounting: who used how many GPU-hours, how long jobs waited, how many failed.
+"""The typed tool of accounting: who used how many GPU-hours, how well, how long jobs waited, how many failed.
 
 Like Slurm's ``sreport``, a report covers a window that ends now: the jobs that ended in it (their whole
 run, every attempt counted) and the jobs running now (their use so far), grouped by user, group or node.
@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from tools.door.context import Args, ToolContext
 from tools.door.jobs import when
-from tools.models import EndReason, Job, JobStatus
+from tools.models import EndReason, Job, JobStatus, JobUsage
 from tools.timespec import parse_duration
 
 By = Literal["user", "group", "node"]
@@ -40,6 +40,9 @@ class ReportRow(BaseModel):
                              "of the active jobs so far.")
     mean_wait_s: float | None = Field(description="Mean time from submission to first start of the jobs that "
                                       "ended in the window and ever started; null if none did.")
+    mean_utilization_pct: float | None = Field(None, description="GPU utilization of these jobs over their runs, "
+                                               "each job weighted by its GPU-hours; null where none was measured.")
+    peak_memory_mib: int | None = Field(None, description="The most GPU memory one of these jobs used at once.")
 
 
 class UsageReport(BaseModel):
@@ -56,9 +59,17 @@ class _Tally:
         self.counts = {"jobs": 0, "completed": 0, "failed": 0, "timeout": 0, "cancelled": 0, "running": 0, "waiting": 0}
         self.gpu_s = 0.0
         self.waits: list[float] = []
+        self.measured_gpu_s = 0.0  # GPU-seconds of the jobs whose utilization was sampled
+        self.utilization_gpu_s = 0.0  # their mean utilization times their GPU-seconds
+        self.peak_memory_mib: int | None = None
 
-    def add(self, job: Job, now: float) -> None:
-        self.gpu_s += job.gpu_seconds(now)  # a waiting job's earlier attempts too
+    def add(self, job: Job, now: float, usage: JobUsage | None) -> None:
+        gpu_s = job.gpu_seconds(now)  # a waiting job's earlier attempts too
+        self.gpu_s += gpu_s
+        if usage is not None and usage.utilization_mean_pct is not None:
+            self.measured_gpu_s += gpu_s
+            self.utilization_gpu_s += usage.utilization_mean_pct * gpu_s
+            self.peak_memory_mib = max(self.peak_memory_mib or 0, usage.memory_peak_mib)
         if job.status == JobStatus.QUEUED:
             self.counts["waiting"] += 1
             return
@@ -73,7 +84,9 @@ class _Tally:
 
     def row(self) -> ReportRow:
         wait = sum(self.waits) / len(self.waits) if self.waits else None
-        return ReportRow(key=self.key, gpu_hours=round(self.gpu_s / 3600, 3), mean_wait_s=wait, **self.counts)
+        utilization = round(self.utilization_gpu_s / self.measured_gpu_s, 1) if self.measured_gpu_s else None
+        return ReportRow(key=self.key, gpu_hours=round(self.gpu_s / 3600, 3), mean_wait_s=wait,
+                         mean_utilization_pct=utilization, peak_memory_mib=self.peak_memory_mib, **self.counts)
 
 
 def _reason_of(status: JobStatus) -> EndReason:
@@ -100,14 +113,16 @@ def usage_report(ctx: ToolContext, args: Report) -> UsageReport:
     rules = ctx.orchestrator.rules
     tallies: dict[str, _Tally] = {}
     total = _Tally("total")
-    for job in [*ctx.core.store.ended_since(since), *ctx.core.queue.active()]:
+    jobs = [*ctx.core.store.ended_since(since), *ctx.core.queue.active()]
+    usage = ctx.core.store.job_usage(j.id for j in jobs)
+    for job in jobs:
         if args.by == "user":
             key = job.user
         elif args.by == "group":
             key = rules.group_of(job.user) or NONE
         else:
             key = job.allocation.node if job.allocation is not None else NONE
-        tallies.setdefault(key, _Tally(key)).add(job, now)
-        total.add(job, now)
+        tallies.setdefault(key, _Tally(key)).add(job, now, usage.get(job.id))
+        total.add(job, now, usage.get(job.id))
     rows = sorted((t.row() for t in tallies.values()), key=lambda r: (-r.gpu_hours, r.key))
     return UsageReport(since=since, until=now, by=args.by, rows=rows, total=total.row())

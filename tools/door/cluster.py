@@ -7,9 +7,10 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from policies.watch import describe_process
 from tools.door.context import ENABLED_KEY, POLICY_KEY, Args, ToolContext
 from tools.inventory import NodeDeclaration
-from tools.models import HOLDS_GPUS, InventorySource
+from tools.models import HOLDS_GPUS, GpuProcess, InventorySource
 from tools.queue import QueueStats
 
 log = logging.getLogger("gpuherd")
@@ -24,6 +25,7 @@ class GpuState(StrEnum):
     ALLOCATED = "allocated"
     DRAINED = "drained"
     UNHEALTHY = "unhealthy"
+    FOREIGN = "foreign"  # no job holds it, but processes outside gpuherd use it: it takes no job
 
 
 class GpuView(BaseModel):
@@ -38,6 +40,11 @@ class GpuView(BaseModel):
     memory_used_mib: int | None
     temperature_c: int | None
     power_w: float | None
+    ecc_uncorrected: int | None = Field(None, description="Uncorrectable ECC errors since the driver loaded.")
+    processes: list[GpuProcess] = Field(default_factory=list, description="Its compute processes: a job's "
+                                        "(job_id) or foreign (used outside gpuherd, with the process's user).")
+    in_use_by: list[str] = Field(default_factory=list, description="Who uses it outside gpuherd: user (command pid).")
+    reason: str | None = Field(None, description="Why it is drained or unhealthy, where known.")
 
 
 class NodeView(BaseModel):
@@ -70,7 +77,7 @@ def get_cluster_state(ctx: ToolContext, args: GetClusterState) -> ClusterState:
             state = (
                 GpuState.ALLOCATED if job else
                 GpuState.UNHEALTHY if not gpu.healthy else
-                GpuState.DRAINED if gpu.drained else GpuState.FREE
+                GpuState.DRAINED if gpu.drained else GpuState.FOREIGN if gpu.foreign else GpuState.FREE
             )
             m = gpu.metrics
             views.append(GpuView(
@@ -78,6 +85,8 @@ def get_cluster_state(ctx: ToolContext, args: GetClusterState) -> ClusterState:
                 state=state, job_id=job.id if job else None, user=job.user if job else None,
                 utilization_pct=m.utilization_pct if m else None, memory_used_mib=m.memory_used_mib if m else None,
                 temperature_c=m.temperature_c if m else None, power_w=m.power_w if m else None,
+                ecc_uncorrected=m.ecc_uncorrected if m else None, processes=list(m.processes) if m else [],
+                in_use_by=[describe_process(p) for p in gpu.foreign], reason=gpu.reason,
             ))
         nodes.append(NodeView(name=node.name, source=node.source, gpus=views))
     states = [g.state for n in nodes for g in n.gpus]

@@ -37,6 +37,7 @@ from tools.models import (
     JobRequest,
     JobSpec,
     JobStatus,
+    JobUsage,
     UserName,
 )
 from tools.queue import IllegalTransition, QueueStats
@@ -163,16 +164,18 @@ class JobDetail(Job):
     position: int | None = None  # in the scheduling order, for a queued job
     estimated_start: float | None = None  # a queued job's planned start (Unix seconds); None: cannot plan it
     node: str | None = None  # where it runs or ran (a gang job: its rank 0's node); None: it never started
+    gpu_usage: JobUsage | None = None  # its GPUs' mean and peak utilization and memory over its run; None: unmeasured
 
 
 def get_job(ctx: ToolContext, args: GetJob) -> JobDetail:
     job = ctx.core.queue.get(args.job_id)
     node = job.allocation.node if job.allocation is not None else None
+    usage = ctx.core.store.job_usage([job.id]).get(job.id)
     if job.status != JobStatus.QUEUED:
-        return ctx.shown(JobDetail(**job.model_dump(), node=node))
+        return ctx.shown(JobDetail(**job.model_dump(), node=node, gpu_usage=usage))
     plan = outlook(ctx)
     return ctx.shown(JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id),
-                               node=node))
+                               node=node, gpu_usage=usage))
 
 
 JOBS_PAGE = 100  # jobs in a page of the history, unless asked otherwise

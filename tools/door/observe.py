@@ -188,6 +188,9 @@ class GpuReading(BaseModel):
     memory_used_mib: int | None
     temperature_c: int | None
     power_w: float | None
+    ecc_uncorrected: int | None = None
+    foreign_processes: int = 0
+    job_processes: int = 0
 
 
 class HistogramView(BaseModel):
@@ -232,7 +235,9 @@ def figures(ctx: ToolContext) -> Figures:
             readings.append(GpuReading(
                 node=n.name, index=g.index, uuid=g.uuid, model=g.model, state=g.state.value,
                 memory_total_mib=g.memory_total_mib, utilization_pct=g.utilization_pct,
-                memory_used_mib=g.memory_used_mib, temperature_c=g.temperature_c, power_w=g.power_w))
+                memory_used_mib=g.memory_used_mib, temperature_c=g.temperature_c, power_w=g.power_w,
+                ecc_uncorrected=g.ecc_uncorrected, foreign_processes=sum(bool(p.foreign) for p in g.processes),
+                job_processes=sum(p.job_id is not None for p in g.processes)))
     now = core.clock.now()
     stats = core.queue.stats(now)
     users: Counter[str] = Counter()

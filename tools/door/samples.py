@@ -7,7 +7,10 @@ An ``Observer`` is part of the core (``Core.observer``). The service feeds it:
 - the **event log**, followed from a cursor a bounded number of events at a time: jobs started and
   finished per hour, each start's wait, GPU-hours per user per hour, for the last ``keep_hours`` hours
   (at start-up it reads back the events of that window, so the charts survive a restart);
-- each scheduler **pass**'s duration by phase (``observe_pass``).
+- each scheduler **pass**'s duration by phase (``observe_pass``);
+- each **GPU's readings** every ``sample_interval_s`` (``tools.door.watch``): as taken for ``full_s``, then
+  as means over ``coarse_s`` spans, for ``keep_s`` in all (``GpuSeries``); and what the watch remembers
+  between samples: each running job's usage so far, its idle spell, each GPU's ECC count when last judged.
 
 Prometheus' counters and histograms (waits, pass durations, fallbacks) count only what happened while
 this server ran: the events read back at start-up fill the charts, not the counters.
@@ -24,7 +27,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from tools.models import TERMINAL, Event, Job
+from policies.watch import IdleSpell
+from tools.models import TERMINAL, Event, Job, JobUsage
 
 HOUR_S = 3600.0
 # Upper bounds of the histograms' buckets, in seconds (Prometheus adds +Inf).
@@ -69,6 +73,60 @@ class Sample:
     utilization: Mapping[str, int]  # "node:index" -> percent, only GPUs measured
 
 
+@dataclass(frozen=True)
+class GpuPoint:
+    """One GPU's readings at ``time`` (None: not measured); ``span_s`` > 0: the means over that span."""
+
+    time: float
+    utilization_pct: float | None
+    memory_used_mib: float | None
+    temperature_c: float | None
+    power_w: float | None
+    span_s: float = 0.0
+
+
+def _mean(points: list[GpuPoint], start: float, span_s: float) -> GpuPoint:
+    def mean(values: list[float | None]) -> float | None:
+        measured = [v for v in values if v is not None]
+        return round(sum(measured) / len(measured), 1) if measured else None
+
+    return GpuPoint(start, mean([p.utilization_pct for p in points]), mean([p.memory_used_mib for p in points]),
+                    mean([p.temperature_c for p in points]), mean([p.power_w for p in points]), span_s)
+
+
+class GpuSeries:
+    """One GPU's readings: as taken for ``full_s``, then as means over ``coarse_s`` spans, ``keep_s`` in all."""
+
+    def __init__(self, full_s: float, coarse_s: float, keep_s: float) -> None:
+        self.full_s, self.coarse_s, self.keep_s = full_s, coarse_s, keep_s
+        self.fine: deque[GpuPoint] = deque()
+        self.coarse: deque[GpuPoint] = deque()
+        self._span: list[GpuPoint] = []  # readings older than full_s in the span being filled
+
+    def _span_start(self, t: float) -> float:
+        return t // self.coarse_s * self.coarse_s
+
+    def add(self, point: GpuPoint) -> None:
+        self.fine.append(point)
+        while self.fine and self.fine[0].time < point.time - self.full_s:
+            old = self.fine.popleft()
+            if self._span and self._span_start(self._span[0].time) != self._span_start(old.time):
+                start = self._span_start(self._span[0].time)
+                self.coarse.append(_mean(self._span, start, self.coarse_s))
+                self._span = []
+            self._span.append(old)
+        while self.coarse and self.coarse[0].time < point.time - self.keep_s:
+            self.coarse.popleft()
+
+    def points(self, since: float | None = None) -> list[GpuPoint]:
+        """Oldest first: the means, the span being filled, then the readings as taken."""
+        points = list(self.coarse)
+        if self._span:
+            points.append(_mean(self._span, self._span_start(self._span[0].time), self.coarse_s))
+        points += self.fine
+        return points if since is None else [p for p in points if p.time + p.span_s >= since]
+
+
 @dataclass
 class HourTally:
     """One hour of the event log."""
@@ -90,8 +148,14 @@ class Holding:
 
 
 class Observer:
-    def __init__(self, *, keep_samples: int = 720, keep_hours: int = 168) -> None:
+    def __init__(self, *, keep_samples: int = 720, keep_hours: int = 168, full_s: float = 3600.0,
+                 coarse_s: float = 300.0, keep_s: float = 86_400.0) -> None:
         self.keep_hours = keep_hours
+        self.series_spans = (full_s, coarse_s, keep_s)
+        self.gpus: dict[str, GpuSeries] = {}  # "node:index" -> its readings
+        self.job_usage: dict[int, JobUsage] = {}  # running jobs' usage so far (stored at every sample)
+        self.idle: dict[int, IdleSpell] = {}  # running jobs whose GPUs are idle now
+        self.ecc_seen: dict[str, int] = {}  # GPU UUID -> its uncorrectable ECC count when last judged
         self.lock = threading.Lock()
         self.samples: deque[Sample] = deque(maxlen=keep_samples)
         self.cursor: int | None = None  # the last event read; None until the first follow
@@ -111,6 +175,20 @@ class Observer:
     def add_sample(self, sample: Sample) -> None:
         with self.lock:
             self.samples.append(sample)
+
+    def add_gpu_points(self, points: Mapping[str, GpuPoint]) -> None:
+        with self.lock:
+            for key, point in points.items():
+                series = self.gpus.get(key)
+                if series is None:
+                    series = self.gpus[key] = GpuSeries(*self.series_spans)
+                series.add(point)
+
+    def gpu_points(self, key: str, since: float | None = None) -> list[GpuPoint] | None:
+        """A GPU's readings, oldest first; None if it was never sampled."""
+        with self.lock:
+            series = self.gpus.get(key)
+            return series.points(since) if series is not None else None
 
     def observe_pass(self, phases_s: Mapping[str, float], duration_s: float) -> None:
         with self.lock:

@@ -53,6 +53,9 @@ def submit_options(run):
         click.option("--export", default="ALL", show_default=True, metavar="ALL|NONE|NAME,...",
                      help="which of your shell's variables the job gets, as sbatch's --export; CUDA_VISIBLE_DEVICES "
                           "and HERD_* always come from the server"),
+        click.option("--allow-idle", is_flag=True, flag_value=True, default=None,
+                     help="the job may hold its GPUs idle (a notebook, a debugger): the server's idle check leaves "
+                          "it alone"),
         click.option("--notify", metavar="URL|off", help="send this job's notifications to this webhook "
                      "(slack:https://... for Slack), or off; default: yours or the lab's from the server's config"),
         click.option("--notify-on", metavar="EVENT,...", help="which events notify: start,end,fail,timeout,idle,"

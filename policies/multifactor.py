@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Iterator
 
-from tools.index import Ordering
+from tools.index import BY_ID, Ordering
 from tools.models import Job
 
 from policies.placement import Entries, Placer, offer_in_order
@@ -26,6 +26,7 @@ from policies.rules import Weights, expected_runtime
 from policies.snapshot import Decisions, Snapshot
 
 DEFAULT_RUNTIME_S = 3600.0
+STARVING_READ = 16  # the oldest waiting jobs read for the starvation guard, at most, in one pass
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,23 @@ class MultifactorPolicy:
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, backfill=True)
+        self._offer_starving(snapshot, placer)
         offer_in_order(placer, self._streams(snapshot, placer), per_user=True)
         return placer.decisions()
+
+    def _offer_starving(self, snapshot: Snapshot, placer: Placer) -> None:
+        """Jobs that have waited ``rules.starve_after_s`` or longer go first, oldest first, until one
+        must wait and is planned. The age factor alone would take a wide, long job days to outrank
+        each newly queued small one, and the plan protects a job only from the jobs after it."""
+        after = snapshot.rules.starve_after_s
+        if after is None:
+            return
+        jobs, oldest = snapshot.jobs_by_id, snapshot.now - after
+        for i, (_, job_id) in enumerate(snapshot.queued_groups(BY_ID).get(None, ())):
+            job = jobs[job_id]
+            if i >= STARVING_READ or job.submit_time > oldest or placer.head is not None:
+                return
+            placer.offer_ahead(job)
 
     def explain(self, snapshot: Snapshot, job: Job) -> Explanation:
         w = self.weights

@@ -9,8 +9,10 @@ Before placing a job, ``offer`` checks in turn: its begin time, the jobs it runs
 ever fit, strict order (``head_of_line``), its user's and group's quotas, then the free GPUs. Some
 GPUs are closed to some jobs: those of a reservation the job is not admitted to, from the moment the
 job would still be running at the window's start, and, under ``backfill``, the GPUs planned for the
-first job that must wait, for any job that would still be running when that job is planned to start
-(EASY backfill: a later job may start now only if it does not delay that plan).
+first ``rules.backfill_plans`` jobs that must wait, for any job that would still be running when one
+of them is planned to start (a later job may start now only if it delays none of those plans; with
+one plan, EASY backfill; with more, nearer Slurm's, which plans every job it tests, so that a wide job
+second in line is not starved by small jobs taking the GPUs it would need once the first has started).
 
 ``offer_groups`` walks waiting jobs in a policy's order, already sorted and split by GPU count. Free
 GPUs only shrink during a pass, so once a size does not fit the free GPUs at all, no later job of that
@@ -27,13 +29,14 @@ the backfill plan) and their order is the policy's meaning; the rules themselves
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from enum import Enum
 from typing import Iterable, Mapping
 
 from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
 from tools.timespec import local_time
 
-from policies.plan import Slot, Timeline
+from policies.plan import Timeline
 from policies.preemption import choose_preemptions
 from policies.admission import (
     Wait,
@@ -87,9 +90,16 @@ class Placer:
         self._messages: dict[int, str] = {}  # reservation id -> why a job it keeps out waits
         self._user_full: dict[tuple[str, int], Wait] = {}  # (user, size) that cannot start in this pass, and why
         self._most_free: int | None = None  # most free GPUs on one node, until this pass takes any
-        self.head: Job | None = None  # backfill: the first job that must wait for GPUs
-        self.head_slot: Slot | None = None  # and where and when it is planned to start
-        self._head_gpus: dict[str, frozenset[int]] = {}
+        # Backfill: the jobs that must wait, planned in the order they were offered (at most
+        # ``rules.backfill_plans``), each on a timeline holding the running jobs, those started in this
+        # pass and the plans before it. Kept by planned start, with the GPUs closed by the plans that
+        # start before a time (a prefix union), since a job may start only if it ends before them.
+        self.head: Job | None = None  # the first job that must wait for GPUs
+        self._timeline: Timeline | None = None
+        self._planned_jobs = 0  # jobs planned, including those that fit nowhere ever (no slot)
+        self._plans: list[tuple[float, Job, tuple[tuple[str, int], ...]]] = []  # (start, job, its GPUs)
+        self._plan_starts: list[float] = []  # from when each plan closes its GPUs (its start; now if starving)
+        self._closed_before: list[dict[str, frozenset[int]]] = []  # [i]: GPUs of the first i + 1 plans
         self._after_head = 0  # jobs examined since the head was planned
         self._started_jobs: list[tuple[Job, tuple[tuple[str, int], ...]]] = []
         self._started_ids: set[int] = set()
@@ -109,7 +119,7 @@ class Placer:
         """Whether no later job of the pass may start: strict order is blocked, or backfill has
         examined as many jobs past its plan as the rules allow."""
         return self._blocked_by is not None or (
-            self.head_slot is not None and self._after_head >= self._rules.backfill_depth
+            bool(self._plans) and self._after_head >= self._rules.backfill_depth
         )
 
     def fits(self, count: int) -> bool:
@@ -172,6 +182,13 @@ class Placer:
                 del self._first[victim], self.waiting[victim]
                 self._offer_first(victim)
 
+    def offer_ahead(self, job: Job) -> Offer:
+        """Offer ``job`` ahead of the policy's order (one that has waited too long); offered again in
+        order, it answers the same."""
+        if job.id not in self._first:
+            self._first[job.id] = self.offer(job)
+        return self._first[job.id]
+
     def _waits_for_gpus(self, job_id: int) -> bool:
         wait = self.waiting.get(job_id)
         return wait is not None and wait.reason == PendingReason.RESOURCES
@@ -181,7 +198,7 @@ class Placer:
         first = self._first.get(job.id)
         if first is not None:
             return Offer.WAITS if first == Offer.SIZE_FULL else first  # its size may still fit others
-        if self.head_slot is not None:
+        if self._plans:
             self._after_head += 1
         wait = (begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job) or self._made_room_wait(job)
                 or array_limit_wait(job, self._array_use))
@@ -209,8 +226,8 @@ class Placer:
             return Offer.USER_FULL
         if not self.fits(count):
             self.waiting[job.id] = Wait(PendingReason.RESOURCES, self._missing(count))
-            self._must_wait(job)
-            return Offer.SIZE_FULL
+            # While more plans may be made, the next job of this size is read too, to be planned.
+            return Offer.WAITS if self._must_wait(job) and self._may_plan() else Offer.SIZE_FULL
         end = self.snapshot.now + self._rules.runtime(job)
         keeping = self._reservations_against(job, end)
         reserved = self._closed_by(keeping) if keeping else {}
@@ -228,39 +245,67 @@ class Placer:
         # for another job: on them the job starts rather than wait behind that plan.
         if own and self._place(job, _union(self._all_but(own), reserved)):
             return Offer.STARTED
-        if self.head_slot is not None and end > self.head_slot.start:
-            closed = _union(reserved, _minus(self._head_gpus, own) if own else self._head_gpus)
+        before = bisect_left(self._plan_starts, end)  # the plans it would still run into
+        if before:
+            planned = self._closed_before[before - 1]
+            closed = _union(reserved, _minus(planned, own) if own else planned)
         if not self._place(job, closed):
-            head = self.head
-            assert head is not None
+            assert before, "only a plan closes GPUs that fit it"
+            first = self._plans[0][1]
+            where = ", first in line," if first is self.head else ""
             self.waiting[job.id] = Wait(
                 PendingReason.PRIORITY,
-                f"the GPUs it would fit on are planned for job {head.id}, first in line, and it would not end "
-                "before that job's planned start",
+                f"the GPUs it would fit on are planned for job {first.id}{where} and it would not end "
+                "before that job's planned start" if before == 1 else
+                f"the GPUs it would fit on are planned for {before} jobs ahead of it, and it would not end "
+                "before their planned starts",
             )
+            self._must_wait(job)
             return Offer.WAITS
         return Offer.STARTED
 
-    def _must_wait(self, job: Job) -> None:
+    def _may_plan(self) -> bool:
+        return self.backfill and self._planned_jobs < self._rules.backfill_plans
+
+    def _must_wait(self, job: Job) -> bool:
         """``job`` cannot start now: under strict order it blocks the rest; under backfill, the first
-        such job is planned and later jobs may not delay it."""
+        ``rules.backfill_plans`` such jobs are planned and later jobs may not delay them. Whether it was
+        planned."""
         if self.head_of_line:
             self._blocked_by = job.id
-        if not self.backfill or self.head is not None:
-            return
-        self.head = job
-        slot = Timeline(self.snapshot, self._started_jobs).earliest(job)
+        if not self._may_plan():
+            return False
+        self._planned_jobs += 1
+        if self.head is None:
+            self.head = job
+        if self._timeline is None:
+            self._timeline = Timeline(self.snapshot, self._started_jobs)
+        slot = self._timeline.earliest(job)
         if slot is None:
-            return
-        self.head_slot = slot
-        gpus: dict[str, set[int]] = {}
-        for node, gpu in slot.gpus:
-            gpus.setdefault(node, set()).add(gpu)
-        self._head_gpus = {node: frozenset(g) for node, g in gpus.items()}
+            return True
+        self._timeline.book(slot)
+        # A job that has waited ``rules.starve_after_s`` drains its planned GPUs: no job may start on
+        # them, however short its estimate. Its plan rests on the expected ends of running jobs, and
+        # those of jobs that overran their estimates (or were let start before it, and will) slide
+        # later every pass, so the plan may never come while short jobs keep taking the GPUs.
+        starving = self._rules.starve_after_s is not None and (
+            self.snapshot.now - job.submit_time >= self._rules.starve_after_s)
+        closes_from = self.snapshot.now if starving else slot.start
+        at = bisect_left(self._plan_starts, closes_from)
+        self._plans.insert(at, (slot.start, job, slot.gpus))
+        self._plan_starts.insert(at, closes_from)
+        closed: dict[str, frozenset[int]] = dict(self._closed_before[at - 1]) if at else {}
+        self._closed_before[at:] = []
+        for _, _, gpus in self._plans[at:]:
+            for node, gpu in gpus:
+                closed[node] = closed.get(node, frozenset()) | {gpu}
+            self._closed_before.append(dict(closed))
         wait = self.waiting[job.id]
         # No time here: the estimate is shown beside the reason, and a reason that changed each pass
         # would be rewritten each pass.
-        self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; first in line, GPUs are held back for it")
+        where = "first in line" if job is self.head else "planned"
+        self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; {where}, GPUs are held back for it")
+        return True
 
     def _made_room_wait(self, job: Job) -> Wait | None:
         """A job stopped to make room waits while the job it was stopped for (offered first) still
@@ -394,6 +439,8 @@ class Placer:
         self.starts.append(proposal)
         self._started_ids.add(job.id)
         self._started_jobs.append((job, proposal.gpus))
+        if self._timeline is not None:
+            self._timeline.occupy(proposal.gpus, self.snapshot.now + self._rules.runtime(job))
         self._user_use[job.user] = self._user_use.get(job.user, 0) + job.gpu_count
         if job.array_id is not None:
             self._array_use[job.array_id] = self._array_use.get(job.array_id, 0) + 1
@@ -424,7 +471,7 @@ class Placer:
     def decisions(self) -> Decisions:
         """What this pass decided, with the preemptions that make room for jobs that must wait."""
         started = frozenset(p.job_id for p in self.starts)
-        planned = {self.head.id: self.head_slot.start} if self.head is not None and self.head_slot is not None else {}
+        planned = {job.id: start for start, job, _ in self._plans}
         return Decisions(
             starts=tuple(self.starts),
             waiting=Reasons(self.snapshot, self.waiting, started),

@@ -4,8 +4,8 @@ A ``Timeline`` knows, per node, the time each usable GPU is expected to come fre
 free, else the expected end of the job holding it (time limit, else estimate, else the rules'
 default). ``earliest`` finds the first time a job fits on one node (or, where allowed, on whole
 nodes), keeping clear of reservations it is not admitted to; ``book`` then holds those GPUs for the
-job's expected run time. EASY backfill plans the first job that must wait; ``estimate_starts`` plans
-every waiting job in a policy's order, each after the ones before it.
+job's expected run time. Backfill plans the first jobs that must wait (``Rules.backfill_plans``), each
+after the ones before it; ``estimate_starts`` plans every waiting job in a policy's order.
 
 The plan is an estimate: jobs end early, estimates are wrong and new jobs arrive. A GPU booked for a
 job counts as busy from the moment it comes free, even if the job starts a little later (waiting for
@@ -139,6 +139,17 @@ class Timeline:
                 gpus = tuple((n, g) for n in chosen for g in sorted(self._free_at[n]))
                 return Slot(t, t + duration, gpus[: job.gpu_count])
         return None
+
+    def occupy(self, gpus: Iterable[tuple[str, int]], end: float) -> None:
+        """A job started now on ``gpus`` holds them until ``end``; a GPU booked for a later plan stays
+        booked until that plan's end (the job was let start there only because it ends before)."""
+        nodes = set()
+        for node, gpu in gpus:
+            at = self._free_at[node]
+            at[gpu] = max(at[gpu], end)
+            nodes.add(node)
+        for node in nodes:
+            self._times[node] = sorted(self._free_at[node].values())
 
     def book(self, slot: Slot, *, keep_gap: bool = False) -> None:
         """Hold the slot's GPUs for its job. With ``keep_gap`` (a job held back by its begin time or

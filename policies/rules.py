@@ -57,6 +57,10 @@ class Rules:
     default_user_quota: int | None = None  # for users without a quota of their own; None: no limit
     default_runtime_s: float = 3600.0  # expected run time of a job with no time limit and no estimate
     backfill_depth: int = 500  # jobs examined for backfill after the first one that must wait (Slurm's bf_max_job_test)
+    backfill_plans: int = 1  # waiting jobs planned, in order, that later jobs may not delay (1: EASY)
+    # A job waiting this long goes first (multifactor) and drains the GPUs planned for it: a bound on
+    # the longest wait, at a cost in mean JCT (docs/evals.md); None: never.
+    starve_after_s: float | None = None
     preempt_priority_gap: int | None = 2  # a job preempts only jobs this much lower in priority; None: never
     preempt_min_runtime_s: float = 600.0  # a job that started less than this ago is not preempted
 

@@ -109,6 +109,7 @@ def test_submit_show_logs_and_queue(herd, server, tmp_path):
     assert code == 0
     assert re.search(r"^status +completed$", out, re.M) and re.search(r"^exit code +0$", out, re.M)
     assert "events:" in out and "submitted exp1" in out
+    assert re.search(r"^estimate +1h30m \(given with the job\)$", out, re.M)
 
     code, out, _ = herd("show", str(job_id), "--json")
     assert json.loads(out)["job"]["exit_code"] == 0

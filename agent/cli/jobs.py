@@ -180,7 +180,7 @@ def show(client: Client, as_json: bool, ref: str) -> None:
         ("gpu use", _gpu_use(job.get("gpu_usage"))),
         ("ran", f"{format_duration(ran)}, {gpu_hours(job, now)} GPU-hours" if ran is not None else None),
         ("time limit", format_duration(job["time_limit_s"]) if job["time_limit_s"] else None),
-        ("estimate", format_duration(job["est_duration_s"]) if job["est_duration_s"] else None),
+        ("estimate", _estimate(job)),
         ("log", job["log_path"]),
     ]
     width = max(len(k) for k, _ in fields)
@@ -207,6 +207,18 @@ def show(client: Client, as_json: bool, ref: str) -> None:
               "-f follows rank 0)")
 def logs(client: Client, as_json: bool, ref: str, follow: bool, tail: int | None, whole: bool, rank: int | None) -> int:
     return show_log(client, resolve(client, ref), follow=follow, tail=tail, whole=whole, rank=rank, as_json=as_json)
+
+
+ESTIMATE_SOURCES = {"user": "given with the job", "history": "predicted from finished jobs like it"}
+
+
+def _estimate(job: dict) -> str | None:
+    """The run-time estimate the plan uses and where it came from (``est_source``)."""
+    if not job["est_duration_s"]:
+        waiting_or_running = job["status"] in ("queued", "running")
+        return "none (the default run time stands in)" if waiting_or_running and not job["time_limit_s"] else None
+    source = job.get("est_source")
+    return format_duration(job["est_duration_s"]) + (f" ({ESTIMATE_SOURCES.get(source, source)})" if source else "")
 
 
 def _gpu_use(usage: dict | None) -> str | None:

@@ -239,7 +239,8 @@ class View {
   }
 }
 
-const STATE_LABEL = { free: 'free', allocated: 'allocated', drained: 'drained', unhealthy: 'unhealthy' };
+const STATE_LABEL = { free: 'free', allocated: 'allocated', drained: 'drained', unhealthy: 'unhealthy',
+  foreign: 'used outside gpuherd' };
 
 function meter(label, value, max, text) {
   const pct = max ? Math.max(0, Math.min(100, (100 * value) / max)) : 0;
@@ -258,7 +259,7 @@ class GpusView extends View {
 
   onEvent(event) {
     if (['scheduled', 'running', 'completed', 'failed', 'cancelled', 'queued', 'inventory', 'gpu_drained',
-      'gpu_undrained', 'gpu_healthy', 'gpu_unhealthy'].includes(event.kind)) this.soon();
+      'gpu_undrained', 'gpu_healthy', 'gpu_unhealthy', 'idle', 'requeueing'].includes(event.kind)) this.soon();
   }
 
   async refresh() {
@@ -295,8 +296,12 @@ class GpusView extends View {
         gpu.temperature_c !== null ? `${gpu.temperature_c} °C` : '', gpu.temperature_c !== null && gpu.power_w !== null ? ' · ' : '',
         gpu.power_w !== null ? `${Math.round(gpu.power_w)} W` : '') : null,
       !measured && node.source !== 'nvml' ? h('div', { class: 'readings muted', text: 'not measured' }) : null,
-      processes.length ? h('ul', { class: 'procs' }, processes.map((p) => h('li', {
-        text: `pid ${p.pid} ${p.name || ''}${p.used_memory_mib ? ` · ${gib(p.used_memory_mib)} GiB` : ''}` }))) : null);
+      gpu.in_use_by && gpu.in_use_by.length ? h('div', { class: 'foreign', text: `in use by ${gpu.in_use_by.join(', ')}`,
+        title: 'processes outside gpuherd: the GPU takes no job until they end' }) : null,
+      gpu.reason ? h('div', { class: 'reason', text: gpu.reason }) : null,
+      processes.length ? h('ul', { class: 'procs' }, processes.map((p) => h('li', { class: p.foreign ? 'foreign' : '',
+        text: `pid ${p.pid} ${p.name || ''}${p.user ? ` · ${p.user}` : ''}${p.job_id ? ` · job ${p.job_id}` : ''}`
+          + `${p.foreign ? ' · outside gpuherd' : ''}${p.used_memory_mib ? ` · ${gib(p.used_memory_mib)} GiB` : ''}` }))) : null);
   }
 }
 
@@ -562,6 +567,10 @@ class JobView extends View {
       ['Estimate', job.est_duration_s ? `${fmtDuration(job.est_duration_s)} (${job.est_source})` : null],
       ['Begin', job.not_before ? fmtTime(job.not_before) : null],
       ['After', [...(job.after || []), ...(job.after_any || [])].join(', ') || null],
+      ['GPU use', job.gpu_usage && job.gpu_usage.samples ? `utilization ${Math.round(job.gpu_usage.utilization_mean_pct)}% `
+        + `mean, ${Math.round(job.gpu_usage.utilization_peak_pct)}% peak; memory ${gib(job.gpu_usage.memory_mean_mib)} GiB mean, `
+        + `${gib(job.gpu_usage.memory_peak_mib)} GiB peak` : null],
+      ['May idle', job.allow_idle ? 'yes' : null],
       ['Preemptible', job.preemptible ? 'yes' : null], ['Stopping', job.stop_reason],
       ['Command', job.command || null], ['Directory', job.cwd],
     ];

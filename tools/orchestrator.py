@@ -182,7 +182,10 @@ class Orchestrator:
                     refusal = None  # it waits for them, as it should
             if refusal is not None:
                 raise InvalidJob(refusal.message)
-            return self.queue.submit(spec, now=self.clock.now())
+            prepared = self.queue.prepare(spec, now=self.clock.now())
+        # Stored outside the lock: submissions arriving together share one transaction and one fsync,
+        # and no pass waits for a disk write of theirs.
+        return self.queue.store_submission(prepared)
 
     def _status_of(self, job_id: int) -> JobStatus | None:
         job = self.queue.store.get_job(job_id)

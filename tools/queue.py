@@ -104,6 +104,14 @@ class QueueStats:
     max_queued: int
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A job, or an array's tasks, ready to be stored (ids still 0), and the batch they join."""
+
+    jobs: tuple[Job, ...]
+    batch: Batch
+
+
 class JobQueue:
     def __init__(
         self,
@@ -114,6 +122,7 @@ class JobQueue:
         usage_half_life_s: float = 7 * 86_400.0,
         estimator: Estimator | None = None,
         history: RunHistory | None = None,
+        batch_gap_s: float = 60.0,
         max_queued_per_user: int | None = None,
     ) -> None:
         if max_queued < 1:
@@ -126,11 +135,12 @@ class JobQueue:
         self.backoff = backoff
         self.usage_half_life_s = usage_half_life_s
         # Run times of completed jobs (recorded by ``finish``), from which ``estimator`` estimates a job
-        # queued without an estimate; None: such a job keeps none (source "default").
+        # queued without an estimate; None: such a job keeps none (source "default"). Jobs of one task
+        # queued less than ``batch_gap_s`` apart are one batch (``tools.history``).
         self.estimator = estimator
         if history is None:
             done = store.page_jobs(statuses=(JobStatus.COMPLETED,), limit=HISTORY_AT_START)
-            history = RunHistory.of(reversed(done))
+            history = RunHistory.of(reversed(done), batch_gap_s=batch_gap_s)
         self.history = history
         # Every write below also goes to the index, which the scheduler reads instead of the store.
         self.index = JobIndex(store.active_jobs())
@@ -165,6 +175,11 @@ class JobQueue:
         """Persist a new queued job, or every task of an array (``spec.array``) in one transaction, and
         return it (an array's first task, whose id is the array's); raises ``store.QueueFull`` when the
         queue, or its user's share of it, is at its limit."""
+        return self.store_submission(self.prepare(spec, now=now))
+
+    def prepare(self, spec: JobSpec, *, now: float) -> Submission:
+        """The jobs a submission makes (stamped ``now``, estimated from the history), not yet stored.
+        Called under the scheduler's lock, as it reads the history."""
         deferred = spec.begin_at is not None and spec.begin_at > now
         batch = self.history.batch_for(spec.user, spec.name, spec.command, spec.gpu_count, now)
         estimate, source = spec.est_duration_s, EstimateSource.USER
@@ -181,18 +196,23 @@ class JobQueue:
             pending_message=f"deferred: not before {local_time(spec.begin_at)}" if deferred else WAITING_FOR_PASS,
         )
         if spec.array is None:
-            job = self.store.add_job(job, max_queued=self.max_queued, max_queued_per_user=self.max_queued_per_user)
-            self.index.put(job)
-            self.history.join(job.id, batch)
-            return job
+            return Submission((job,), batch)
         indices, limit = parse_array(spec.array)
-        tasks = [job.model_copy(update={"array_index": index, "array_size": len(indices), "array_limit": limit,
-                                        **({"idempotency": None} if i else {})})
-                 for i, index in enumerate(indices)]
-        added = self.store.add_jobs(tasks, max_queued=self.max_queued, max_queued_per_user=self.max_queued_per_user)
-        for task in added:
-            self.index.put(task)
-            self.history.join(task.id, batch)  # an array is a batch of its own kind
+        return Submission(tuple(job.model_copy(update={"array_index": index, "array_size": len(indices),
+                                                       "array_limit": limit, **({"idempotency": None} if i else {})})
+                                for i, index in enumerate(indices)), batch)
+
+    def store_submission(self, submission: Submission) -> Job:
+        """Store a prepared submission; returns once it is on disk. Needs no lock: the store may write
+        it together with other submissions (one transaction for all), and it is put in the index and its
+        batch as it is stored, before anything else can change it."""
+        def stored(added: list[Job]) -> None:
+            for job in added:
+                self.index.put(job)
+                self.history.join(job.id, submission.batch)  # an array is a batch of its own kind
+
+        added = self.store.add_jobs(submission.jobs, max_queued=self.max_queued,
+                                    max_queued_per_user=self.max_queued_per_user, stored=stored)
         return added[0]
 
     def transition(self, job: Job, to: JobStatus, *, now: float, message: str = "", **changes: Any) -> Job:

@@ -18,13 +18,14 @@ are read side by side when either changes.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sqlite3
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from tools.models import (
     ACTIVE,
@@ -40,6 +41,14 @@ from tools.models import (
     Node,
     Reservation,
 )
+
+
+log = logging.getLogger(__name__)
+
+# Told of a submission's jobs once they are stored (the queue's index and batches, kept in step).
+Stored = Callable[[list[Job]], None]
+# Submissions written in one transaction at most: bounds a batch's time under the store's lock.
+MAX_BATCH = 512
 
 
 class QueueFull(RuntimeError):
@@ -85,14 +94,17 @@ class Store(Protocol):
         """After a fault, try a small write: the fault that remains."""
         ...
 
-    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None) -> Job:
+    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None,
+                stored: Stored | None = None) -> Job:
         """Insert a new job (its ``id`` is ignored and assigned here); enforce the queue-size limits."""
         ...
     def add_jobs(self, jobs: Sequence[Job], *, max_queued: int | None,
-                 max_queued_per_user: int | None = None) -> list[Job]:
+                 max_queued_per_user: int | None = None, stored: Stored | None = None) -> list[Job]:
         """Insert the tasks of one array, all or none, in one transaction: ids are assigned in order and
         each task's ``array_id`` is the first one's. The array counts once against ``max_queued`` (waiting
-        submissions) and each task against ``max_queued_per_user`` (its user's waiting jobs)."""
+        submissions) and each task against ``max_queued_per_user`` (its user's waiting jobs). Returns once
+        they are on disk; ``stored`` is called with them first, before any later write of this store, so
+        that whoever keeps a view of the jobs has them before anyone else can change them."""
         ...
     def save_job(self, job: Job, event: Event | None) -> None: ...
     def get_job(self, job_id: int) -> Job | None: ...
@@ -238,6 +250,11 @@ class _Waiting:
         for job in jobs:
             self.change(None, job)
 
+    def copy(self) -> _Waiting:
+        twin = _Waiting()
+        twin.singles, twin.arrays, twin.by_user = self.singles, Counter(self.arrays), Counter(self.by_user)
+        return twin
+
     @property
     def submissions(self) -> int:
         return self.singles + len(self.arrays)
@@ -285,8 +302,15 @@ class SqliteStore:
     on the file's lock holds up no read.
 
     The active jobs are also kept in memory, updated after each commit: every tick and submission
-    reads all of them, and parsing them back from JSON each time cost more the longer the queue. This
-    is right as long as this store is the only writer of its file, as the service is.
+    reads all of them, and parsing them back from JSON each time cost more the longer the queue. So
+    are the jobs per status (``count_by_status``, read by every view of the queue). This is right as
+    long as this store is the only writer of its file, as the service is.
+
+    Submissions are committed in groups: ``add_jobs`` hands its jobs to one writer thread, which takes
+    every submission waiting, writes them in one transaction (one fsync for all) and then wakes their
+    callers. A submission refused on its own (the queue full, an idempotency key used before) is left
+    out of the transaction and told why; a transaction that fails fails every submission of it, and
+    none of them is stored or kept in memory.
     """
 
     keeps_events = True
@@ -312,6 +336,13 @@ class SqliteStore:
         self._opened: list[sqlite3.Connection] = []
         self._active: dict[int, Job] = {j.id: j for j in self.list_jobs(statuses=ACTIVE)}
         self._waiting = _Waiting(self._active.values())
+        self._counts: Counter[JobStatus] = Counter(
+            {JobStatus(status): n for status, n in self._read("SELECT status, count(*) FROM jobs GROUP BY status")})
+        # Submissions waiting for the writer thread (started by the first one), and whether it must stop.
+        self._submissions: list[_Submission] = []
+        self._submitted = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closing = False
         # Accounting reads jobs by when they ended (an index on the JSON field: no column to migrate).
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (json_extract(data, '$.end_time'))")
 
@@ -392,43 +423,102 @@ class SqliteStore:
         return self.fault
 
     # -- jobs ----------------------------------------------------------------------------------
-    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None) -> Job:
-        return self.add_jobs([job], max_queued=max_queued, max_queued_per_user=max_queued_per_user)[0]
+    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None,
+                stored: Stored | None = None) -> Job:
+        return self.add_jobs([job], max_queued=max_queued, max_queued_per_user=max_queued_per_user, stored=stored)[0]
 
     def add_jobs(self, jobs: Sequence[Job], *, max_queued: int | None,
-                 max_queued_per_user: int | None = None) -> list[Job]:
-        key = jobs[0].idempotency
-        added: list[Job] = []
+                 max_queued_per_user: int | None = None, stored: Stored | None = None) -> list[Job]:
+        submission = _Submission(list(jobs), max_queued, max_queued_per_user, stored)
+        with self._submitted:
+            if self._closing:
+                raise StorageError("the database is closed; nothing was changed")
+            self._submissions.append(submission)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_submissions, name="herd-store-writer", daemon=True)
+                self._writer.start()
+            self._submitted.notify()
+        submission.done.wait()
+        if submission.error is not None:
+            raise submission.error
+        assert submission.added is not None
+        return submission.added
+
+    def _write_submissions(self) -> None:
+        """The writer thread: every submission waiting, in one transaction, until the store closes."""
+        while True:
+            with self._submitted:
+                while not self._submissions and not self._closing:
+                    self._submitted.wait()
+                batch, self._submissions[:] = self._submissions[:MAX_BATCH], self._submissions[MAX_BATCH:]
+                if not batch:
+                    return
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # a fault of the whole transaction: every submission of it failed
+                for submission in batch:
+                    submission.added = None
+                    submission.error = (StorageError(str(exc)) if isinstance(exc, StorageError) else exc)
+            finally:
+                for submission in batch:
+                    submission.done.set()
+
+    def _commit(self, batch: list[_Submission]) -> None:
+        """Write ``batch`` in one transaction; once committed, update the memory and tell ``stored``."""
         with self._lock:  # until the cache matches the database
+            waiting = self._waiting.copy()  # the counts with this batch's jobs, kept only if it commits
+            keys: dict[tuple[str, str], tuple[str, int]] = {}  # idempotency keys of this batch
             with self._tx() as db:
-                if key is not None:
-                    found = db.execute("SELECT fingerprint, job_id FROM idempotency WHERE scope = ? AND key = ?",
-                                       (key.scope, key.key)).fetchone()
-                    if found is not None:
-                        raise AlreadySubmitted(found[1], found[0])
-                # The counts are this writer's own (the only one): checked under the transaction's lock.
-                self._waiting.check(jobs, max_queued, max_queued_per_user)
-                first_id = None
-                for i, job in enumerate(jobs):
-                    cur = db.execute(
-                        "INSERT INTO jobs (user, status, priority, submit_time, data) VALUES (?, ?, ?, ?, '{}')",
-                        (job.user, job.status.value, job.priority, job.submit_time),
-                    )
-                    if first_id is None:
-                        first_id = cur.lastrowid
-                    elif cur.lastrowid != first_id + i:  # ids of one transaction are consecutive
-                        raise StorageError(f"task ids are not consecutive ({cur.lastrowid} after {first_id})")
-                    job = _with_array(job, first_id, i)
-                    db.execute("UPDATE jobs SET data = ? WHERE id = ?", (job.model_dump_json(), job.id))
-                    added.append(job)
-                if key is not None:
-                    db.execute("INSERT INTO idempotency (scope, key, fingerprint, job_id) VALUES (?, ?, ?, ?)",
-                               (key.scope, key.key, key.fingerprint, first_id))
-                for event in _submitted_events(added):
-                    self._insert_event(db, event)
-            for job in added:
-                self._active[job.id] = job
-                self._waiting.change(None, job)
+                for submission in batch:
+                    try:
+                        submission.added = self._insert(db, submission, waiting, keys)
+                    except (QueueFull, AlreadySubmitted) as refused:
+                        submission.error = refused
+            self._waiting = waiting
+            self._counts = self._counts + Counter(j.status for sub in batch for j in sub.added or ())
+            for submission in batch:
+                for job in submission.added or ():
+                    self._active[job.id] = job
+                if submission.added and submission.stored is not None:
+                    try:
+                        submission.stored(submission.added)
+                    except Exception:  # stored all the same: its caller is told so, not that it failed
+                        log.exception("jobs %s were stored but could not be shown", [j.id for j in submission.added])
+
+    def _insert(self, db: sqlite3.Connection, submission: _Submission, waiting: _Waiting,
+                keys: dict[tuple[str, str], tuple[str, int]]) -> list[Job]:
+        jobs = submission.jobs
+        key = jobs[0].idempotency
+        if key is not None:
+            found = keys.get((key.scope, key.key)) or db.execute(
+                "SELECT fingerprint, job_id FROM idempotency WHERE scope = ? AND key = ?", (key.scope, key.key)).fetchone()
+            if found is not None:
+                raise AlreadySubmitted(found[1], found[0])
+        # The counts are this writer's own (the only one): checked under the transaction's lock.
+        waiting.check(jobs, submission.max_queued, submission.max_queued_per_user)
+        added: list[Job] = []
+        first_id = None
+        for i, job in enumerate(jobs):
+            cur = db.execute(
+                "INSERT INTO jobs (user, status, priority, submit_time, data) VALUES (?, ?, ?, ?, '{}')",
+                (job.user, job.status.value, job.priority, job.submit_time),
+            )
+            if first_id is None:
+                first_id = cur.lastrowid
+            elif cur.lastrowid != first_id + i:  # ids of one transaction are consecutive
+                raise StorageError(f"task ids are not consecutive ({cur.lastrowid} after {first_id})")
+            job = _with_array(job, first_id, i)
+            db.execute("UPDATE jobs SET data = ? WHERE id = ?", (job.model_dump_json(), job.id))
+            added.append(job)
+        assert first_id is not None
+        if key is not None:
+            db.execute("INSERT INTO idempotency (scope, key, fingerprint, job_id) VALUES (?, ?, ?, ?)",
+                       (key.scope, key.key, key.fingerprint, first_id))
+            keys[key.scope, key.key] = (key.fingerprint, first_id)
+        for event in _submitted_events(added):
+            self._insert_event(db, event)
+        for job in added:
+            waiting.change(None, job)
         return added
 
     def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
@@ -453,7 +543,10 @@ class SqliteStore:
                         self._insert_event(db, event)
             except sqlite3.IntegrityError as exc:
                 raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs another job holds") from exc
-            self._waiting.change(self._active.get(job.id), job)
+            old = self._active.get(job.id)
+            if old is not None:  # an ended job's status never changes again
+                self._counts = self._counts + Counter({job.status: 1}) - Counter({old.status: 1})
+            self._waiting.change(old, job)
             if job.status in ACTIVE:
                 self._active[job.id] = job
             else:
@@ -529,10 +622,8 @@ class SqliteStore:
         return list(self._active.values())  # id order: jobs are added in id order and never come back
 
     def count_by_status(self) -> dict[JobStatus, int]:
-        rows = self._read("SELECT status, count(*) FROM jobs GROUP BY status")
-        counts = {s: 0 for s in JobStatus}
-        counts.update({JobStatus(s): n for s, n in rows})
-        return counts
+        counts = self._counts  # replaced whole after each commit, never changed: no lock, no wait for a write
+        return {s: counts[s] for s in JobStatus}
 
     # -- events --------------------------------------------------------------------------------
     @staticmethod
@@ -638,11 +729,27 @@ class SqliteStore:
             )
 
     def close(self) -> None:
+        with self._submitted:
+            self._closing = True
+            self._submitted.notify()
+        if self._writer is not None:
+            self._writer.join()  # the submissions handed over are written (or fail) first
         with self._lock:
             for db in self._opened:
                 db.close()
             self._opened.clear()
             self._db.close()
+
+
+class _Submission:
+    """One ``add_jobs`` call, waiting for the writer thread: ``added`` or ``error`` once ``done``."""
+
+    def __init__(self, jobs: list[Job], max_queued: int | None, max_queued_per_user: int | None,
+                 stored: Stored | None) -> None:
+        self.jobs, self.max_queued, self.max_queued_per_user, self.stored = jobs, max_queued, max_queued_per_user, stored
+        self.done = threading.Event()
+        self.added: list[Job] | None = None
+        self.error: BaseException | None = None
 
 
 class _Transaction:
@@ -765,11 +872,12 @@ class MemoryStore:
     def probe(self) -> StoreFault | None:
         return None
 
-    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None) -> Job:
-        return self.add_jobs([job], max_queued=max_queued, max_queued_per_user=max_queued_per_user)[0]
+    def add_job(self, job: Job, *, max_queued: int | None, max_queued_per_user: int | None = None,
+                stored: Stored | None = None) -> Job:
+        return self.add_jobs([job], max_queued=max_queued, max_queued_per_user=max_queued_per_user, stored=stored)[0]
 
     def add_jobs(self, jobs: Sequence[Job], *, max_queued: int | None,
-                 max_queued_per_user: int | None = None) -> list[Job]:
+                 max_queued_per_user: int | None = None, stored: Stored | None = None) -> list[Job]:
         key = jobs[0].idempotency
         if key is not None and (key.scope, key.key) in self._submissions:
             fingerprint, job_id = self._submissions[key.scope, key.key]
@@ -785,6 +893,8 @@ class MemoryStore:
         if self._keep_events:
             for event in _submitted_events(added):
                 self.add_event(event)
+        if stored is not None:
+            stored(added)
         return added
 
     def save_job(self, job: Job, event: Event | None) -> None:

@@ -54,6 +54,8 @@ def build_rules(settings: Settings) -> Rules:
         default_user_quota=settings.default_user_quota,
         default_runtime_s=settings.default_runtime_s,
         backfill_depth=settings.backfill_depth,
+        backfill_plans=settings.backfill_plans,
+        starve_after_s=settings.starve_after_s,
         preempt_priority_gap=settings.preempt_priority_gap,
         preempt_min_runtime_s=settings.preempt_min_runtime_s,
     )
@@ -118,7 +120,8 @@ def build_core(
     the live executors run one node's jobs); ``jobs_run_as_owners`` (a shared server's) runs each job as
     its owner and refuses jobs of users this node does not know. A core with its own database keeps bearer tokens there.
     ``predictor`` estimates the run time of a job queued without an estimate from the history of
-    completed jobs (None: no such estimates, as a replay with ``--estimate none`` wants)."""
+    completed jobs (the default: at the settings' ``estimate_quantile``; None: no such estimates, as a
+    replay with ``--estimate none`` wants)."""
     clock = clock or RealClock()
     workdir = settings.workdir.resolve()
     if store is None or executor is None:
@@ -156,8 +159,11 @@ def build_core(
         if nodes is None and settings.gpus is not None:
             nodes = [NodeDeclaration(name=settings.node_name, gpus=settings.gpus)]
         notice = resources.initialize(clock.now(), list(nodes) if nodes is not None else None)
+    if predictor is DEFAULT_PREDICTOR:
+        predictor = Predictor(quantile=settings.estimate_quantile)
     queue = JobQueue(store, max_queued=settings.max_queue_size, usage_half_life_s=settings.usage_half_life_s,
-                     estimator=predictor, max_queued_per_user=settings.max_queued_per_user)
+                     estimator=predictor, max_queued_per_user=settings.max_queued_per_user,
+                     batch_gap_s=settings.estimate_batch_gap_s)
     multifactor = build_multifactor(settings)
 
     def make_policy(name: str) -> Policy:

@@ -26,6 +26,7 @@ import yaml
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from policies.estimates import DEFAULT_PREDICTOR
 from policies.ordering import POLICIES
 from policies.rules import DEFAULT_RULES, Weights
 from tools.timespec import parse_duration
@@ -179,6 +180,14 @@ class Settings(BaseSettings):
     groups: GroupMap = Field(default_factory=dict, description="Group -> its members; one group per user.")
     default_runtime_s: float = Field(DEFAULT_RULES.default_runtime_s, gt=0, description="Expected run time of a job without limit or estimate.")
     backfill_depth: int = Field(DEFAULT_RULES.backfill_depth, ge=0, description="Jobs examined for backfill after the first that must wait.")
+    backfill_plans: int = Field(DEFAULT_RULES.backfill_plans, ge=1, description="Waiting jobs the backfill plan holds "
+                                "GPUs for, in the policy's order; a later job may not delay any of them (1: EASY).")
+    starve_after_s: float | None = Field(DEFAULT_RULES.starve_after_s, gt=0, description="A job waiting this long goes "
+                                         "first (multifactor) and no job may start on the GPUs planned for it; off: never.")
+    estimate_quantile: float = Field(DEFAULT_PREDICTOR.quantile, ge=0, le=1, description="A job queued without an "
+                                     "estimate is estimated at this quantile of the run times of finished jobs like it.")
+    estimate_batch_gap_s: float = Field(60.0, ge=0, description="Jobs of one task queued less than this apart are one "
+                                        "batch, estimated from its own finished members.")
     preempt_priority_gap: int | None = Field(
         DEFAULT_RULES.preempt_priority_gap, ge=1, description="A job preempts preemptible jobs this much lower in priority; off: never."
     )

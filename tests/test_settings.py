@@ -169,3 +169,24 @@ def test_the_service_builds_rules_weights_and_policies_from_settings(tmp_path):
         assert service.core.make_policy("sjf").name == "sjf"
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backfill_plans": 0}, "backfill_plans: Input should be greater than or equal to 1"),
+    ({"starve_after_s": 0}, "starve_after_s: Input should be greater than 0"),
+    ({"estimate_quantile": 1.5}, "estimate_quantile: Input should be less than or equal to 1"),
+    ({"estimate_batch_gap_s": -1}, "estimate_batch_gap_s: Input should be greater than or equal to 0"),
+])
+def test_bad_planning_and_estimate_settings_name_the_key(kwargs, message):
+    assert error_of(**kwargs) == message
+
+
+def test_planning_and_estimate_settings_reach_the_core():
+    from tests.cores import make_core
+
+    core = make_core(backfill_plans=3, starve_after_s=86_400.0, estimate_quantile=0.9, estimate_batch_gap_s=300.0)
+    rules = core.orchestrator.rules
+    assert (rules.backfill_plans, rules.starve_after_s) == (3, 86_400.0)
+    assert core.queue.estimator.quantile == 0.9 and core.queue.history.batch_gap_s == 300.0
+    default = make_core()
+    assert default.queue.estimator.quantile == 0.7 and default.queue.history.batch_gap_s == 60.0

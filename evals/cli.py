@@ -40,6 +40,33 @@ POSITIVE_INT = click.IntRange(min=1)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 
 
+def _duration(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
+    from tools.timespec import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def planning_options(f):
+    """The backfill plan's settings (``Rules.backfill_plans``, ``Rules.starve_after_s``) for a replay."""
+    f = click.option("--starve-after", callback=_duration, metavar="DURATION",
+                     help="a job waiting this long goes first and drains its planned GPUs (default: never)")(f)
+    return click.option("--backfill-plans", type=POSITIVE_INT, default=1, show_default=True,
+                        help="waiting jobs the backfill plan holds GPUs for (1: EASY)")(f)
+
+
+def planning_rules(backfill_plans: int, starve_after: float | None):
+    from dataclasses import replace
+
+    from policies.rules import DEFAULT_RULES
+
+    return replace(DEFAULT_RULES, backfill_plans=backfill_plans, starve_after_s=starve_after)
+
+
 @click.group("eval", short_help="offline evals: herd eval replay | generate | chat (see herd eval --help)")
 def command() -> None:
     """Evals run offline, on a simulated clock."""
@@ -83,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), metavar="FILE", help="write the results as JSON")
 @click.option("--plots", type=click.Path(path_type=Path), metavar="DIR", help="write jct_cdf.png and timeline.png here")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@planning_options
 def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies: list[str], agent_model: str, estimate: str,
            time_scale: float, max_jobs: int | None, seed: int, json_out: Path | None, plots: Path | None,
-           quiet: bool) -> int:
+           quiet: bool, backfill_plans: int, starve_after: float | None) -> int:
     # Imported here: the harness pulls in the whole core and the agent; `herd --help` needs none of it.
     from evals.metrics import lower_bounds
     from evals.replay import Cluster, replay as run_replay
@@ -104,6 +132,7 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     cluster = Cluster(nodes, gpus_per_node)
     guesses = estimates(jobs, estimate, seed=seed)
     predictor = DEFAULT_PREDICTOR if predicts(estimate) else None
+    rules = planning_rules(backfill_plans, starve_after)
     agents, model = {}, None
     if "agent" in policies:  # the model first: a missing endpoint stops the command before any replay
         from evals.agent_replay import agent_policy
@@ -119,11 +148,12 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
     for name in policies:
         policy = agents.get(name, name)
         if quiet:
-            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses, predictor=predictor))
+            runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses, predictor=predictor,
+                                   rules=rules))
             continue
         with progress_bar(f"{name:>10}") as bar:
             runs.append(run_replay(jobs, policy=policy, cluster=cluster, estimates=guesses, predictor=predictor,
-                                   progress=bar))
+                                   rules=rules, progress=bar))
     skipped = {j.job_id for j in runs[0].skipped}
     kept = [j for j in jobs if j.job_id not in skipped]
     bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in kept], cluster.gpus)
@@ -144,7 +174,7 @@ def replay(trace: Path, vc: str | None, nodes: int, gpus_per_node: int, policies
         print(estimate_table(results))
     if json_out:
         options = {"vc": vc, "estimate": estimate, "time_scale": time_scale, "max_jobs": max_jobs, "seed": seed,
-                   "skipped_jobs": len(skipped)}
+                   "backfill_plans": backfill_plans, "starve_after_s": starve_after, "skipped_jobs": len(skipped)}
         doc = document(trace=str(trace), options=options,
                        cluster={"nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node},
                        bounds=bounds, results=results)
@@ -221,16 +251,21 @@ def _ints(ctx: click.Context, param: click.Parameter, text: str) -> list[int]:
 @click.option("--gpus-per-node", type=POSITIVE_INT, default=8, show_default=True)
 @click.option("--days", type=POSITIVE_FLOAT, default=7.0, show_default=True)
 @click.option("--seed", "noise_seed", type=int, default=0, show_default=True, help="seed of the noisy estimates")
+@click.option("--held-out", callback=_ints, default="5-9", show_default=True,
+              help="seeds no setting was chosen on: their weeks are counted apart")
+@planning_options
 @click.option("--json", "json_out", type=click.Path(path_type=Path), metavar="FILE", help="write every week as JSON")
 def sweep(seeds: list[int], users: list[int], policies: list[str], estimate: str, nodes: int, gpus_per_node: int,
-          days: float, noise_seed: int, json_out: Path | None) -> int:
+          days: float, noise_seed: int, held_out: list[int], backfill_plans: int, starve_after: float | None,
+          json_out: Path | None) -> int:
     from evals.report import write_json
     from evals.sweep import as_json, markdown, sweep as run_sweep
 
+    rules = planning_rules(backfill_plans, starve_after)
     weeks = run_sweep(seeds, users, policies, estimate=estimate, nodes=nodes, gpus_per_node=gpus_per_node,
-                      days=days, noise_seed=noise_seed)
+                      days=days, noise_seed=noise_seed, rules=rules)
     print(f"lab weeks on {nodes} x {gpus_per_node} GPUs, estimates {estimate}; share / utilization / mean JCT:")
-    print(markdown(weeks))
+    print(markdown(weeks, held_out=held_out))
     if json_out:
         write_json(json_out, as_json(weeks))
     return 0

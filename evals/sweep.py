@@ -19,6 +19,7 @@ from evals.metrics import lower_bounds, summarize
 from evals.replay import Cluster, replay
 from evals.trace import TraceJob, estimates, predicts, rebase
 from policies.estimates import DEFAULT_PREDICTOR
+from policies.rules import DEFAULT_RULES, Rules
 
 SHARE_AT_LEAST = 0.9
 UTILIZATION_WITHIN = 0.01
@@ -47,9 +48,9 @@ def lab_trace(model: gen.LabModel, seed: int) -> list[TraceJob]:
 
 def sweep(seeds: Iterable[int], users: Iterable[int], policies: Sequence[str], *, estimate: str = "noisy",
           nodes: int = 2, gpus_per_node: int = 8, days: float = 7.0, load: float = gen.DEFAULT_LOAD,
-          noise_seed: int = 0) -> list[Week]:
-    """Every policy on every (user count, seed) week; the estimates are the same for every policy of a week
-    (``noise_seed`` as ``herd eval replay --seed``)."""
+          noise_seed: int = 0, rules: Rules = DEFAULT_RULES) -> list[Week]:
+    """Every policy on every (user count, seed) week under ``rules``; the estimates are the same for every
+    policy of a week (``noise_seed`` as ``herd eval replay --seed``)."""
     out = []
     cluster = Cluster(nodes, gpus_per_node)
     predictor = DEFAULT_PREDICTOR if predicts(estimate) else None
@@ -60,7 +61,7 @@ def sweep(seeds: Iterable[int], users: Iterable[int], policies: Sequence[str], *
             guesses = estimates(jobs, estimate, seed=noise_seed)
             bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in jobs], cluster.gpus)
             for policy in policies:
-                m = summarize(replay(jobs, policy=policy, cluster=cluster, estimates=guesses,
+                m = summarize(replay(jobs, policy=policy, cluster=cluster, estimates=guesses, rules=rules,
                                      predictor=predictor).finished, cluster.gpus)
                 out.append(Week(n, seed, policy, int(m["jobs"]), m["share_fairness"], m["utilization"],
                                 m["jct_mean_s"], m["wait_max_s"], bounds.utilization_ub, bounds.jct_mean_lb_s))
@@ -88,9 +89,35 @@ def misses(weeks: Sequence[Week], target: str = "multifactor") -> dict[tuple[int
     return out
 
 
-def markdown(weeks: Sequence[Week], target: str = "multifactor") -> str:
+def summary(weeks: Sequence[Week], target: str = "multifactor", held_out: Iterable[int] = ()) -> list[str]:
+    """On how many weeks ``target`` met the target, and each part of it, apart for the weeks of the
+    ``held_out`` seeds (those no setting was chosen on); and on how many ``fair_share`` was at least as
+    fair as ``target``."""
+    missed = misses(weeks, target)
+    held = set(held_out)
+    share = {(w.users, w.seed, w.policy): w.share for w in weeks}
+    lines = []
+    for name, keys in (("chosen on", [k for k in missed if k[1] not in held]),
+                       ("held out", [k for k in missed if k[1] in held])):
+        if not keys:
+            continue
+        seeds = ",".join(str(s) for s in sorted({seed for _, seed in keys}))
+        parts = ", ".join(f"{part} {sum(part not in missed[k] for k in keys)}" for part in ("share", "util", "jct"))
+        line = f"{target}, weeks of seeds {seeds} ({name}): target met on {sum(not missed[k] for k in keys)} of {len(keys)} ({parts})"
+        fair = [k for k in keys if (*k, FAIR_SHARE) in share]
+        if fair and target != FAIR_SHARE:
+            at_least = sum(share[(*k, FAIR_SHARE)] >= share[(*k, target)] for k in fair)
+            line += f"; fair_share at least as fair on {at_least} of {len(fair)}"
+        lines.append(line)
+    return lines
+
+
+FAIR_SHARE = "fair_share"
+
+
+def markdown(weeks: Sequence[Week], target: str = "multifactor", held_out: Iterable[int] = ()) -> str:
     """One row per week: each policy's share, utilization and mean JCT (hours), then what ``target``
-    misses; then the mean and the worst week of each policy."""
+    misses; then the mean and the worst week of each policy, and ``summary``."""
     policies = list(dict.fromkeys(w.policy for w in weeks))
     by_week: dict[tuple[int, int], dict[str, Week]] = {}
     for w in weeks:
@@ -109,7 +136,7 @@ def markdown(weeks: Sequence[Week], target: str = "multifactor") -> str:
     met = sum(1 for m in missed.values() if not m)
     lines.append("| mean | | | " + " | ".join(means) + f" | met on {met} of {len(missed)} |")
     lines.append("| worst share | | | " + " | ".join(worst) + " | |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + summary(weeks, target, held_out))
 
 
 def as_json(weeks: Sequence[Week], target: str = "multifactor") -> dict:

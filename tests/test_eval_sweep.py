@@ -38,7 +38,7 @@ def test_a_small_sweep_runs_every_policy_on_every_week():
     assert [(w.seed, w.policy) for w in weeks] == [(0, "sjf"), (0, "multifactor"), (1, "sjf"), (1, "multifactor")]
     assert all(0 < w.utilization <= w.utilization_ub + 1e-9 and w.jct_mean_s >= w.jct_mean_lb_s - 1e-6 for w in weeks)
     table = markdown(weeks)
-    assert table.count("\n") == 5 and "met on" in table
+    assert table.count("\n") == 7 and "met on" in table  # header, rule, 2 weeks, mean, worst; the summary
 
 
 def test_cli_sweep(tmp_path, capsys):
@@ -54,3 +54,26 @@ def test_cli_sweep_refuses_bad_seeds(capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--seeds", "a-b"])
     assert "give numbers and ranges" in capsys.readouterr().err
+
+
+def test_the_summary_counts_held_out_weeks_apart_and_compares_fair_share():
+    weeks = [week("sjf", seed=s) for s in (0, 1, 5)] + [
+        week("multifactor", share=0.95, seed=0), week("multifactor", share=0.85, seed=1),
+        week("multifactor", share=0.92, seed=5),
+        week("fair_share", share=0.96, seed=0), week("fair_share", share=0.80, seed=1), week("fair_share", share=0.92, seed=5),
+    ]
+    chosen, held = markdown(weeks, held_out=[5]).splitlines()[-2:]
+    assert chosen == ("multifactor, weeks of seeds 0,1 (chosen on): target met on 1 of 2 (share 1, util 2, jct 2); "
+                      "fair_share at least as fair on 1 of 2")
+    assert held == ("multifactor, weeks of seeds 5 (held out): target met on 1 of 1 (share 1, util 1, jct 1); "
+                    "fair_share at least as fair on 1 of 1")
+
+
+def test_cli_sweep_takes_the_backfill_plan_settings(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    assert main(["sweep", "--seeds", "0", "--users", "3", "--days", "1", "--policies", "sjf,multifactor",
+                 "--backfill-plans", "4", "--starve-after", "1d", "--json", str(out)]) == 0
+    assert "weeks of seeds 0 (chosen on)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["sweep", "--seeds", "0", "--starve-after", "soon"])
+    assert "--starve-after" in capsys.readouterr().err

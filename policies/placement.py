@@ -47,7 +47,6 @@ from policies.admission import (
     reservations_against,
     reserved_for,
     size_wait,
-    tasks_holding,
 )
 from policies.snapshot import Decisions, Proposal, Reasons, Snapshot
 from policies.watch import describe_foreign
@@ -84,7 +83,7 @@ class Placer:
         self.limit = most if cap is None else min(most, cap)  # a job asking for more can never start
         self._blocked_by: int | None = None
         self._user_use, self._group_use = (dict(m) for m in snapshot.in_use)
-        self._array_use = tasks_holding(snapshot.holding)  # array id -> its tasks holding GPUs
+        self._array_use = dict(snapshot.array_tasks)  # array id -> its tasks holding GPUs
         self._reservations = tuple(r for r in snapshot.reservations if r.end > snapshot.now)
         self._refused_around: dict[frozenset[int], int] = {}  # reservation ids -> smallest size that did not fit
         self._messages: dict[int, str] = {}  # reservation id -> why a job it keeps out waits

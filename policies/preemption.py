@@ -35,7 +35,7 @@ def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait],
     taken = {p.job_id for p in out}
     victims = _candidates(snapshot, taken)
     stopping: dict[str, set[int]] = {}  # node -> GPUs of jobs already being preempted
-    for job in snapshot.holding:
+    for job in snapshot.preemption_relevant:
         if job.stop_reason == StopReason.PREEMPT and job.allocation is not None and not job.allocation.more:
             stopping.setdefault(job.allocation.node, set()).update(job.allocation.gpus)
     if not victims and not stopping:
@@ -117,7 +117,7 @@ def _reservation_preemptions(snapshot: Snapshot):
 def _candidates(snapshot: Snapshot, taken: set[int]) -> list[Job]:
     now, min_runtime = snapshot.now, snapshot.rules.preempt_min_runtime_s
     return [
-        j for j in snapshot.holding
+        j for j in snapshot.preemption_relevant
         if j.preemptible and j.status == JobStatus.RUNNING and j.stop_reason is None and j.id not in taken
         and j.start_time is not None and now - j.start_time >= min_runtime
         and j.allocation is not None and not j.allocation.more

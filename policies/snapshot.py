@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable, Iterator, Mapping, Sequence
 
-from policies.admission import Wait, begin_time_wait, dependency_wait
+from policies.admission import Wait, begin_time_wait, dependency_wait, tasks_holding
 from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, ActiveJobs, Ordering, SortedRuns, once
 from tools.models import HOLDS_GPUS, Allocation, Gpu, GpuProcess, Job, JobStatus, Node, Reservation
 
@@ -199,16 +199,37 @@ class Snapshot:
 
     @once
     def in_use(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
-        """GPUs held right now, per user and per group (quotas count these)."""
-        users: dict[str, int] = {}
+        """GPUs held right now, per user and per group (quotas count these). From the index's totals
+        when there is one: a pass then reads no running job for them."""
+        if self._index is not None:
+            users: Mapping[str, int] = self._index.user_gpus
+        else:
+            counts: dict[str, int] = {}
+            for j in self.holding:
+                counts[j.user] = counts.get(j.user, 0) + j.gpu_count
+            users = counts
         groups: dict[str, int] = {}
         group_of = self.rules.group_of
-        for j in self.holding:
-            users[j.user] = users.get(j.user, 0) + j.gpu_count
-            group = group_of(j.user)
+        for user, count in users.items():
+            group = group_of(user)
             if group is not None:
-                groups[group] = groups.get(group, 0) + j.gpu_count
+                groups[group] = groups.get(group, 0) + count
         return users, groups
+
+    @once
+    def array_tasks(self) -> Mapping[int, int]:
+        """Array id -> how many of its tasks hold GPUs."""
+        if self._index is not None:
+            return self._index.array_tasks
+        return tasks_holding(self.holding)
+
+    @once
+    def preemption_relevant(self) -> tuple[Job, ...]:
+        """Jobs holding GPUs that are preemptible or being stopped, in id order: all that preemption
+        reads of the running jobs."""
+        if self._index is not None:
+            return self._index.preemption_relevant
+        return tuple(j for j in self.holding if j.preemptible or j.stop_reason is not None)
 
     def usage_now(self, user: str) -> float:
         """GPU-seconds of ``user``: decayed finished attempts plus what running jobs used so far."""

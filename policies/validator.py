@@ -20,7 +20,6 @@ from policies.admission import (
     quota_wait,
     reservations_against,
     size_wait,
-    tasks_holding,
 )
 from policies.snapshot import Preemption, Proposal, Snapshot
 from policies.watch import describe_foreign
@@ -82,7 +81,7 @@ def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal
     taken: dict[tuple[str, int], int] = {}  # GPUs given to earlier proposals of this batch
     seen_jobs: set[int] = set()
     user_use, group_use = (dict(m) for m in snapshot.in_use)  # GPUs in use, with this batch's
-    array_use = tasks_holding(snapshot.holding)  # array id -> its tasks holding GPUs, with this batch's
+    array_use = dict(snapshot.array_tasks)  # array id -> its tasks holding GPUs, with this batch's
     accepted: list[Accepted] = []
     rejected: list[Rejection] = []
     for proposal in proposals:

@@ -181,11 +181,18 @@ class ActiveJobs(Sequence[Job]):
         queued_count: int,
         orders: Mapping[Ordering, Mapping[Hashable, SortedRuns]],
         version: int = 0,
+        user_gpus: Mapping[str, int] | None = None,
+        array_tasks: Mapping[int, int] | None = None,
+        preemption_ids: tuple[int, ...] = (),
     ) -> None:
         self.version = version  # the index's version it was taken at: equal versions, equal views
         self._table = table
         self._holding = holding  # ids of the jobs holding GPUs
         self.held = held  # node -> indices of the GPUs held there
+        # Totals over the jobs holding GPUs, kept by the index so that a pass need not read them all:
+        self.user_gpus = user_gpus if user_gpus is not None else {}  # user -> GPUs held
+        self.array_tasks = array_tasks if array_tasks is not None else {}  # array id -> its tasks holding GPUs
+        self._preemption_ids = preemption_ids  # holding jobs preemption reads (see ``preemption_relevant``)
         self.queued_count = queued_count
         self._orders = orders
 
@@ -193,6 +200,11 @@ class ActiveJobs(Sequence[Job]):
     def holding(self) -> tuple[Job, ...]:
         """Scheduled and running jobs, in id order."""
         return tuple(self._table.get(job_id) for job_id in self._holding)
+
+    @once
+    def preemption_relevant(self) -> tuple[Job, ...]:
+        """Holding jobs that are preemptible or being preempted, in id order."""
+        return tuple(self._table.get(job_id) for job_id in self._preemption_ids)
 
     def get(self, job_id: int) -> Job | None:
         return self._table.get(job_id)
@@ -228,13 +240,17 @@ class JobIndex:
         self._table = JobTable()
         self._holding = SortedRuns()  # ids of scheduled and running jobs
         self._held: dict[str, frozenset[int]] = {}
+        self._user_gpus: dict[str, int] = {}  # user -> GPUs its holding jobs hold
+        self._array_tasks: dict[int, int] = {}  # array id -> its tasks holding GPUs
+        self._preemption: set[int] = set()  # holding jobs that are preemptible or being preempted
+        self._preemption_ids: tuple[int, ...] = ()  # the same, sorted, as views hold it
         self._queued = 0
         self._orders: dict[Ordering, dict[Hashable, SortedRuns]] = {BY_ID: {}}
         self._explained: set[int] = set()  # waiting jobs whose reason is their own (see ``explained``)
         self._timed: set[int] = set()  # running jobs with a time limit
         self._dependent: set[int] = set()  # waiting jobs that run after other jobs
         self._preempted_for: dict[int, int] = {}  # active job stopped to make room -> the job it was stopped for
-        self._shared = False  # whether a view holds ``_held``
+        self._shared = False  # whether a view holds ``_held``, ``_user_gpus`` and ``_array_tasks``
         self.version = 0  # counts changes
         for job in jobs:
             self.put(job)
@@ -268,7 +284,7 @@ class JobIndex:
 
     def view(self) -> ActiveJobs:
         with self._lock:
-            self._shared = True  # the view keeps ``_held``: copy it before the next change
+            self._shared = True  # the view keeps ``_held`` and the totals: copy them before the next change
             return ActiveJobs(
                 table=self._table,
                 holding=self._holding,
@@ -276,6 +292,9 @@ class JobIndex:
                 queued_count=self._queued,
                 orders={o: dict(groups) for o, groups in self._orders.items()},
                 version=self.version,
+                user_gpus=self._user_gpus,
+                array_tasks=self._array_tasks,
+                preemption_ids=self._preemption_ids,
             )
 
     # -- changing ------------------------------------------------------------------------------
@@ -295,11 +314,12 @@ class JobIndex:
             self._table = self._table.set(job.id, job if active else None)
             held_before = old is not None and old.status in HOLDS_GPUS
             if held_before or job.status in HOLDS_GPUS:
-                if held_before and job.status in HOLDS_GPUS and old.allocation == job.allocation:
+                if held_before and job.status in HOLDS_GPUS and _holds_alike(old, job):
                     pass  # e.g. scheduled -> running: the same GPUs, and the table has the new version
                 else:
                     if self._shared:
                         self._held, self._shared = dict(self._held), False
+                        self._user_gpus, self._array_tasks = dict(self._user_gpus), dict(self._array_tasks)
                     if held_before:
                         self._release(old)
                     if job.status in HOLDS_GPUS:
@@ -342,6 +362,12 @@ class JobIndex:
         self._holding = self._holding.add(job.id)
         if job.time_limit_s is not None:
             self._timed.add(job.id)
+        self._user_gpus[job.user] = self._user_gpus.get(job.user, 0) + job.gpu_count
+        if job.array_id is not None:
+            self._array_tasks[job.array_id] = self._array_tasks.get(job.array_id, 0) + 1
+        if _read_by_preemption(job):
+            self._preemption.add(job.id)
+            self._preemption_ids = tuple(sorted(self._preemption))
         if job.allocation is not None:
             for node, gpus in _by_node(job):
                 self._held[node] = self._held.get(node, frozenset()) | gpus
@@ -349,6 +375,12 @@ class JobIndex:
     def _release(self, job: Job) -> None:
         self._holding = self._holding.remove(job.id)
         self._timed.discard(job.id)
+        _count_down(self._user_gpus, job.user, job.gpu_count)
+        if job.array_id is not None:
+            _count_down(self._array_tasks, job.array_id, 1)
+        if job.id in self._preemption:
+            self._preemption.discard(job.id)
+            self._preemption_ids = tuple(sorted(self._preemption))
         if job.allocation is not None:
             for node, gpus in _by_node(job):
                 left = self._held[node] - gpus
@@ -356,6 +388,24 @@ class JobIndex:
                     self._held[node] = left
                 else:
                     del self._held[node]
+
+
+def _read_by_preemption(job: Job) -> bool:
+    return job.preemptible or job.stop_reason is not None
+
+
+def _holds_alike(old: Job, new: Job) -> bool:
+    """Whether two versions of a job holding GPUs count alike in every total the index keeps."""
+    return (old.allocation == new.allocation and old.user == new.user and old.gpu_count == new.gpu_count
+            and old.array_id == new.array_id and _read_by_preemption(old) == _read_by_preemption(new))
+
+
+def _count_down(counts: dict, key: Hashable, n: int) -> None:
+    left = counts[key] - n
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def _by_node(job: Job) -> list[tuple[str, frozenset[int]]]:

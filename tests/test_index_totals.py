@@ -1,0 +1,61 @@
+"""The index's totals over the jobs holding GPUs (GPUs per user, tasks per array, the jobs preemption
+reads) answer as a count over the jobs themselves would, in every view, however the jobs changed."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.snapshot import Snapshot
+from tools.index import JobIndex
+from tools.models import JobStatus, StopReason
+
+from tests.builders import job
+
+STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.COMPLETED)
+change = st.tuples(
+    st.integers(1, 8),  # job id
+    st.sampled_from(STATES),
+    st.sampled_from(("ana", "bo", "cy")),
+    st.sampled_from((None, 100, 101)),  # array id
+    st.booleans(),  # preemptible
+    st.booleans(),  # being preempted
+    st.integers(1, 3),  # GPUs
+)
+
+
+def version(job_id, status, user, array, preemptible, stopping, gpus):
+    holds = status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+    # Job i holds GPUs 3i.. on its own node range, so that no two jobs claim the same GPU.
+    on = (f"n{job_id}", tuple(range(gpus))) if holds else None
+    extra = {"array_id": array, "array_index": 0, "array_size": 1} if array is not None else {}
+    return job(job_id, gpus=gpus, user=user, status=status, on=on, preemptible=preemptible,
+               stop_reason=StopReason.PREEMPT if holds and stopping else None, **extra)
+
+
+def counted(holding):
+    users, arrays = {}, {}
+    for j in holding:
+        users[j.user] = users.get(j.user, 0) + j.gpu_count
+        if j.array_id is not None:
+            arrays[j.array_id] = arrays.get(j.array_id, 0) + 1
+    relevant = [j.id for j in holding if j.preemptible or j.stop_reason is not None]
+    return users, arrays, relevant
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(change, max_size=60))
+def test_totals_match_a_count_over_the_holding_jobs_in_every_view(changes):
+    index = JobIndex()
+    views = []
+    for c in changes:
+        index.put(version(*c))
+        views.append(index.view())
+    for view in views:  # older views kept theirs while the index went on changing
+        users, arrays, relevant = counted(view.holding)
+        assert dict(view.user_gpus) == users
+        assert dict(view.array_tasks) == arrays
+        assert [j.id for j in view.preemption_relevant] == relevant
+        from_index = Snapshot(now=0.0, nodes=(), jobs=view)
+        from_tuple = Snapshot(now=0.0, nodes=(), jobs=tuple(view))
+        assert from_index.in_use == from_tuple.in_use
+        assert from_index.array_tasks == from_tuple.array_tasks
+        assert from_index.preemption_relevant == from_tuple.preemption_relevant

@@ -15,6 +15,9 @@ starts at the newest event: history is not sent.
 
 A reservation's window beginning is not an event of its own, so the follower writes one
 (``reservation_began``) for each window that began since it last looked (``notify.reservations_until``).
+
+A ``mailto:`` target is sent as a mail through the config's SMTP server (``smtplib``), with the same
+retries; its Message-ID is the notification's key.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import http.client
 import ipaddress
 import logging
 import queue
+import smtplib
+import ssl
 import threading
 import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from email.message import EmailMessage
 
 from tools.door.context import Core, ToolContext
 from tools.door.observe import latest_event_id
@@ -40,6 +45,8 @@ from tools.notify import (
     Note,
     NotifyConfig,
     NotifyEvent,
+    SmtpConfig,
+    Style,
     destination,
     note,
     what_happened,
@@ -99,7 +106,29 @@ def post_webhook(to: Destination, body: bytes, key: str, timeout_s: float) -> No
         raise DeliveryFailed(str(exc) or type(exc).__name__) from None
 
 
-Send = Callable[[Destination, bytes, str, float], None]
+def send_mail(smtp: SmtpConfig, to: Destination, message: Note, timeout_s: float) -> None:
+    """Mail ``message`` to ``to``'s address through ``smtp``; DeliveryFailed unless the server takes it."""
+    mail = EmailMessage()
+    mail["From"] = smtp.sender
+    mail["To"] = to.address
+    mail["Subject"] = message.text[:200]
+    mail["Message-ID"] = f"<{message.key}@gpuherd>"
+    mail.set_content(f"{message.text}\n\n{message.body.get('message') or ''}\n")
+    try:
+        with smtplib.SMTP(smtp.host, smtp.port, timeout=timeout_s) as client:
+            if smtp.starttls:
+                client.starttls(context=ssl.create_default_context())
+            if smtp.username:
+                client.login(smtp.username, smtp.password or "")
+            client.send_message(mail)
+    except smtplib.SMTPRecipientsRefused as exc:
+        code, why = next(iter(exc.recipients.values()))
+        raise DeliveryFailed(f"SMTP {code} {why.decode(errors='replace')}", permanent=code >= 500) from None
+    except smtplib.SMTPResponseException as exc:  # 5xx is a refusal; 4xx asks to come back later
+        why = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        raise DeliveryFailed(f"SMTP {exc.smtp_code} {why}", permanent=exc.smtp_code >= 500) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise DeliveryFailed(str(exc) or type(exc).__name__) from None
 
 
 @dataclass(frozen=True)
@@ -114,10 +143,9 @@ class Notifier:
     """Follows ``core``'s event log and sends its notifications as ``config`` says. ``follow()`` reads once
     (the follower thread calls it every ``poll_s``); ``start()`` and ``stop()`` run the threads."""
 
-    def __init__(self, core: Core, config: NotifyConfig, *, send: Send = post_webhook, poll_s: float = POLL_S) -> None:
+    def __init__(self, core: Core, config: NotifyConfig, *, poll_s: float = POLL_S) -> None:
         self._core = core
         self._config = config
-        self._send = send
         self._poll_s = poll_s
         self._queue: queue.Queue[Delivery] = queue.Queue(maxsize=config.queue_size)
         self._lock = threading.Lock()
@@ -260,12 +288,15 @@ class Notifier:
         """Try, and retry after a doubling pause; True once done (sent, or failed for good), False if
         stopped first (it is sent again after a restart)."""
         config = self._config
-        body = d.note.payload(d.to.style)
         tries = 0
         while True:
             tries += 1
             try:
-                self._send(d.to, body, d.note.key, config.timeout_s)
+                if d.to.style == Style.EMAIL:
+                    assert config.smtp is not None  # NotifyConfig refuses a mailto: target without one
+                    send_mail(config.smtp, d.to, d.note, config.timeout_s)
+                else:
+                    post_webhook(d.to, d.note.payload(d.to.style), d.note.key, config.timeout_s)
                 with self._lock:
                     self.sent += 1
                 return True

@@ -7,10 +7,13 @@ events come from real passes (starts, ends, time limits) or are written as their
 
 from __future__ import annotations
 
+import email
+import email.message
 import getpass
 import http.server
 import json
 import re
+import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
@@ -496,3 +499,83 @@ def test_herd_serve_notifies_a_jobs_own_webhook_and_the_lab(receiver, herd_serve
     assert sorted(r.body["event"] for r in receiver.at("/own")) == ["end", "start"]
     assert [r.body["text"].split(" started")[0] for r in receiver.at("/lab")] == [
         f"[gpuherd] job 2 (lab's) of {getpass.getuser()}"]
+
+
+# -- mail ---------------------------------------------------------------------------------------------------------
+class SmtpSink:
+    """A mail server on loopback that speaks just enough SMTP: keeps (recipients, message) of each mail;
+    answers ``refuse`` (e.g. 550) to RCPT while it is set."""
+
+    def __init__(self) -> None:
+        self.mails: list[tuple[list[str], email.message.Message]] = []
+        self.refuse: int | None = None
+        sink = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                say = self.wfile.write
+                say(b"220 sink\r\n")
+                recipients: list[str] = []
+                while line := self.rfile.readline():
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        say(b"354 go on\r\n")
+                        lines = []
+                        while (part := self.rfile.readline()) not in (b".\r\n", b""):
+                            lines.append(part[1:] if part.startswith(b"..") else part)
+                        sink.mails.append((recipients, email.message_from_bytes(b"".join(lines))))
+                        recipients = []
+                        say(b"250 queued\r\n")
+                    elif verb == b"RCPT" and sink.refuse:
+                        say(f"{sink.refuse} no such user\r\n".encode())
+                    elif verb == b"RCPT":
+                        recipients.append(line.decode().split(":", 1)[1].strip().strip("<>"))
+                        say(b"250 ok\r\n")
+                    elif verb == b"QUIT":
+                        say(b"221 bye\r\n")
+                        return
+                    else:  # EHLO (no extensions), MAIL, RSET, NOOP
+                        say(b"250 ok\r\n")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_config_mails_through_its_smtp_server_and_a_job_may_not():
+    with pytest.raises(ValidationError, match=r"users\.alice: a mailto: target needs a mail server"):
+        NotifyConfig(users={"alice": "mailto:alice@lab.example"})
+    with pytest.raises(ValidationError, match="not an e-mail address"):
+        NotifyConfig(users={"alice": "mailto:alice"}, smtp={"host": "localhost", "sender": "herd@lab.example"})
+    with pytest.raises(ValidationError, match="e-mail addresses are the config's"):
+        JobRequest(command="true", gpu_count=1, notify="mailto:alice@lab.example")
+
+
+def test_mail_to_a_user_and_a_refused_address_is_a_failure_event():
+    sink = SmtpSink()
+    smtp = {"host": "127.0.0.1", "port": sink.port, "sender": "herd@lab.example"}
+    lab = Lab(fast(users={"alice": "mailto:alice@lab.example", "bob": "mailto:bob@lab.example"}, smtp=smtp,
+                   events=("start",)))
+    lab.notifier.start()
+    try:
+        lab.submit("alice", name="bert")
+        lab.tick()
+        wait_until(lambda: sink.mails, what="alice's mail")
+        sink.refuse = 550
+        lab.submit("bob")
+        lab.tick()
+        failed = wait_until(lambda: lab.kinds("notify_failed"), what="bob's refused mail")
+    finally:
+        lab.notifier.stop()
+        sink.close()
+    (recipients, mail), = sink.mails
+    assert recipients == ["alice@lab.example"] and mail["From"] == "herd@lab.example"
+    assert mail["Subject"] == "[gpuherd] job 1 (bert) of alice started on a GPU(s) 0"
+    assert mail["Message-ID"] == f"<gpuherd-event-{lab.kinds('running')[0].id}@gpuherd>"
+    assert failed[0].data["host"] == "lab.example" and failed[0].data["tries"] == 1
+    assert failed[0].data["reason"] == "SMTP 550 no such user"

@@ -7,8 +7,9 @@ job's own ``notify`` (a URL, or ``off``), its owner's webhook in the config (``n
 
 A webhook is an http(s) URL. A generic receiver gets a JSON object (``event``, ``text``, ``job``, ...); a
 URL written ``slack:https://...`` gets Slack's incoming-webhook body ``{"text": ...}`` instead (Mattermost,
-Rocket.Chat, Discord's ``/slack`` endpoint and Teams' connectors take it too). A URL may hold a secret
-token, so only its host is ever written to the event log.
+Rocket.Chat and Discord's ``/slack`` endpoint take it too). A URL may hold a secret token, so only its
+host is ever written to the event log. Where the config has an ``smtp`` block, a user's or the lab's
+target may also be ``mailto:address`` (a job's own ``notify`` stays a webhook).
 
 The threads that follow the log and send are ``agent/notifier.py``; nothing here reads a clock, the store
 or the network.
@@ -24,7 +25,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Iterable, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from tools.models import Event, Job
@@ -48,6 +49,8 @@ JOB_EVENTS = get_args(JobEvent)
 assert set(JOB_EVENTS) == set(NotifyEvent) - {NotifyEvent.RESERVATION}
 OFF = "off"
 SLACK_PREFIX = "slack:"
+MAILTO = "mailto:"
+_ADDRESS = re.compile(r"^[^@\s<>,;:\"]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_URL = 2048
 # The event the notifier writes when a reservation's window begins (the log has none of its own).
 RESERVATION_BEGAN = "reservation_began"
@@ -71,6 +74,7 @@ EXAMPLE = "e.g. https://hooks.example.org/gpuherd or slack:https://hooks.slack.c
 class Style(StrEnum):
     JSON = "json"  # gpuherd's own object
     SLACK = "slack"  # {"text": ...}
+    EMAIL = "email"  # a mail through the config's SMTP server; url is mailto:address
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,24 @@ class Destination:
 
     @property
     def host(self) -> str:
-        """What the event log may name: the URL's host, never its path (a webhook's path is its secret)."""
+        """What the event log may name: the URL's host, never its path (a webhook's path is its secret);
+        for a mail, the address's domain."""
+        if self.style == Style.EMAIL:
+            return self.url.rpartition("@")[2]
         return urlsplit(self.url).hostname or "?"
+
+    @property
+    def address(self) -> str:
+        return self.url[len(MAILTO):]
 
 
 def parse_destination(text: str) -> Destination:
-    """A webhook as people write it: ``https://...``, or ``slack:https://...`` for a Slack-style body.
-    ValueError says what to write."""
+    """A target as people write it: ``https://...``, ``slack:https://...`` for a Slack-style body, or
+    ``mailto:address``. ValueError says what to write."""
+    if text.startswith(MAILTO):
+        if len(text) > 254 + len(MAILTO) or not _ADDRESS.match(text[len(MAILTO):]):
+            raise ValueError(f"{text[len(MAILTO):]!r} is not an e-mail address; write e.g. mailto:alice@lab.example")
+        return Destination(text, Style.EMAIL)
     style, url = (Style.SLACK, text[len(SLACK_PREFIX):]) if text.startswith(SLACK_PREFIX) else (Style.JSON, text)
     if len(text) > MAX_URL:
         raise ValueError(f"a webhook URL is at most {MAX_URL} characters")
@@ -102,11 +117,31 @@ def parse_destination(text: str) -> Destination:
     return Destination(url, style)
 
 
-def check_target(text: str) -> str:
-    """``off`` or a webhook (``parse_destination``'s rules); the text unchanged."""
-    if text != OFF:
-        parse_destination(text)
+def check_target(text: str, *, email: bool = False) -> str:
+    """``off``, a webhook, or with ``email`` a ``mailto:`` address (``parse_destination``'s rules); the text unchanged."""
+    if text != OFF and parse_destination(text).style == Style.EMAIL and not email:
+        raise ValueError("a job's notify is an http(s) webhook or off; e-mail addresses are the config's (notify.users)")
     return text
+
+
+class SmtpConfig(BaseModel):
+    """The mail server that ``mailto:`` targets go through (``notify.smtp``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1, description="The SMTP server.")
+    port: int = Field(25, ge=1, le=65535, description="Its port: 25, or 587 with starttls.")
+    sender: str = Field(description="The From address.")
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS before anything is sent.")
+    username: str | None = Field(None, description="Log in as this user (after STARTTLS).")
+    password: str | None = Field(None, repr=False, description="And this password.")
+
+    @field_validator("sender")
+    @classmethod
+    def _an_address(cls, v: str) -> str:
+        if not _ADDRESS.match(v):
+            raise ValueError(f"{v!r} is not an e-mail address")
+        return v
 
 
 def read_events(value: Any) -> Any:
@@ -132,6 +167,7 @@ class NotifyConfig(BaseModel):
     queue_size: int = Field(1000, ge=1, le=100_000, description="Notifications waiting to be sent; past it, new "
                             "ones are dropped (and the drop is an event), so a receiver down for hours costs no memory.")
     senders: int = Field(2, ge=1, le=16, description="Threads sending at once, so one slow receiver holds up no other.")
+    smtp: SmtpConfig | None = Field(None, description="The mail server for mailto: targets; none: no mail.")
 
     @field_validator("default", mode="before")
     @classmethod
@@ -146,17 +182,26 @@ class NotifyConfig(BaseModel):
     @field_validator("default")
     @classmethod
     def _webhook(cls, v: str | None) -> str | None:
-        return v if v is None else check_target(v)
+        return v if v is None else check_target(v, email=True)
 
     @field_validator("users")
     @classmethod
     def _webhooks(cls, v: dict[str, str]) -> dict[str, str]:
         for user, target in v.items():
             try:
-                check_target(target)
+                check_target(target, email=True)
             except ValueError as exc:
                 raise ValueError(f"{user}: {exc}") from None
         return v
+
+    @model_validator(mode="after")
+    def _mail_needs_a_server(self) -> NotifyConfig:
+        mailed = [k for k, t in (("default", self.default), *((f"users.{u}", t) for u, t in self.users.items()))
+                  if t is not None and t.startswith(MAILTO)]
+        if mailed and self.smtp is None:
+            raise ValueError(f"{', '.join(mailed)}: a mailto: target needs a mail server: add smtp: {{host: ..., "
+                             "sender: ...}")
+        return self
 
     @field_validator("events", mode="before")
     @classmethod

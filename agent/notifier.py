@@ -152,6 +152,7 @@ class Notifier:
         self._read_to: int | None = None  # the last event read
         self._pending: set[int] = set()  # events whose notification is queued or being sent
         self._saved: int | None = None
+        self._reservations_until = 0.0  # reservations that began by then are told (saved when one is)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.sent = 0
@@ -229,23 +230,28 @@ class Notifier:
         else:
             self._read_to = int(saved)
         self._saved = self._read_to
-        if store.get_setting(RESERVATIONS_KEY) is None:
+        until = store.get_setting(RESERVATIONS_KEY)
+        if until is None:
             store.set_setting(RESERVATIONS_KEY, repr(now))
+        self._reservations_until = now if until is None else float(until)
 
     def _note_reservations(self, now: float) -> None:
-        """An event for each reservation whose window began since the last look."""
+        """An event for each reservation whose window began since the last look (one that began while the
+        server was down is told if its window is still open)."""
         store = self._core.store
-        since = float(store.get_setting(RESERVATIONS_KEY) or now)
+        since = self._reservations_until
         if now <= since:
             return
-        for r in sorted(store.reservations(), key=lambda r: (r.start, r.id)):
-            if since < r.start <= now < r.end:
-                store.add_event(Event(
-                    time=now, kind=RESERVATION_BEGAN,
-                    message=f"reservation {r.id} for {r.holder()} began: {r.node} GPU(s) {','.join(map(str, r.gpus))}",
-                    data={"reservation": r.id, "user": r.user, "group": r.group, "holder": r.holder(), "node": r.node,
-                          "gpus": list(r.gpus), "end": r.end}))
-        store.set_setting(RESERVATIONS_KEY, repr(now))
+        began = [r for r in store.reservations() if since < r.start <= now < r.end]
+        for r in sorted(began, key=lambda r: (r.start, r.id)):
+            store.add_event(Event(
+                time=now, kind=RESERVATION_BEGAN,
+                message=f"reservation {r.id} for {r.holder()} began: {r.node} GPU(s) {','.join(map(str, r.gpus))}",
+                data={"reservation": r.id, "user": r.user, "group": r.group, "holder": r.holder(), "node": r.node,
+                      "gpus": list(r.gpus), "end": r.end}))
+        if began:
+            store.set_setting(RESERVATIONS_KEY, repr(now))
+        self._reservations_until = now
 
     def _delivery(self, event: Event) -> Delivery | None:
         if event.kind not in NOTIFYING_KINDS or event.id is None:

@@ -155,9 +155,6 @@ class Notifier:
         self._reservations_until = 0.0  # reservations that began by then are told (saved when one is)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.sent = 0
-        self.failed = 0
-        self.dropped = 0
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -212,8 +209,6 @@ class Notifier:
                 except queue.Full:
                     dropped[delivery.to.host] += 1
         for host, count in dropped.items():
-            with self._lock:
-                self.dropped += count
             store.add_event(Event(time=now, kind="notify_dropped", message=f"{count} notification(s) to {host} dropped: "
                                   f"{self._config.queue_size} are waiting already (the receiver is down or slow)",
                                   data={"host": host, "count": count}))
@@ -303,8 +298,6 @@ class Notifier:
                     send_mail(config.smtp, d.to, d.note, config.timeout_s)
                 else:
                     post_webhook(d.to, d.note.payload(d.to.style), d.note.key, config.timeout_s)
-                with self._lock:
-                    self.sent += 1
                 return True
             except DeliveryFailed as exc:
                 reason, permanent = str(exc), exc.permanent
@@ -313,8 +306,6 @@ class Notifier:
             pause = min(config.backoff_max_s, config.backoff_s * 2 ** (tries - 1))
             if self._stopping.wait(pause):
                 return False
-        with self._lock:
-            self.failed += 1
         about = f"job {d.job_id}'s {d.note.what.value}" if d.job_id is not None else d.note.what.value
         self._core.store.add_event(Event(
             time=self._core.clock.now(), kind="notify_failed", job_id=d.job_id,

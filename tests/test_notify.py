@@ -414,7 +414,6 @@ def test_a_full_queue_drops_and_says_so():
     lab.notifier.follow()
     dropped = lab.kinds("notify_dropped")
     assert [(e.data["host"], e.data["count"]) for e in dropped] == [("lab.example", 2)]
-    assert lab.notifier.dropped == 2
 
 
 def test_history_is_not_sent_at_the_first_start(receiver):
@@ -513,6 +512,8 @@ def test_herd_serve_notifies_a_jobs_own_webhook_and_the_lab(receiver, herd_serve
     assert sorted(r.body["event"] for r in receiver.at("/own")) == ["end", "start"]
     assert [r.body["text"].split(" started")[0] for r in receiver.at("/lab")] == [
         f"[gpuherd] job 2 (lab's) of {getpass.getuser()}"]
+    assert main(["show", "--url", server.url, "1"]) == 0
+    assert re.search(rf"^notify +{re.escape(receiver.url('/own'))} on start,end$", capsys.readouterr().out, re.M)
 
 
 # -- mail ---------------------------------------------------------------------------------------------------------

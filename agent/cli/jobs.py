@@ -66,6 +66,14 @@ def submit_options(run):
     return run
 
 
+def _notify(job: dict) -> str | None:
+    """Where the job's own notifications go, and which (shown to its owner; none: the server's config)."""
+    target, events = job.get("notify"), job.get("notify_on")
+    if target is None and events is None:
+        return None
+    return f"{target or 'as configured'}" + (f" on {','.join(events)}" if events is not None and target != "off" else "")
+
+
 def build_request(command: tuple[str, ...], *, gpus: int, priority: int | None, name: str | None,
                   time_limit: float | None, estimate: float | None, cwd: str, env: tuple[str, ...], export: str,
                   **more) -> JobRequest:
@@ -166,6 +174,7 @@ def show(client: Client, as_json: bool, ref: str) -> None:
         ("after", ", ".join(map(str, job["after"])) + " (completed)" if job["after"] else None),
         ("after any", ", ".join(map(str, job["after_any"])) + " (ended)" if job["after_any"] else None),
         ("preemptible", f"yes (preempted {job['preemptions']} time(s))" if job["preemptible"] else None),
+        ("notify", _notify(job)),
         ("cwd", job["cwd"]),
         ("gpus", f"{job['gpu_count']}" + (" on " + " + ".join(f"{node}:{','.join(map(str, gpus))}" for node, gpus in
                                                              [(alloc["node"], alloc["gpus"]), *alloc.get("more", [])])

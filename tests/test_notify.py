@@ -229,6 +229,7 @@ def test_a_failed_job_that_hit_its_time_limit_is_a_timeout():
     failed = Event(id=3, time=T0, kind="failed", job_id=7)
     assert what_happened(failed, make_job("alice", end_reason="failed")) == NotifyEvent.FAIL
     assert what_happened(failed, make_job("alice", end_reason="timeout")) == NotifyEvent.TIMEOUT
+    assert what_happened(Event(id=4, time=T0, kind="requeueing", job_id=7), None) == NotifyEvent.PREEMPT
     assert what_happened(Event(id=4, time=T0, kind="queued", job_id=7), None) is None
     assert what_happened(Event(id=5, time=T0, kind="notify_failed", job_id=7), None) is None
 
@@ -313,7 +314,8 @@ def test_a_time_limit_an_idle_job_and_a_preemption_each_notify(receiver):
     assert set(by_event) == {"timeout", "idle", "preempt"}
     assert by_event["timeout"]["text"] == f"[gpuherd] job {limited} (job-{limited}) of alice was stopped at its time limit of 30 s"
     assert by_event["idle"]["data"]["idle_for_s"] == 1800
-    assert "is being preempted" in by_event["preempt"]["text"]
+    assert by_event["preempt"]["text"] == (f"[gpuherd] job {idle} (job-{idle}) of alice is being stopped and will be "
+                                           "requeued, using no retry (for job 9)")
 
 
 def test_a_reservations_start_notifies_its_user_once(receiver):

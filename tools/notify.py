@@ -39,7 +39,7 @@ class NotifyEvent(StrEnum):
     FAIL = "fail"  # it failed for good (no retry left)
     TIMEOUT = "timeout"  # it was stopped at its time limit
     IDLE = "idle"  # it holds GPUs it does not use
-    PREEMPT = "preempt"  # it is being stopped for another job, and will be requeued
+    PREEMPT = "preempt"  # it is being stopped and will be requeued: for another job, a failed GPU, idle GPUs
     RESERVATION = "reservation"  # a reservation's window began: not a job's event, so not in notify_on
 
 
@@ -61,7 +61,8 @@ _BY_KIND = {
     "cancelled": NotifyEvent.END,
     "failed": NotifyEvent.FAIL,
     "idle": NotifyEvent.IDLE,
-    "preempting": NotifyEvent.PREEMPT,
+    "preempting": NotifyEvent.PREEMPT,  # for a job of higher priority, or a reservation
+    "requeueing": NotifyEvent.PREEMPT,  # for a reason not its own: its GPU failed, or it held its GPUs idle
     RESERVATION_BEGAN: NotifyEvent.RESERVATION,
 }
 NOTIFYING_KINDS = frozenset(_BY_KIND)
@@ -296,7 +297,7 @@ def _sentence(event: Event, job: Job | None, what: NotifyEvent) -> str:
         limit = f" of {_duration(job.time_limit_s)}" if job.time_limit_s else ""
         return f"{who} was stopped at its time limit{limit}"
     if what == NotifyEvent.PREEMPT:
-        return f"{who} is being preempted; it will be requeued ({event.message})"
+        return f"{who} is being stopped and will be requeued, using no retry ({event.message})"
     gpus = ", ".join(map(str, data.get("gpus", ()))) or "its"
     pct = data.get("utilization_pct")
     idle_for = data.get("idle_for_s")

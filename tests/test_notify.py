@@ -155,6 +155,12 @@ def test_the_host_alone_is_named_never_the_secret_path():
     assert parse_destination("slack:https://hooks.slack.com/services/T0/B0/SECRET").host == "hooks.slack.com"
 
 
+def test_the_variable_takes_the_block_as_json(monkeypatch):
+    monkeypatch.delenv("HERD_CONFIG", raising=False)
+    monkeypatch.setenv("HERD_NOTIFY", '{"default": "https://lab.example/hook", "events": "start,end"}')
+    assert Settings().notify == NotifyConfig(default="https://lab.example/hook", events=("start", "end"))
+
+
 def test_config_refuses_a_bad_webhook_or_an_unknown_key_naming_it(tmp_path):
     with pytest.raises(ValidationError, match=r"notify\.users[\s\S]*alice: not an http\(s\) URL"):
         Settings.plain(notify={"users": {"alice": "ftp://x"}})

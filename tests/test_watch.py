@@ -362,3 +362,30 @@ def test_rest_gpu_samples_metrics_and_job_usage(make_api, tmp_path):
     assert [s.value for s in ecc] == [0]
     procs = {(s.labels["gpu"], s.labels["owner"]): s.value for s in found["gpuherd_gpu_processes"]}
     assert procs[("1", "foreign")] == 0 and procs[("1", "job")] == 0  # told by no executor: neither
+
+
+def test_an_administrator_undrains_a_failing_gpu_once_looked_at_and_nobody_else_may(make_api, tmp_path):
+    from tools.door.context import Actor
+    from tools.door.watch import SetDrained, set_drained
+    from tools.door.context import PermissionDenied
+
+    nvml = FakeNvml(h100s(2))
+    api = make_api(gpus=None, probe=NvmlProbe("gpu01", nvml, proc_root=tmp_path))
+    service = api.service
+    nvml.xid(0, 79)  # not registered yet: dropped, as the driver drops it
+    service.resources.refresh_metrics(api.clock.now())
+    nvml.xid(1, 79)
+    service.resources.refresh_metrics(api.clock.now())
+    watch(service.tools(), IdleRules())
+    assert service.resources.gpu("gpu01", 1).drained and not service.resources.gpu("gpu01", 0).drained
+    status = api.http.get("/gpu/status").json()["nodes"][0]["gpus"][1]
+    assert (status["state"], status["reason"]) == ("drained", "XID 79 reported by the driver")
+
+    with pytest.raises(PermissionDenied):
+        set_drained(ToolContext(service.core, Actor(user="bob")), SetDrained(node="gpu01", index=1, drained=False))
+    answer = api.http.post("/gpu/gpu01/1/undrain", json={"reason": "reseated"})
+    assert answer.status_code == 200 and answer.json()["reason"] is None
+    assert not service.resources.gpu("gpu01", 1).drained
+    assert api.http.post("/gpu/gpu01/7/drain").status_code == 404
+    assert api.http.post("/gpu/gpu01/0/drain", json={"reason": "fan"}).json()["reason"] == "fan"
+    assert api.http.post("/gpu/gpu01/0/drain", json={"why": "x"}).status_code == 422

@@ -22,15 +22,42 @@ def gpus(client: Client, as_json: bool) -> None:
             memory = f"{gpu['memory_total_mib'] // 1024} GiB" if gpu["memory_total_mib"] else "-"
             used = f"{gpu['memory_used_mib']} MiB" if gpu["memory_used_mib"] is not None else "-"
             util = f"{gpu['utilization_pct']}%" if gpu["utilization_pct"] is not None else "-"
+            note = ", ".join(gpu.get("in_use_by") or []) or gpu.get("reason") or ""
             rows.append([node["name"], gpu["index"], gpu["model"] or "-", memory, gpu["state"],
-                         gpu["job_id"], gpu["user"], util, used])
-    click.echo(table(["NODE", "GPU", "MODEL", "MEMORY", "STATE", "JOB", "USER", "UTIL", "MEM USED"], rows))
+                         gpu["job_id"], gpu["user"], util, used, note])
+    click.echo(table(["NODE", "GPU", "MODEL", "MEMORY", "STATE", "JOB", "USER", "UTIL", "MEM USED", "NOTE"], rows))
     click.echo(f"\n{status['free_gpus']} of {status['total_gpus']} GPU(s) free, {status['drained_gpus']} drained.")
     if not status["detected"]:
         click.echo("These GPUs are declared, not detected: nothing about them is measured.")
         click.echo(f"  {status['notice']}")
     if status.get("metrics_error"):
         click.echo(f"Live readings unavailable: {status['metrics_error']}")
+
+
+def _gpu_ref(ref: str) -> tuple[str, int]:
+    node, sep, index = ref.rpartition(":")
+    if not sep or not node or not index.isdigit():
+        raise click.BadParameter(f"{ref!r}: write NODE:INDEX, e.g. gpu01:3", param_hint="GPU")
+    return node, int(index)
+
+
+def _drain_command(name: str, help: str) -> click.Command:
+    @server_command(name, help)
+    @click.option("-r", "--reason", default="", help="why, for the event log and the dashboard")
+    @click.argument("gpu", metavar="NODE:INDEX")
+    def command(client: Client, as_json: bool, gpu: str, reason: str) -> None:
+        node, index = _gpu_ref(gpu)
+        answer = client.call("POST", f"/gpu/{node}/{index}/{name}", json={"reason": reason})
+        if as_json:
+            print_json(answer)
+            return
+        click.echo(f"GPU {node}:{index} {name}ed" + (f": {reason}" if reason else "."))
+
+    return command
+
+
+drain = _drain_command("drain", "start no new job on a GPU (administrators): herd drain gpu01:3 -r 'fan noise'")
+undrain = _drain_command("undrain", "let jobs on a drained GPU again (administrators): herd undrain gpu01:3")
 
 
 def _show_status(status: dict, as_json: bool) -> None:
@@ -142,4 +169,4 @@ def unreserve(client: Client, as_json: bool, reservation_id: int) -> None:
         click.echo(f"Removed reservation {reservation['id']} ({_describe_reservation(reservation)}).")
 
 
-COMMANDS = (gpus, status, start, stop, policy, quotas, reserve, reservations, unreserve)
+COMMANDS = (gpus, drain, undrain, status, start, stop, policy, quotas, reserve, reservations, unreserve)

@@ -162,6 +162,30 @@ def _judge_health(ctx: ToolContext, gpus: dict[tuple[str, int], Gpu], holders: d
                 log.warning("job %s on failing GPU %s:%s: requeue failed", job.id, *ref, exc_info=True)
 
 
+# -- drains by hand ----------------------------------------------------------------------------------
+class SetDrained(Args):
+    """Drain a GPU (no new job starts on it; a job on it runs on) or undrain it (after a failing GPU was
+    looked at: the watch drained it with its reason)."""
+
+    node: str = Field(min_length=1, max_length=63)
+    index: int = Field(ge=0, le=63)
+    drained: bool = Field(strict=True)
+    reason: str = Field("", max_length=500, description="Why, for the event log and the dashboard.")
+
+
+def set_drained(ctx: ToolContext, args: SetDrained) -> GpuSamples:
+    """Administrators only. ``UnknownGpu`` (404) for a GPU not in the inventory."""
+    ctx.check_admin("draining or undraining a GPU")
+    core = ctx.core
+    core.resources.gpu(args.node, args.index)  # 404 before anything is recorded
+    ctx.record(f"{'drain' if args.drained else 'undrain'} GPU {args.node}:{args.index}"
+               + (f": {args.reason}" if args.reason else ""))
+    change = core.resources.drain if args.drained else core.resources.undrain
+    change(args.node, args.index, now=core.clock.now(), reason=args.reason)
+    core.changed()  # a GPU back in service may start a waiting job now
+    return gpu_samples(ctx, GetGpuSamples(node=args.node, index=args.index, since=core.clock.now()))
+
+
 # -- reading ----------------------------------------------------------------------------------------
 class GetGpuSamples(Args):
     """One GPU's readings over time: as taken for the last hour (``sample_full_s``), then as means over

@@ -175,17 +175,15 @@ class Orchestrator:
         queue it (``QueueFull`` when at the limit)."""
         refusal = size_wait(spec.gpu_count, self._current_layout(), max_gpus_per_job=self.max_gpus_per_job,
                             multi_node=self.multi_node, usable=False) or quota_wait(self.rules, spec.user, spec.gpu_count, {}, {})
-        with self.lock:
-            if refusal is None and spec.depends_on:
-                refusal = dependency_wait(spec, self._status_of)
-                if refusal is not None and refusal.reason != PendingReason.DEPENDENCY_NEVER:
-                    refusal = None  # it waits for them, as it should
-            if refusal is not None:
-                raise InvalidJob(refusal.message)
-            prepared = self.queue.prepare(spec, now=self.clock.now())
-        # Stored outside the lock: submissions arriving together share one transaction and one fsync,
-        # and no pass waits for a disk write of theirs.
-        return self.queue.store_submission(prepared)
+        if refusal is None and spec.depends_on:
+            refusal = dependency_wait(spec, self._status_of)
+            if refusal is not None and refusal.reason != PendingReason.DEPENDENCY_NEVER:
+                refusal = None  # it waits for them, as it should
+        if refusal is not None:
+            raise InvalidJob(refusal.message)
+        # Without the lock: a new job changes no other job, so a submission need not wait for a pass, and
+        # submissions arriving together share one transaction and one fsync (the store's group commit).
+        return self.queue.submit(spec, now=self.clock.now())
 
     def _status_of(self, job_id: int) -> JobStatus | None:
         job = self.queue.store.get_job(job_id)

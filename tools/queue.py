@@ -8,6 +8,7 @@ saves the job with an event row in one store transaction.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -142,6 +143,8 @@ class JobQueue:
             done = store.page_jobs(statuses=(JobStatus.COMPLETED,), limit=HISTORY_AT_START)
             history = RunHistory.of(reversed(done), batch_gap_s=batch_gap_s)
         self.history = history
+        # Submissions read and join batches without the scheduler's lock, while a pass records ends.
+        self._history_lock = threading.RLock()
         # Every write below also goes to the index, which the scheduler reads instead of the store.
         self.index = JobIndex(store.active_jobs())
 
@@ -179,13 +182,14 @@ class JobQueue:
 
     def prepare(self, spec: JobSpec, *, now: float) -> Submission:
         """The jobs a submission makes (stamped ``now``, estimated from the history), not yet stored.
-        Called under the scheduler's lock, as it reads the history."""
+        Needs no lock of the caller's."""
         deferred = spec.begin_at is not None and spec.begin_at > now
-        batch = self.history.batch_for(spec.user, spec.name, spec.command, spec.gpu_count, now)
         estimate, source = spec.est_duration_s, EstimateSource.USER
-        if estimate is None:
-            estimate, source = ((None, EstimateSource.DEFAULT) if self.estimator is None
-                                else self.estimator(spec, self.history, batch))
+        with self._history_lock:
+            batch = self.history.batch_for(spec.user, spec.name, spec.command, spec.gpu_count, now)
+            if estimate is None:
+                estimate, source = ((None, EstimateSource.DEFAULT) if self.estimator is None
+                                    else self.estimator(spec, self.history, batch))
         job = Job(
             **(spec.model_dump() | {"est_duration_s": estimate}),
             est_source=source,
@@ -207,9 +211,10 @@ class JobQueue:
         it together with other submissions (one transaction for all), and it is put in the index and its
         batch as it is stored, before anything else can change it."""
         def stored(added: list[Job]) -> None:
-            for job in added:
-                self.index.put(job)
-                self.history.join(job.id, submission.batch)  # an array is a batch of its own kind
+            with self._history_lock:
+                for job in added:
+                    self.index.put(job)
+                    self.history.join(job.id, submission.batch)  # an array is a batch of its own kind
 
         added = self.store.add_jobs(submission.jobs, max_queued=self.max_queued,
                                     max_queued_per_user=self.max_queued_per_user, stored=stored)
@@ -242,7 +247,8 @@ class JobQueue:
             fields["run_s"] = job.run_s + max(0.0, now - job.start_time)
         if to in TERMINAL:
             fields["end_time"] = now
-            self.history.leave(job.id)
+            with self._history_lock:
+                self.history.leave(job.id)
             fields["end_reason"] = _END_REASONS[to]
         elif to == JobStatus.QUEUED:
             fields["end_reason"] = None
@@ -325,8 +331,9 @@ class JobQueue:
                                   message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s (TIMEOUT)")
         elif exit_code == 0:
             new = self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
-            if self.history.record_job(new, batch):  # a run that ended by itself: what estimates learn from
-                self._reestimate(batch, now)
+            with self._history_lock:
+                if self.history.record_job(new, batch):  # a run that ended by itself: what estimates learn from
+                    self._reestimate(batch, now)
         elif lost and job.interactive:  # its window was its terminal: nothing to start again
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code,
                                   message=f"{detail}; its window went away, and an interactive job ends with it")

@@ -37,8 +37,9 @@ from email.message import EmailMessage
 
 from tools.door.context import Core, ToolContext
 from tools.door.observe import latest_event_id
-from tools.models import Event
+from tools.models import ACTIVE, Event, Job
 from tools.notify import (
+    ARRAY_WHOLE,
     NOTIFYING_KINDS,
     RESERVATION_BEGAN,
     Destination,
@@ -47,6 +48,7 @@ from tools.notify import (
     NotifyEvent,
     SmtpConfig,
     Style,
+    array_outcome,
     destination,
     note,
     what_happened,
@@ -58,6 +60,7 @@ CURSOR_KEY = "notify.cursor"
 RESERVATIONS_KEY = "notify.reservations_until"
 EVENTS_PER_READ = 500  # a long catch-up is read a page at a time, so memory stays bounded
 POLL_S = 1.0  # how often the follower looks at the log
+ARRAYS_REMEMBERED = 10_000  # arrays whose end was told, so that tasks that ended together tell it once
 REPLY_BYTES = 65_536  # read of a receiver's answer, then the connection is let go
 
 
@@ -152,6 +155,7 @@ class Notifier:
         self._read_to: int | None = None  # the last event read
         self._pending: set[int] = set()  # events whose notification is queued or being sent
         self._saved: int | None = None
+        self._arrays_ended: dict[int, None] = {}  # arrays whose end was told, oldest first
         self._reservations_until = 0.0  # reservations that began by then are told (saved when one is)
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -255,9 +259,33 @@ class Notifier:
         what = what_happened(event, job)
         if what is None or (what != NotifyEvent.RESERVATION and job is None):
             return None  # a job's event whose job is no longer stored: nobody to tell
+        outcomes = None
+        if job is not None and job.array_id is not None and what in ARRAY_WHOLE:
+            told = self._array(event, job, what)
+            if told is None:
+                return None
+            what, outcomes = told
         user = job.user if job is not None else event.data.get("user")
         to = destination(what, user, job, self._config)
-        return None if to is None else Delivery(event.id, event.job_id, note(event, job, what), to)
+        return None if to is None else Delivery(event.id, event.job_id, note(event, job, what, array=outcomes), to)
+
+    def _array(self, event: Event, task: Job, what: NotifyEvent) -> tuple[NotifyEvent, dict[str, int] | None] | None:
+        """An array is told of once at its start (its first task's first start) and once at its end: at the
+        end of a task among the last to end, once every task has ended (tasks that end in one pass end at
+        the same time, and the first of their events read tells it); None for the other tasks."""
+        if what == NotifyEvent.START:
+            return (what, None) if task.id == task.array_id and event.time == task.first_start_time else None
+        store, array_id = self._core.store, task.array_id
+        assert array_id is not None and task.array_size is not None
+        if array_id in self._arrays_ended or store.page_jobs(statuses=ACTIVE, array_id=array_id, limit=1):
+            return None  # told already, or a task still waits or runs (a look in memory, before reading them all)
+        tasks = store.page_jobs(array_id=array_id, before=array_id + task.array_size, limit=task.array_size)
+        if max(t.end_time or 0.0 for t in tasks) != task.end_time:
+            return None  # another task ended later: its event tells it
+        self._arrays_ended[array_id] = None
+        if len(self._arrays_ended) > ARRAYS_REMEMBERED:
+            del self._arrays_ended[next(iter(self._arrays_ended))]
+        return array_outcome(tasks)
 
     def _save_cursor(self) -> None:
         """Save the last event before which every notification is done (sent, failed or dropped)."""

@@ -602,3 +602,37 @@ def test_mail_to_a_user_and_a_refused_address_is_a_failure_event():
     assert mail["Message-ID"] == f"<gpuherd-event-{lab.kinds('running')[0].id}@gpuherd>"
     assert failed[0].data["host"] == "lab.example" and failed[0].data["tries"] == 1
     assert failed[0].data["reason"] == "SMTP 550 no such user"
+
+
+def test_an_array_is_told_of_once_at_its_start_and_once_at_its_end(receiver):
+    lab = Lab(fast(default=receiver.url("/lab")), durations={1: 10, 2: 10, 3: 20, 4: 5}, codes={2: 1})
+    lab.notifier.start()
+    try:
+        lab.submit(name="sweep", array="0-2", max_retries=0)  # jobs 1, 2, 3; 2 fails
+        lab.tick()
+        lab.tick(10)  # 1 and 2 end together
+        lab.tick(10)  # 3 ends
+        lab.submit(name="last")  # job 4: once its start is told, every earlier event was followed
+        lab.tick()
+        wait_until(lambda: any(r.body["job"]["id"] == 4 for r in receiver.got), what="the last job's start")
+    finally:
+        lab.notifier.stop()
+    told = [(r.body["event"], r.body["text"]) for r in receiver.got if r.body["job"]["id"] != 4]
+    assert sorted(told) == [
+        ("fail", "[gpuherd] array 1 (sweep) of alice, 3 task(s), ended with failures: 2 completed, 1 failed"),
+        ("start", "[gpuherd] array 1 (sweep) of alice, 3 task(s), started: its first task is job 1"),
+    ]
+    end = next(r.body for r in receiver.got if r.body["event"] == "fail")
+    assert end["array"] == {"id": 1, "tasks": 3, "completed": 2, "failed": 1}
+
+
+def test_tasks_that_end_in_one_pass_tell_the_arrays_end_once():
+    lab = Lab(fast(default="https://lab.example/hook"), durations={1: 10, 2: 10})
+    lab.notifier.follow()
+    lab.submit(array="0-1")
+    lab.tick()
+    lab.tick(10)  # both end in this pass
+    lab.notifier.follow()
+    queued = [lab.notifier._queue.get_nowait().note for _ in range(lab.notifier._queue.qsize())]
+    assert [(n.what.value, n.body["array"]) for n in queued] == [
+        ("start", {"id": 1, "tasks": 2}), ("end", {"id": 1, "tasks": 2, "completed": 2})]

@@ -5,6 +5,10 @@ limit, idle GPUs or preemption, or a reservation's window beginning. Where it go
 job's own ``notify`` (a URL, or ``off``), its owner's webhook in the config (``notify.users``), the lab's
 (``notify.default``); which events go is the job's ``notify_on``, else the config's ``events``.
 
+An array is told of as one job, as Slurm mails of one: its start when its first task first starts, its
+end (``end``, or ``fail`` if a task failed or hit its time limit, with the count of each outcome) when
+its last task ends; a task's idle GPUs and preemption are told of one by one.
+
 A webhook is an http(s) URL. A generic receiver gets a JSON object (``event``, ``text``, ``job``, ...); a
 URL written ``slack:https://...`` gets Slack's incoming-webhook body ``{"text": ...}`` instead (Mattermost,
 Rocket.Chat and Discord's ``/slack`` endpoint take it too). A URL may hold a secret token, so only its
@@ -221,6 +225,20 @@ def what_happened(event: Event, job: Job | None) -> NotifyEvent | None:
     return found
 
 
+ARRAY_WHOLE = frozenset({NotifyEvent.START, NotifyEvent.END, NotifyEvent.FAIL, NotifyEvent.TIMEOUT})
+
+
+def array_outcome(tasks: Iterable[Job]) -> tuple[NotifyEvent, dict[str, int]]:
+    """What an array's end is (``end``, or ``fail`` if any task failed or hit its limit) and how many
+    tasks ended how (``completed``, ``failed``, ``timeout``, ``cancelled``)."""
+    counts: dict[str, int] = {}
+    for task in tasks:
+        how = task.end_reason.value if task.end_reason is not None else task.status.value
+        counts[how] = counts.get(how, 0) + 1
+    failed = counts.get("failed", 0) + counts.get("timeout", 0)
+    return (NotifyEvent.FAIL if failed else NotifyEvent.END), counts
+
+
 def destination(what: NotifyEvent, user: str | None, job: Job | None, config: NotifyConfig) -> Destination | None:
     """Where ``what`` (about ``job``, or about ``user``'s reservation) goes, or None: nowhere."""
     wanted: Iterable[NotifyEvent] = config.events
@@ -254,14 +272,28 @@ class Note:
         return json.dumps({"text": self.text} if style == Style.SLACK else self.body).encode()
 
 
-def note(event: Event, job: Job | None, what: NotifyEvent) -> Note:
+def note(event: Event, job: Job | None, what: NotifyEvent, *, array: dict[str, int] | None = None) -> Note:
+    """The notification of ``event``; for an array's start or end (``job`` a task of it), the array's, with
+    ``array`` the count of its tasks' outcomes at its end."""
     key = f"gpuherd-event-{event.id}"
-    text = f"[gpuherd] {_sentence(event, job, what)}"
+    whole = job is not None and job.array_id is not None and what in ARRAY_WHOLE
+    sentence = _array_sentence(event, job, what, array) if whole and job is not None else _sentence(event, job, what)
+    text = f"[gpuherd] {sentence}"
     body: dict[str, Any] = {
         "id": key, "event": what.value, "kind": event.kind, "time": event.time, "text": text,
         "message": event.message, "data": event.data, "job": _job_summary(job) if job is not None else None,
     }
+    if whole and job is not None:
+        body["array"] = {"id": job.array_id, "tasks": job.array_size, **(array or {})}
     return Note(key, what, text, body)
+
+
+def _array_sentence(event: Event, job: Job, what: NotifyEvent, outcomes: dict[str, int] | None) -> str:
+    who = f"array {job.array_id} ({job.display_name}) of {job.user}, {job.array_size} task(s),"
+    if what == NotifyEvent.START:
+        return f"{who} started: its first task is job {job.id}"
+    told = ", ".join(f"{n} {how}" for how, n in sorted((outcomes or {}).items(), key=lambda kv: -kv[1]))
+    return f"{who} ended: {told}" if what == NotifyEvent.END else f"{who} ended with failures: {told}"
 
 
 def _job_summary(job: Job) -> dict[str, Any]:

@@ -389,3 +389,30 @@ def test_an_administrator_undrains_a_failing_gpu_once_looked_at_and_nobody_else_
     assert api.http.post("/gpu/gpu01/7/drain").status_code == 404
     assert api.http.post("/gpu/gpu01/0/drain", json={"reason": "fan"}).json()["reason"] == "fan"
     assert api.http.post("/gpu/gpu01/0/drain", json={"why": "x"}).status_code == 422
+
+
+def test_an_idle_terminal_session_is_stopped_where_the_rule_requeues(tmp_path):
+    core, nvml = watched_core(tmp_path)
+    job = submit(core, 1, interactive=True)
+    rules = IdleRules(threshold_pct=5, after_s=5 * MIN, action="requeue")
+    for _ in range(6):
+        sample(core, rules)
+        core.clock.advance(MIN)
+    core.orchestrator.tick()
+    (event,) = [e for e in core.store.events(job_id=job.id) if e.kind == "idle"]
+    assert event.data["action"] == "stop" and core.store.get_job(job.id).status == JobStatus.CANCELLED
+
+
+def test_a_drain_and_its_reason_outlive_a_node_agents_next_report(tmp_path):
+    from tools.models import Gpu, InventorySource, Node
+    from tools.inventory import ResourceManager
+    from tools.store import MemoryStore
+
+    resources = ResourceManager(MemoryStore(), None)
+    report = (Node(name="n1", source=InventorySource.NVML, gpus=(Gpu(node="n1", index=0, uuid="GPU-0"),)),)
+    resources.follow(report, now=0.0)
+    resources.drain("n1", 0, now=1.0, reason="XID 79 reported by the driver")
+    again = (Node(name="n1", source=InventorySource.NVML, gpus=(Gpu(node="n1", index=0, uuid="GPU-0"),)),)
+    resources.follow(again, now=2.0)
+    gpu = resources.gpu("n1", 0)
+    assert (gpu.drained, gpu.reason) == (True, "XID 79 reported by the driver")

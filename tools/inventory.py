@@ -284,7 +284,9 @@ class ResourceManager:
                 return [(n.name, n.source, [(g.index, g.uuid, g.model, g.memory_total_mib, g.healthy) for g in n.gpus])
                         for n in nodes]
 
-            nodes = _map_gpus(reported, lambda g: {"drained": g.uuid in drained})
+            reasons = {g.uuid: g.reason for n in self._nodes for g in n.gpus if g.drained and g.reason}
+            nodes = _map_gpus(reported, lambda g: {"drained": g.uuid in drained,
+                                                   "reason": reasons.get(g.uuid, g.reason)})
             if shape(nodes) == shape(self._nodes):
                 self._nodes = nodes  # new readings only: not stored, no event
                 return None

@@ -93,7 +93,8 @@ def _count_usage(ctx: ToolContext, holding: list[Job], gpus: dict[tuple[str, int
             continue
         utilization = sum(m.utilization_pct for m in measured) / len(measured)
         memory = sum(m.memory_used_mib or 0 for m in measured)
-        changed[job.id] = observer.job_usage[job.id] = observer.job_usage.get(job.id, JobUsage()).add(utilization, memory)
+        usage = observer.job_usage.get(job.id, JobUsage()).add(utilization, memory)
+        changed[job.id] = observer.job_usage[job.id] = usage
     if changed:
         store.save_job_usage(changed)
 
@@ -117,20 +118,22 @@ def _judge_idle(ctx: ToolContext, job: Job, gpus: dict[tuple[str, int], Gpu], no
     assert spell is not None
     idle_for = now - spell.since
     refs = [f"{node}:{index}" for node, index in job.allocation.pairs()]
-    follows = {"notify": "", "requeue": "; requeued (no retry used)", "stop": "; stopped"}[rules.action]
+    # A terminal session (herd run) cannot start again unattended: where the rule requeues, it is stopped.
+    action = "stop" if rules.action == "requeue" and job.interactive else rules.action
+    follows = {"notify": "", "requeue": "; requeued (no retry used)", "stop": "; stopped"}[action]
     ctx.core.store.add_event(Event(
         time=now, kind="idle", job_id=job.id,
         message=f"{job.display_name} ({job.user}) has held GPU(s) {', '.join(refs)} under {rules.threshold_pct:g}% "
                 f"utilization for {idle_for / 60:.0f} min (mean {spell.mean_pct:.1f}%){follows}",
         data={"gpus": refs, "utilization_pct": round(spell.mean_pct, 1), "idle_for_s": round(idle_for, 1),
-              "action": rules.action}))
+              "action": action}))
     report.idle.append(job.id)
     why = f"its GPUs were idle for {idle_for / 60:.0f} min (idle_action {rules.action})"
     try:
-        if rules.action == "requeue":
+        if action == "requeue":
             ctx.core.orchestrator.requeue(job.id, why)
             report.requeued.append(job.id)
-        elif rules.action == "stop":
+        elif action == "stop":
             ctx.core.orchestrator.cancel(job.id)
     except Exception:  # it ended meanwhile: nothing left to do
         log.warning("idle job %s: %s failed", job.id, rules.action, exc_info=True)
@@ -156,8 +159,11 @@ def _judge_health(ctx: ToolContext, gpus: dict[tuple[str, int], Gpu], holders: d
         job = holders.get(ref)
         if job is not None and job.stop_reason is None:
             try:
-                core.orchestrator.requeue(job.id, f"GPU {ref[0]}:{ref[1]} failed ({problem})")
-                report.requeued.append(job.id)
+                if job.interactive:  # its terminal goes with the GPU: nothing to start again unattended
+                    core.orchestrator.cancel(job.id)
+                else:
+                    core.orchestrator.requeue(job.id, f"GPU {ref[0]}:{ref[1]} failed ({problem})")
+                    report.requeued.append(job.id)
             except Exception:
                 log.warning("job %s on failing GPU %s:%s: requeue failed", job.id, *ref, exc_info=True)
 

@@ -3,6 +3,7 @@ them), each GPU's series, a job's usage, idle jobs, GPUs used outside gpuherd, f
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pynvml
@@ -416,3 +417,36 @@ def test_a_drain_and_its_reason_outlive_a_node_agents_next_report(tmp_path):
     resources.follow(again, now=2.0)
     gpu = resources.gpu("n1", 0)
     assert (gpu.drained, gpu.reason) == (True, "XID 79 reported by the driver")
+
+
+def test_the_cli_submits_allow_idle_and_shows_gpu_use_gpus_and_the_report(make_api, tmp_path, monkeypatch, capsys):
+    from agent import cli
+    from agent.cli import client as cli_client
+    from tests.test_one_door import _Through
+
+    fake_proc(tmp_path, 55, "python", uid=0)
+    gpus = h100s(2)
+    api = make_api(gpus=None, probe=NvmlProbe("gpu01", FakeNvml(gpus), proc_root=tmp_path))
+    monkeypatch.setattr(cli_client.httpx, "Client", lambda **kwargs: _Through(api.http))
+    assert cli.main(["submit", "--user", "alice", "--allow-idle", "--", "python", "nb.py"]) == 0
+    job_id = max(j["id"] for j in api.all_jobs())
+    assert api.job(job_id)["allow_idle"] is True
+    api.tick()
+    api.clock.advance(600)
+    held = api.job(job_id)["allocation"]["gpus"][0]
+    gpus[held].utilization_pct, gpus[held].memory_used_mib = 40, 2048
+    gpus[1 - held].processes = [FakeProcess(55)]
+    api.service.resources.refresh_metrics(api.clock.now())
+    watch(api.service.tools(), IdleRules())
+    capsys.readouterr()
+
+    assert cli.main(["show", str(job_id)]) == 0
+    shown = capsys.readouterr().out
+    assert re.search(r"^gpu use +utilization 40% mean, 40% peak; memory 2,048 MiB mean, 2,048 MiB peak \(1 samples\)$",
+                     shown, re.M), shown
+    assert cli.main(["report", "--since", "1h", "--csv"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.endswith(",gpu_util,peak_mem") and rows[-1].endswith(",40.0,2048")
+    assert cli.main(["gpus"]) == 0
+    out = capsys.readouterr().out
+    assert "NOTE" in out.splitlines()[0]

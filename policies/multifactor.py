@@ -55,7 +55,7 @@ def fair_share_factors(snapshot: Snapshot, users) -> dict[str, float]:
     """Per user of ``users`` (those waiting), of recent usage or running, ``(F_user + F_group) / 2`` with ``F = 2 ** -(share of recent GPU-time / fair share)``:
     1 for no recent use, 1/2 at exactly a fair share, 1/4 at twice it. A user without a group counts
     as a group of one."""
-    everyone = set(users) | set(snapshot.usage) | {j.user for j in snapshot.holding}
+    everyone = set(users) | set(snapshot.usage) | snapshot.in_use[0].keys()  # holders, from the index's totals
     usage = {u: snapshot.usage_now(u) for u in everyone}
     total = sum(usage.values())
     if total <= 0:

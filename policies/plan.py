@@ -60,12 +60,16 @@ class Timeline:
             if r.end > now:
                 self._blocks.setdefault(r.node, []).append(Block(frozenset(r.gpus), r.start, r.end, r))
         free_at: dict[str, dict[int, float]] = {name: dict.fromkeys(usable, now) for name, usable in layout.usable.items()}
-        for job in snapshot.holding:
-            if job.allocation is not None:
-                end = rules.expected_end(job, now)
-                for node, gpu in job.allocation.pairs():
-                    if gpu in free_at.get(node, {}):
-                        free_at[node][gpu] = end
+        expected_end, unknown = rules.expected_end, {}
+        for job in snapshot.holding:  # the hot loop of a plan: no pairs built, one lookup per node
+            a = job.allocation
+            if a is not None:
+                end = expected_end(job, now)
+                for node, gpus in ((a.node, a.gpus), *a.more) if a.more else ((a.node, a.gpus),):
+                    at = free_at.get(node, unknown)
+                    for gpu in gpus:
+                        if gpu in at:
+                            at[gpu] = end
         for job, gpus in started:
             end = now + rules.runtime(job)
             for node, gpu in gpus:

@@ -238,9 +238,10 @@ class Snapshot:
     @once
     def _running_usage(self) -> Mapping[str, float]:
         used: dict[str, float] = {}
+        now, get = self.now, used.get  # read once per pass over every running job
         for j in self.holding:
             if j.start_time is not None:
-                used[j.user] = used.get(j.user, 0.0) + j.gpu_count * max(0.0, self.now - j.start_time)
+                used[j.user] = get(j.user, 0.0) + j.gpu_count * max(0.0, now - j.start_time)
         return used
 
 

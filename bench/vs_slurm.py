@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -106,7 +107,8 @@ def markdown_table(figures: list[Figure], slurm_label: str) -> str:
     for fig in figures:
         digits = figure_digits(fig.herd + fig.slurm)
         ratio = fig.ratio()
-        ratio_text = "-" if ratio is None else f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
+        ratio_text = ("-" if ratio is None else f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x" if ratio >= 0.1
+                      else f"{ratio:.2g}x")
         name = f"{fig.name}, {fig.unit}" + (f" ({fig.note})" if fig.note else "")
         rows.append(f"| {name} | {summarize(fig.herd, digits)} | {summarize(fig.slurm, digits)} | {ratio_text} |")
     return "\n".join(rows)
@@ -373,15 +375,18 @@ def slurm_submit_throughput(slurm: SlurmCluster, clients: int, per_client: int) 
     return clients * per_client / (time.perf_counter() - t)
 
 
-def herd_cli_latency(url: str, calls: int) -> float:
-    from tests.helpers import herd_command
-    command = [*herd_command(), "submit", "--url", url, "-g", "1", "-D", "/tmp", "--", "true"]
+def process_latency(command: list[str], calls: int, env: dict[str, str] | None = None) -> float:
     times = []
     for _ in range(calls):
         t = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
+        subprocess.run(command, check=True, capture_output=True, env=env)
         times.append(time.perf_counter() - t)
     return p50_ms(times)
+
+
+def herd_cli(*args: str) -> list[str]:
+    from tests.helpers import herd_command
+    return [*herd_command(), *args]
 
 
 async def herd_new_connection_latency(port: int, calls: int) -> float:
@@ -400,9 +405,13 @@ async def herd_new_connection_latency(port: int, calls: int) -> float:
     return p50_ms(times)
 
 
-def slurm_submit_to_start(slurm: SlurmCluster, runs: int) -> float:
+def slurm_submit_to_start(slurm: SlurmCluster, runs: int, seed: int) -> float:
+    """Each submission after a random pause of up to a second: Slurm starts these jobs at its next pass
+    (once a second), so back to back submissions would all land just after one and wait the longest."""
+    pauses = random.Random(seed)
     delays = []
-    for i in range(runs):
+    for _ in range(runs):
+        time.sleep(pauses.uniform(0, 1))
         out = slurm.dir / "out" / f"start-{uuid.uuid4().hex[:8]}"
         slurm.sbatch("--gres=gpu:1", "-o", str(out), "--wrap", "date +%s.%N")
         acknowledged = time.time()
@@ -501,7 +510,7 @@ def curl_socket(sock: Path, method: str, path: str, body: dict | None = None, *,
 
 def read_as(user: str, path: Path) -> str:
     result = subprocess.run(["runuser", "-u", user, "--", "cat", str(path)], capture_output=True, check=False)
-    return "yes" if result.returncode == 0 else f"no ({result.stderr.decode(errors='replace').strip().split(': ')[-1]})"
+    return "yes" if result.returncode == 0 else f"no: {result.stderr.decode(errors='replace').strip().split(': ')[-1]}"
 
 
 def bold_yes(answer: str) -> str:
@@ -514,20 +523,25 @@ def shown(secret: str, text: str) -> str:
 
 def slurm_isolation(slurm: SlurmCluster, other: str) -> dict[str, str]:
     secret = f"secret-{uuid.uuid4().hex[:8]}"
-    out = slurm.dir / "out" / f"{secret}.out"  # in a directory others may enter, as Debian's 0755 homes
-    job_id = slurm.sbatch("--gres=gpu:1", "-o", str(out), "--wrap", f"echo {secret}; sleep 600")
+    out = slurm.dir / "out" / f"{uuid.uuid4().hex[:8]}.out"  # where others may enter, as Debian's 0755 homes
+    script = slurm.dir / "out" / f"{uuid.uuid4().hex[:8]}.sh"  # sbatch job.sh, the usual way
+    script.write_text(f"#!/bin/bash\necho {secret}\nsleep 600\n")
+    job_id = slurm.sbatch("--gres=gpu:1", "-o", str(out), str(script))
     wait_for(lambda: out.exists() and secret in out.read_text(), 30, "the Slurm job's output")
     queue = slurm.result(["squeue", "-h", "-o", "%i %u %o"], as_user=other).stdout
     record = slurm.result(["scontrol", "show", "job", str(job_id)], as_user=other).stdout
-    script = slurm.result(["scontrol", "write", "batch_script", str(job_id), "-"], as_user=other)
+    written = slurm.result(["scontrol", "write", "batch_script", str(job_id), "-"], as_user=other).stdout
+    command_path = parse_scontrol_record(" ".join(record.split())).get("Command", "")
+    script_text = slurm.result(["cat", command_path], as_user=other).stdout if command_path.startswith("/") else ""
     revealing = [how for how, text in (("`squeue -o %o`", queue), ("`scontrol show job`", record),
-                                       ("`scontrol write batch_script`", script.stdout)) if secret in text]
+                                       ("`scontrol write batch_script`", written),
+                                       ("`cat` the script `scontrol show job` names", script_text)) if secret in text]
     cancel = slurm.result(["scancel", str(job_id)], as_user=other)
     still = slurm.job(job_id).get("JobState") == "RUNNING"
     answers = {
         "sees the job in the queue": shown(f"{job_id} root", queue) + " (`squeue`)",
         "sees its command": f"**yes** ({', '.join(revealing)})" if revealing else "no (`squeue -o %o`, "
-                            "`scontrol show job`, `scontrol write batch_script`)",
+                            "`scontrol show job`, `scontrol write batch_script`, the script's file)",
         "reads its output through the scheduler": "no such command (output is a file)",
         "reads its log file": bold_yes(read_as(other, out)) + " (`cat` the `--output` file, mode as the job's umask made it)",
         "cancels it": ("no" if still else "**yes**") + f" (`scancel`: {(cancel.stderr.strip() or 'exit 0')[:90]})",
@@ -605,6 +619,7 @@ def measure_submit(slurm: SlurmCluster, sizes: Sizes, figs: dict[str, Figure], h
         n = sizes.throughput_clients * sizes.throughput_per_client
         throughput = slurm_submit_throughput(slurm, sizes.throughput_clients, sizes.throughput_per_client)
         figs["throughput"].slurm.append(throughput)
+        figs["client_startup"].slurm.append(process_latency(["sbatch", "--version"], sizes.cli_calls, slurm.env))
         say(f"  slurm: sbatch p50 {sbatch:.2f} ms; {sizes.throughput_clients} concurrent sbatch: {throughput:.0f}/s "
             f"({n} jobs)")
         slurm.cancel_all()
@@ -612,12 +627,14 @@ def measure_submit(slurm: SlurmCluster, sizes: Sizes, figs: dict[str, Figure], h
     def on_herd() -> None:
         with bench_service.busy_server() as server:
             say(f"  gpuherd: 8 jobs hold the GPUs; {sizes.cli_calls} x herd submit, {sizes.latency_calls} x REST ...")
-            cli = herd_cli_latency(server.url, sizes.cli_calls)
+            cli = process_latency(herd_cli("submit", "--url", server.url, "-g", "1", "-D", "/tmp", "--", "true"),
+                                  sizes.cli_calls)
             conn = asyncio.run(herd_new_connection_latency(server.port, sizes.latency_calls))
             keep = asyncio.run(bench_service.submit_load(server.port, 1, sizes.latency_calls)).p50_ms
             many = asyncio.run(bench_service.submit_load(server.port, sizes.throughput_clients,
                                                          sizes.throughput_per_client))
         figs["submit_cli"].herd.append(cli)
+        figs["client_startup"].herd.append(process_latency(herd_cli("--version"), sizes.cli_calls))
         figs["submit_conn"].herd.append(conn)
         figs["submit_keepalive"].herd.append(keep)
         figs["throughput"].herd.append(many.throughput)
@@ -632,7 +649,7 @@ def measure_start(slurm: SlurmCluster, sizes: Sizes, figs: dict[str, Figure], he
     import bench_service
 
     def on_slurm() -> None:
-        value = slurm_submit_to_start(slurm, sizes.start_runs)
+        value = slurm_submit_to_start(slurm, sizes.start_runs, seed=len(figs["start"].slurm))
         figs["start"].slurm.append(value)
         say(f"  slurm: submit-to-start p50 {value:.0f} ms ({sizes.start_runs} jobs, one at a time)")
 
@@ -688,6 +705,7 @@ MEASURES = {"submit": measure_submit, "start": measure_start, "turnover": measur
 def new_figures(sizes: Sizes) -> dict[str, Figure]:
     return {
         "submit_cli": Figure("submit, one new process per call, p50", "ms", note="`herd submit` vs `sbatch`"),
+        "client_startup": Figure("the client's start-up alone, p50", "ms", note="`herd --version` vs `sbatch --version`"),
         "submit_conn": Figure("submit, one new connection per call, p50", "ms", note="REST vs `sbatch`"),
         "submit_keepalive": Figure("submit, one keep-alive client, p50", "ms", note="REST vs `sbatch`"),
         "throughput": Figure(f"submit, {sizes.throughput_clients} clients at once", "jobs/s", higher_is_better=True,
@@ -736,6 +754,10 @@ def report(figs: dict[str, Figure], isolation: list[tuple[str, str, str]], *, sl
     return "\n".join(lines) + "\n"
 
 
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repetition, fewer calls (a smoke run)")
@@ -760,7 +782,7 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     ensure_slurm_installed()
     # SIGTERM ends the run the way Ctrl-C does: through every finally below.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, interrupted)
     figs = new_figures(sizes)
     isolation: list[tuple[str, str, str]] = []
     slurm = SlurmCluster(args.scheduler_parameters)

@@ -1,6 +1,9 @@
 """Side by side with Slurm: the same workloads against a local single-node Slurm and against gpuherd, in one run.
 
-    flock /tmp/gpuherd-cpu.lock .venv/bin/python bench/vs_slurm.py [--quick] [--markdown FILE]
+    sudo .venv/bin/python bench/vs_slurm.py [--quick] [--reps N] [--markdown FILE] [--json FILE]
+
+It holds the benchmarks' CPU lock (``--lock``, /tmp/gpuherd-cpu.lock) while it measures, not while it
+installs. Figures and how to read them: docs/benchmarks.md, "Side by side with Slurm".
 
 Run as root: the script installs Debian's ``slurm-wlm`` and ``munge`` when they are missing (saying so),
 makes eight character devices ``/dev/herdbench-gpu[0-7]`` (``mknod c 1 3``, the same device as
@@ -11,16 +14,19 @@ declared GPUs, a private tmux socket). A second Unix user is made for the isolat
 is stopped and removed at the end, on an error or Ctrl-C too.
 
 Measures, each on both systems in every repetition (the order alternating), reported as the median
-over repetitions with the range, and the ratio Slurm / gpuherd (above 1: gpuherd is faster):
+over repetitions with the range, and the ratio Slurm / gpuherd (gpuherd / Slurm for throughput; above 1,
+gpuherd is better):
 
 - submit, one new process per call: ``sbatch --wrap true`` against ``herd submit -- true``, one after
-  another, on a busy cluster (8 long jobs hold every GPU, so each new job waits); p50 per call. The same
-  ``sbatch`` figure is also set against REST with a new TCP connection per call and against REST over
-  one keep-alive connection.
+  another, on a busy cluster (8 long jobs hold every GPU, so each new job waits); p50 per call; and the
+  clients' start-up alone (``--version``). The same ``sbatch`` figure is also set against REST with a
+  new TCP connection per call and against REST over one keep-alive connection.
 - submit throughput: 50 clients at once in a closed loop (50 concurrent ``sbatch`` processes; 50
   keep-alive connections to gpuherd).
 - submit-to-start: one job at a time on an idle cluster, its command ``date +%s.%N``; the time it prints
-  minus the moment its submission was acknowledged.
+  minus the moment its submission was acknowledged. Slurm's submissions each come after a random
+  pause of up to a second, since it starts them at its next pass (once a second): back to back, each
+  would land just after a pass and wait the longest.
 - turnover: 200 jobs of ``true``, 1 GPU each, queued with scheduling stopped (gpuherd ``--stopped``,
   Slurm's partition DOWN), then started; the time a GPU spends between one job and the next is
   (total - ideal) / 25, where the ideal is 25 rounds of ``true``.

@@ -116,7 +116,8 @@ def cluster_states(draw):
     from tools.models import Reservation
 
     rules = Rules(user_quota=draw(st.sampled_from([{}, {"x": 3}, {"x": 1, "y": 4}])),
-                  groups={"x": "g", "y": "g"}, group_quota=draw(st.sampled_from([{}, {"g": 5}])))
+                  groups={"x": "g", "y": "g"}, group_quota=draw(st.sampled_from([{}, {"g": 5}])),
+                  backfill_plans=draw(st.sampled_from([1, 2, 4])))
     reservations = tuple(
         Reservation(id=i + 1, node=draw(st.sampled_from("abc")), gpus=(0, 1), user=draw(st.sampled_from("xy")),
                     start=draw(st.sampled_from([0.0, 120.0, 1000.0])), end=2000.0)

@@ -161,7 +161,9 @@ class Service:
     def _tick_loop(self) -> None:
         last_pass = float("-inf")
         while not self._stopping.is_set():
-            self._wake.wait(self.settings.tick_interval_s)
+            # A time limit is enforced when it falls due, not at the next regular pass.
+            limit = self.orchestrator.next_time_limit_in()
+            self._wake.wait(self.settings.tick_interval_s if limit is None else min(limit, self.settings.tick_interval_s))
             self._stopping.wait(last_pass + MIN_PASS_GAP_S - time.monotonic())  # returns at once if <= 0
             self._wake.clear()
             last_pass = time.monotonic()
@@ -194,6 +196,8 @@ class Service:
 
     def _watch_executor(self) -> None:
         while not self._stopping.is_set():
+            began = time.monotonic()
             self.executor.wait(self.settings.tick_interval_s)
-            self._wake.set()
-            self._stopping.wait(MIN_WAIT_GAP_S)
+            self._wake.set()  # a job's end (or a SIGKILL that is due) is seen by the pass at once
+            if time.monotonic() - began < MIN_WAIT_GAP_S / 10:  # it did not wait: do not spin
+                self._stopping.wait(MIN_WAIT_GAP_S)

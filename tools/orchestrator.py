@@ -113,6 +113,7 @@ class Orchestrator:
         self.last_tick: TickReport | None = None
         # job id -> (the attempt's start time, its time-limit deadline on the monotonic clock)
         self._deadlines: dict[int, tuple[float, float]] = {}
+        self._next_limit: float | None = None  # the earliest of them not yet enforced (monotonic)
         self._unrecorded: dict[int, str] = {}  # job id -> why its end could not be stored (this pass)
         self.lock = threading.RLock()  # every change of jobs, from any door
         self._tick_lock = threading.Lock()  # one tick at a time
@@ -438,6 +439,7 @@ class Orchestrator:
         that a step of the system clock neither shortens nor extends it."""
         mono = self.clock.monotonic()
         deadlines: dict[int, tuple[float, float]] = {}
+        self._next_limit = None
         for job in self.queue.index.timed():
             if job.status != JobStatus.RUNNING or job.time_limit_s is None or job.start_time is None:
                 continue
@@ -445,12 +447,20 @@ class Orchestrator:
             if deadline is None or deadline[0] != job.start_time:
                 deadline = (job.start_time, mono + job.time_limit_s - max(0.0, now - job.start_time))
             deadlines[job.id] = deadline
+            if job.stop_reason is None and mono < deadline[1]:
+                self._next_limit = deadline[1] if self._next_limit is None else min(self._next_limit, deadline[1])
             if job.stop_reason is None and mono >= deadline[1]:
                 self.queue.update(job, now=now, kind="stopping", stop_reason=StopReason.TIME_LIMIT,
                                   message=f"{job.display_name}: reached its time limit of {job.time_limit_s:g} s; "
                                   f"SIGTERM, then SIGKILL after {self.grace_s:g} s")
                 self.executor.stop(job.id, now, self.grace_s)
         self._deadlines = deadlines
+
+    def next_time_limit_in(self) -> float | None:
+        """Seconds until the next running job reaches its time limit (None: no job has one), so that
+        whoever runs the passes can run one then."""
+        due = self._next_limit
+        return None if due is None else max(0.0, due - self.clock.monotonic())
 
     def _apply(self, snapshot: Snapshot, accepted, now: float) -> list[int]:
         started = []
@@ -471,7 +481,8 @@ class Orchestrator:
             job = self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=log_path,
                                         message=f"{job.display_name}: running on {where}")
             if job.time_limit_s is not None and job.start_time is not None:
-                self._deadlines[job.id] = (job.start_time, self.clock.monotonic() + job.time_limit_s)
+                self._deadlines[job.id] = deadline = (job.start_time, self.clock.monotonic() + job.time_limit_s)
+                self._next_limit = deadline[1] if self._next_limit is None else min(self._next_limit, deadline[1])
             started.append(job.id)
         return started
 

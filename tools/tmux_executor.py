@@ -13,7 +13,8 @@ Files, per job (``<workdir>/jobs/<id>/``) and per log (``<workdir>/logs/job-<id>
     wrapper.err  the wrapper's own stderr (diagnostics; keeps the pane clean)
     pgid         the job's process group id and its leader's start time, written once the job has started
     exit_code    the job's exit code, then `` lost`` if the wrapper itself was sent SIGHUP or SIGTERM (its
-                 window or the tmux server went away); written atomically (tmp + rename) when it has ended
+                 window or the tmux server went away); written by one write ending in a newline once it has
+                 ended (a file without that newline is not written yet)
 
 The wrapper protocol, in the order the wrapper does it:
 
@@ -30,8 +31,14 @@ The wrapper protocol, in the order the wrapper does it:
    owner types reaches it, ctrl-C too, and tmux copies the window to the log (``pipe-pane``).
 4. Processes the command left behind in its group are stopped (TERM, up to 5 s, KILL) before the job counts
    as ended, so a job never "ends" while a child of it still holds the GPUs.
-5. It writes ``exit_code`` (tmp then ``mv``) and then runs ``tmux wait-for -S <channel>``, which wakes
-   ``wait`` at once. The window closes when the wrapper exits.
+5. It writes ``exit_code`` and exits; the window closes with it. The executor's control client (see
+   below) is told (``%window-close``), which wakes ``wait`` at once. Without one (control mode off, or
+   it could not be opened when the job started), the wrapper runs ``tmux wait-for -S <channel>``
+   instead, on which a ``tmux wait-for`` client of the executor waits.
+
+tmux is driven through one persistent client in control mode (``tools.tmux_control``), not a ``tmux``
+process per command; if that client cannot be opened, through a process per command (said once in
+the log). It is opened again after it or the server went away.
 
 A job has ended when its ``exit_code`` file exists. A job whose window is gone without such a file (the
 tmux server was killed, the wrapper was SIGKILLed) is *lost*, and its end is reported only once nothing
@@ -76,6 +83,7 @@ from typing import Iterable
 from tools.clock import Clock, RealClock
 from tools.executor import JobExit, StartError
 from tools.logs import create_log
+from tools.tmux_control import LOST, ControlClient
 from tools.models import Allocation, Job
 
 log = logging.getLogger(__name__)
@@ -88,7 +96,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # safe inside tmux targets ("=name:") a
 _TMUX_TIMEOUT_S = 10.0  # a wedged tmux server must not hang the service loop forever
 # tmux's words for "there is no server / no such session" (or one still shutting down after a
 # kill-server): nothing runs there, which is not an error.
-_GONE = ("no server running", "error connecting to", "can't find session", "server exited unexpectedly", "lost server")
+_GONE = ("no server running", "error connecting to", "can't find session", "server exited unexpectedly", "lost server",
+         LOST)
 _SHARED_DIR_MODE = 0o711  # jobs/, logs/, jobs/<id>/ when jobs run as their owners: enter, never list or write
 
 # How the wrapper runs the command: as the server's user, or as the job's owner (see the module's doc).
@@ -108,9 +117,12 @@ log={log}
 exec 2>>"$job_dir/wrapper.err"
 
 lost=
-finish() {{  # record the exit code atomically, wake the service, and end the window
-  printf '%s%s\n' "$1" "${{lost:+ lost}}" > "$job_dir/exit_code.tmp" && mv -f "$job_dir/exit_code.tmp" "$job_dir/exit_code"
-  {tmux} -S {socket} wait-for -S {channel}
+# The files the server reads (pgid, exit_code) are written by one printf each, a single write ending
+# in a newline: the server takes one without its newline for not written yet. (A rename would make
+# them atomic too, but mv is a process, and two of them cost more than the rest of this script.)
+finish() {{  # record the exit code, wake the service, and end the window
+  printf '%s%s\n' "$1" "${{lost:+ lost}}" > "$job_dir/exit_code"
+  {signal_end}
   exit 0
 }}
 
@@ -136,7 +148,7 @@ pgid=$!
 # The leader's start time tells this group from a later one that reuses the number.
 start=
 {{ read -r line < "/proc/$pgid/stat"; }} 2>/dev/null && {{ read -ra stat <<< "${{line##*) }}"; start=${{stat[19]}}; }}
-printf '%s %s\n' "$pgid" "$start" > "$job_dir/pgid.tmp" && mv -f "$job_dir/pgid.tmp" "$job_dir/pgid"
+printf '%s %s\n' "$pgid" "$start" > "$job_dir/pgid"
 {wait_job}
 
 # True while a live process remains in the job's group. Zombies do not count: where PID 1 does not
@@ -166,8 +178,9 @@ finish "$code"
 
 
 # A batch job: its output goes to the log, which the window shows (ctrl-C there stops only this view).
-_SHOW_LOG = r"""# Show this attempt's output in the pane for anyone who attaches; ends with the wrapper.
-( trap '' INT; exec tail -c "+$(( $(wc -c < "$log") + 1 ))" --pid=$$ -f -- "$log" ) &
+_SHOW_LOG = r"""# Show this attempt's output in the pane for anyone who attaches; ends with the wrapper. It starts
+# where the log ended when the server wrote this script (earlier attempts' output is not shown again).
+( trap '' INT; exec tail -c +{offset} --pid=$$ -f -- "$log" ) &
 tail_pid=$!"""
 _LAUNCH_BATCH = r"""{run} < /dev/null >> "$log" 2>&1 &"""
 _AWAIT_BATCH = r"""# `wait` also returns when a trapped signal comes or the job is stopped (SIGSTOP): look again until
@@ -257,7 +270,9 @@ class TmuxExecutor:
 
     ``run_as_owner``: run each job's command as its owner (uid, gid, supplementary groups, home), for a
     server that runs as root; see the module's doc. ``lost_grace_s``: SIGTERM to SIGKILL for what is left
-    of a job whose window vanished. ``clock``: its ``monotonic()`` times the deadlines."""
+    of a job whose window vanished. ``clock``: its ``monotonic()`` times the deadlines. ``control_mode``:
+    send tmux commands through one persistent control client (``tools.tmux_control``) rather than a
+    ``tmux`` process per command; False, or a client that cannot be opened, forks one per command."""
 
     def __init__(
         self,
@@ -270,6 +285,7 @@ class TmuxExecutor:
         run_as_owner: bool = False,
         lost_grace_s: float = 10.0,
         clock: Clock | None = None,
+        control_mode: bool = True,
     ) -> None:
         for what, name in (("socket_name", socket_name), ("session_name", session_name)):
             if not _NAME.match(name):
@@ -311,6 +327,11 @@ class TmuxExecutor:
         self._next_window_check = float("-inf")
         self._woken = threading.Event()
         self._closing = threading.Event()
+        self._tmux_prefix = [tmux, "-L", socket_name, "-f", "/dev/null"]
+        self._control = ControlClient(self._tmux_prefix, self._tmux_env, session_name, on_window_close=self._woken.set)
+        self._use_control = control_mode
+        self._control_retry_at = float("-inf")
+        self._control_warned = False
         self._waiter: threading.Thread | None = None
         self._waiter_proc: subprocess.Popen[bytes] | None = None
 
@@ -380,24 +401,34 @@ class TmuxExecutor:
                 (job_dir / name).unlink(missing_ok=True)
             _write(job_dir / "command", job.command.encode(), 0o400 if ids else 0o644, ids)
             _write(job_dir / "env", b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()), 0o600)
-            wrapper = job_dir / "wrapper.sh"
-            _write(wrapper, self._wrapper(job, job_dir, log_file, owner).encode(), 0o700)
             create_log(log_file, owner=ids)
+            wrapper = job_dir / "wrapper.sh"
+            script = self._wrapper(job, job_dir, log_file, owner, log_offset=log_file.stat().st_size,
+                                   signal_end=not self._control.alive)
+            _write(wrapper, script.encode(), 0o700)
         except (OSError, UnicodeError) as e:
             raise StartError(f"job {job.id}: cannot write its files under {job_dir}: {e}") from e
 
         # The window runs the wrapper with an empty environment (tmux would hand it TMUX, TERM, the
-        # client's PATH...); the wrapper sets what it needs itself.
-        cmd = shlex.join([self._env_bin, "-i", self._bash, "--noprofile", "--norc", str(wrapper)])
+        # client's PATH...); the wrapper sets what it needs itself. Given as separate words, the
+        # command is run by tmux directly, without a shell in between.
         new_window = (
             "new-window", "-d", "-P", "-F", "#{pane_pid}", "-t", f"={self.session_name}:",
-            "-n", self.window_name(job.id), "-c", str(self.workdir), f"exec {cmd}",
+            "-n", self.window_name(job.id), "-c", str(self.workdir),
+            self._env_bin, "-i", self._bash, "--noprofile", "--norc", str(wrapper),
         )
         result = self._tmux(*new_window)
         if result.returncode != 0 and any(g in result.stderr for g in _GONE):
-            self._session_seen = False  # the server went away since we last looked: start it again
-            self._ensure_session()
-            result = self._tmux(*new_window)
+            # The server (or the control client) went away since we last looked. A control client
+            # that ended mid-command may have opened the window: then it is this job's, not a second.
+            pane = self._tmux("display-message", "-p", "-t", f"={self.session_name}:={self.window_name(job.id)}",
+                              "#{pane_pid}")
+            if pane.returncode == 0 and pane.stdout.strip():
+                result = pane
+            else:
+                self._session_seen = False  # start the server again
+                self._ensure_session()
+                result = self._tmux(*new_window)
         if result.returncode != 0:
             raise StartError(f"job {job.id}: tmux new-window failed: {result.stderr.strip()}")
         if job.interactive:  # the window is its terminal: copy what it shows to the log
@@ -423,6 +454,7 @@ class TmuxExecutor:
         running.kill_at = deadline if running.kill_at is None else min(running.kill_at, deadline)
         # Before the wrapper wrote the pgid there is nothing to signal yet; poll sends it later.
         running.term_pending = not self._signal(job_id, signal.SIGTERM)
+        self._woken.set()  # the waiter looks again at when the SIGKILL is due
 
     def poll(self, now: float) -> list[JobExit]:
         if not self._jobs:
@@ -489,18 +521,29 @@ class TmuxExecutor:
         return exits
 
     def wait(self, timeout_s: float) -> None:
-        if self._waiter is None and not self._closing.is_set():
+        """Until a job's window closes (seen by the control client) or its wrapper signals (without
+        one), or a stop's SIGKILL is due, so that the poll that sends it comes on time. A ``stop``
+        wakes it too, so that the next call waits for the deadline it set."""
+        if self._waiter is None and not self._closing.is_set() and not self._control.alive:
             self._waiter = threading.Thread(target=self._wait_loop, name="tmux-wait-for", daemon=True)
             self._waiter.start()
-        self._woken.wait(timeout_s)
-        # Clearing after the wake is safe: a wrapper writes its exit file before it signals, so the
-        # poll that follows this call sees every job whose signal this clear swallows.
+        due = self._next_kill_in()
+        self._woken.wait(timeout_s if due is None else min(timeout_s, due))
+        # Clearing after the wake is safe: a wrapper writes its exit file before its window closes
+        # (or it signals), so the poll that follows this call sees every job this clear swallows.
         self._woken.clear()
+
+    def _next_kill_in(self) -> float | None:
+        """Seconds until the earliest SIGKILL that a stop made due and that is not sent yet."""
+        dues = [r.kill_at for r in list(self._jobs.values())
+                if r.kill_at is not None and not r.kill_sent and not r.vanished and r.end is None]
+        return max(0.0, min(dues) - self.clock.monotonic()) if dues else None
 
     def close(self) -> None:
         self._closing.set()
         waiter, proc = self._waiter, self._waiter_proc
         if waiter is None:
+            self._control.close()
             return
         # Wake our own `wait-for` client rather than kill it, so tmux does not keep a dead waiter.
         self._tmux("wait-for", "-S", self.channel)
@@ -509,6 +552,7 @@ class TmuxExecutor:
             proc.kill()
             waiter.join(timeout=2.0)
         self._waiter = None
+        self._control.close()
 
     def side_window(self, name: str, command: str) -> None:
         """Run ``command`` (a shell command line) in a window ``name`` beside the jobs, replacing one of
@@ -589,7 +633,10 @@ class TmuxExecutor:
                              "run as them") from None
 
     def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [self._tmux_bin, "-L", self.socket_name, "-f", "/dev/null", *args]
+        answer = self._through_control(list(args))
+        if answer is not None:
+            return answer
+        cmd = [*self._tmux_prefix, *args]
         try:
             return subprocess.run(
                 cmd, env=self._tmux_env, capture_output=True, text=True, timeout=_TMUX_TIMEOUT_S,
@@ -597,6 +644,25 @@ class TmuxExecutor:
             )
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(cmd, 124, "", f"tmux {args[0]} timed out")
+
+    def _through_control(self, args: list[str]) -> subprocess.CompletedProcess[str] | None:
+        """``args`` run by the control client, opened (again) if it is not open; None: fork instead.
+        Not before the session exists (the client attaches to it), and after a failed opening not
+        again for a second, so that a server that is gone costs one fork per command, not two."""
+        if not self._use_control:
+            return None
+        if not self._control.alive:
+            mono = time.monotonic()
+            if not self._session_seen or mono < self._control_retry_at or self._closing.is_set():
+                return None
+            if not self._control.open(_TMUX_TIMEOUT_S):
+                self._control_retry_at = mono + 1.0
+                if not self._control_warned:
+                    self._control_warned = True
+                    log.warning("cannot open a tmux control client (tmux -C) on server %r; running a tmux process "
+                                "per command instead", self.socket_name)
+                return None
+        return self._control.run(args, _TMUX_TIMEOUT_S)
 
     def _ensure_session(self) -> None:
         # Once seen, the session is assumed to live: asking tmux before every start costs a process
@@ -612,6 +678,7 @@ class TmuxExecutor:
             )
             if result.returncode != 0 and "duplicate session" not in result.stderr:
                 raise StartError(f"cannot start tmux server {self.socket_name!r}: {result.stderr.strip()}")
+            self._control_retry_at = float("-inf")  # a new server: a control client can attach at once
         # The wrapper reaches the server by path: it runs without TMUX_TMPDIR or any environment. A
         # server started again (after it was killed) keeps the same path.
         self._socket_path = self._query_socket_path() or self._socket_path
@@ -633,7 +700,8 @@ class TmuxExecutor:
         rows = (line.partition("\t") for line in result.stdout.splitlines())
         return {name for name, _, dead in rows if dead != "1"}
 
-    def _wrapper(self, job: Job, job_dir: Path, log_file: Path, owner: pwd.struct_passwd | None) -> str:
+    def _wrapper(self, job: Job, job_dir: Path, log_file: Path, owner: pwd.struct_passwd | None, *,
+                 log_offset: int, signal_end: bool) -> str:
         assert self._socket_path is not None
         q = shlex.quote
         if owner is None:
@@ -649,19 +717,26 @@ class TmuxExecutor:
         interactive = job.interactive
         return _WRAPPER.format(
             job_id=job.id, path=q(self._tmux_env["PATH"]), job_dir=q(str(job_dir)), log=q(str(log_file)),
-            cwd=q(cwd), tmux=q(self._tmux_bin), socket=q(self._socket_path), channel=q(self.channel),
-            show="" if interactive else _SHOW_LOG,
+            cwd=q(cwd),
+            # Under a control client the window's closing wakes the service; else the wrapper does.
+            signal_end=(shlex.join([self._tmux_bin, "-S", self._socket_path, "wait-for", "-S", self.channel])
+                        if signal_end else ": the window closing tells the service"),
+            show="" if interactive else _SHOW_LOG.format(offset=log_offset + 1),
             launch=(_LAUNCH_INTERACTIVE if interactive else _LAUNCH_BATCH).format(run=run),
             wait_job=_AWAIT_INTERACTIVE if interactive else _AWAIT_BATCH,
         )
 
     def _read_exit(self, job_id: int) -> tuple[int | None, bool, float] | None:
-        """(exit code, lost, file time) once the job has ended, else None. A garbled file reads as code None."""
+        """(exit code, lost, file time) once the job has ended, else None. A garbled file reads as code None;
+        one without its final newline is still being written (or its writer died at it: then its
+        window is gone too, and the job is judged lost)."""
         path = self.job_dir(job_id) / "exit_code"
         try:
             text = path.read_text()
             mtime = path.stat().st_mtime
         except FileNotFoundError:
+            return None
+        if not text.endswith("\n"):
             return None
         words = text.split()
         try:
@@ -672,9 +747,13 @@ class TmuxExecutor:
 
     @staticmethod
     def _read_ids(path: Path) -> tuple[int, int | None] | None:
-        """A ``<pid> [<start time>]`` file (``pgid``, ``wrapper.pid``), or None if absent or garbled."""
+        """A ``<pid> [<start time>]`` file (``pgid``, ``wrapper.pid``), or None if absent, garbled or not
+        whole yet (no final newline)."""
         try:
-            words = path.read_text().split()
+            text = path.read_text()
+            if not text.endswith("\n"):
+                return None
+            words = text.split()
             return int(words[0]), int(words[1]) if len(words) > 1 else None
         except (OSError, ValueError, IndexError):
             return None

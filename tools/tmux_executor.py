@@ -524,7 +524,8 @@ class TmuxExecutor:
         """Until a job's window closes (seen by the control client) or its wrapper signals (without
         one), or a stop's SIGKILL is due, so that the poll that sends it comes on time. A ``stop``
         wakes it too, so that the next call waits for the deadline it set."""
-        if self._waiter is None and not self._closing.is_set() and not self._control.alive:
+        if (self._waiter is None and not self._closing.is_set() and not self._control_ready()
+                and (not self._use_control or self._control_warned)):
             self._waiter = threading.Thread(target=self._wait_loop, name="tmux-wait-for", daemon=True)
             self._waiter.start()
         due = self._next_kill_in()
@@ -649,20 +650,26 @@ class TmuxExecutor:
         """``args`` run by the control client, opened (again) if it is not open; None: fork instead.
         Not before the session exists (the client attaches to it), and after a failed opening not
         again for a second, so that a server that is gone costs one fork per command, not two."""
+        return self._control.run(args, _TMUX_TIMEOUT_S) if self._control_ready() else None
+
+    def _control_ready(self) -> bool:
+        """Whether the control client is open, opening it if a session is known (one was seen, or jobs
+        were adopted) and no opening failed in the last second."""
         if not self._use_control:
-            return None
-        if not self._control.alive:
-            mono = time.monotonic()
-            if not self._session_seen or mono < self._control_retry_at or self._closing.is_set():
-                return None
-            if not self._control.open(_TMUX_TIMEOUT_S):
-                self._control_retry_at = mono + 1.0
-                if not self._control_warned:
-                    self._control_warned = True
-                    log.warning("cannot open a tmux control client (tmux -C) on server %r; running a tmux process "
-                                "per command instead", self.socket_name)
-                return None
-        return self._control.run(args, _TMUX_TIMEOUT_S)
+            return False
+        if self._control.alive:
+            return True
+        mono = time.monotonic()
+        if not (self._session_seen or self._jobs) or mono < self._control_retry_at or self._closing.is_set():
+            return False
+        if self._control.open(_TMUX_TIMEOUT_S):
+            return True
+        self._control_retry_at = mono + 1.0
+        if self._session_seen and not self._control_warned:
+            self._control_warned = True
+            log.warning("cannot open a tmux control client (tmux -C) on server %r; running a tmux process "
+                        "per command instead", self.socket_name)
+        return False
 
     def _ensure_session(self) -> None:
         # Once seen, the session is assumed to live: asking tmux before every start costs a process

@@ -791,9 +791,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, interrupted)
     figs = new_figures(sizes)
     isolation: list[tuple[str, str, str]] = []
-    slurm = SlurmCluster(args.scheduler_parameters)
-    try:
-        with cpu_lock(args.lock):
+    # The lock covers the clean-up too: the next run makes the same devices, which this one removes.
+    with cpu_lock(args.lock):
+        slurm = SlurmCluster(args.scheduler_parameters)
+        try:
             say(f"starting munged, slurmctld and slurmd in {slurm.dir} ...")
             slurm.start()
             say(f"{slurm.version} up on node {slurm.host} with gpu:{GPUS}; {reps} repetition(s) of {', '.join(parts)}")
@@ -808,9 +809,9 @@ def main() -> None:
                     on_slurm = slurm_isolation(slurm, other)
                     on_herd = herd_isolation(other)
                 isolation = [(q, on_slurm[q], on_herd[q]) for q in on_slurm]
-    finally:
-        say("stopping Slurm and removing its files and devices ...")
-        slurm.stop(args.keep_logs)
+        finally:
+            say("stopping Slurm and removing its files and devices ...")
+            slurm.stop(args.keep_logs)
     command = "python bench/vs_slurm.py" + (" --quick" if args.quick else "") + (
         f" --reps {args.reps}" if args.reps else "") + (
         f" --scheduler-parameters '{args.scheduler_parameters}'" if args.scheduler_parameters != RESPONSIVE else "")

@@ -119,9 +119,13 @@ class MultifactorPolicy:
         return heap
 
     def order(self, snapshot: Snapshot) -> list[Job]:
+        return list(self.walk(snapshot))
+
+    def walk(self, snapshot: Snapshot) -> Iterator[Job]:
+        """``order``, merged only as far as it is read (a page of the queue reads its first jobs)."""
         jobs = snapshot.jobs_by_id
         merged = heapq.merge(*(chain([first], rest) for first, _, rest in self._streams(snapshot, None)))
-        return [jobs[job_id] for _, job_id in merged]
+        return (jobs[job_id] for _, job_id in merged)
 
     def position(self, snapshot: Snapshot, job: Job) -> int:
         """A waiting job's place in ``order`` (1 = first), counted in each sorted group by a search: the

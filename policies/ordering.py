@@ -81,9 +81,13 @@ class OrderedPolicy:
         return (Ordering(self.key, by_gpus),)
 
     def order(self, snapshot: Snapshot) -> list[Job]:
+        return list(self.walk(snapshot))
+
+    def walk(self, snapshot: Snapshot) -> Iterator[Job]:
+        """``order``, merged only as far as it is read (a page of the queue reads its first jobs)."""
         jobs = snapshot.jobs_by_id
         groups = snapshot.queued_groups(Ordering(self.key, by_gpus)).values()
-        return [jobs[job_id] for _, job_id in heapq.merge(*groups)]  # already sorted: merge, never sort
+        return (jobs[job_id] for _, job_id in heapq.merge(*groups))  # already sorted: merge, never sort
 
     def position(self, snapshot: Snapshot, job: Job) -> int:
         """A waiting job's place in ``order`` (1 = first), counted in each sorted group by a search."""
@@ -108,7 +112,11 @@ class FairSharePolicy:
 
     def order(self, snapshot: Snapshot) -> list[Job]:
         """As ``decide`` would offer them if every job started."""
-        return list(self._turns(snapshot, started=lambda job: True))
+        return list(self.walk(snapshot))
+
+    def walk(self, snapshot: Snapshot) -> Iterator[Job]:
+        """``order``, worked out only as far as it is read."""
+        return self._turns(snapshot, started=lambda job: True)
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         """The same turns as ``order``, but reading each user's jobs by size, so that sizes which no

@@ -250,6 +250,7 @@ class JobIndex:
         self._preemption: set[int] = set()  # holding jobs that are preemptible or being preempted
         self._preemption_ids: tuple[int, ...] = ()  # the same, sorted, as views hold it
         self._queued = 0
+        self._queued_gpus = 0
         self._orders: dict[Ordering, dict[Hashable, SortedRuns]] = {BY_ID: {}}
         self._explained: set[int] = set()  # waiting jobs whose reason is their own (see ``explained``)
         self._timed: set[int] = set()  # running jobs with a time limit
@@ -267,6 +268,22 @@ class JobIndex:
     @property
     def queued_count(self) -> int:
         return self._queued
+
+    @property
+    def queued_gpus(self) -> int:
+        """GPUs the waiting jobs ask for, all together."""
+        return self._queued_gpus
+
+    def holding_gpus(self) -> int:
+        """GPUs the scheduled and running jobs hold, all together."""
+        with self._lock:
+            return sum(self._user_gpus.values())
+
+    def oldest_queued(self) -> Job | None:
+        """The waiting job with the lowest id: the one waiting longest, since ids follow submission."""
+        with self._lock:
+            first = next(iter(self._orders[BY_ID].get(None, ())), None)
+            return None if first is None else self._table.get(first[1])
 
     def explained_ids(self) -> set[int]:
         with self._lock:
@@ -332,6 +349,7 @@ class JobIndex:
             was_queued = old is not None and old.status == JobStatus.QUEUED
             is_queued = job.status == JobStatus.QUEUED
             self._queued += is_queued - was_queued
+            self._queued_gpus += (job.gpu_count if is_queued else 0) - (old.gpu_count if was_queued else 0)
             for ordering, groups in self._orders.items() if was_queued or is_queued else ():
                 before = (ordering.group_of(old), ordering.entry(old)) if was_queued else None
                 after = (ordering.group_of(job), ordering.entry(job)) if is_queued else None

@@ -163,13 +163,13 @@ class JobQueue:
         return DecayedUsage(self.store.get_usage(), now, self.usage_half_life_s)
 
     def stats(self, now: float) -> QueueStats:
-        active = self.active()
-        queued = [j for j in active if j.status == JobStatus.QUEUED]
+        """From totals kept on every change (the index's, the store's counts): no walk of the queue."""
+        oldest = self.index.oldest_queued()
         return QueueStats(
             counts={s.value: n for s, n in self.store.count_by_status().items()},
-            queued_gpus=sum(j.gpu_count for j in queued),
-            running_gpus=sum(j.gpu_count for j in active if j.status in HOLDS_GPUS),
-            oldest_wait_s=max((now - j.submit_time for j in queued), default=None),
+            queued_gpus=self.index.queued_gpus,
+            running_gpus=self.index.holding_gpus(),
+            oldest_wait_s=None if oldest is None else now - oldest.submit_time,
             max_queued=self.max_queued,
         )
 

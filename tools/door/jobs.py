@@ -12,7 +12,8 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Mapping
+from itertools import islice
+from typing import Annotated, Iterator, Mapping
 
 from pydantic import BaseModel, Field
 
@@ -127,30 +128,48 @@ class QueueGone(LookupError):
 
 
 def list_queue(ctx: ToolContext, args: ListQueue) -> QueueView:
-    plan = outlook(ctx)
-    stats = ctx.core.queue.stats(plan.snapshot.now)
-    entries = [QueueEntry(position=None, job=ctx.shown(j)) for j in plan.snapshot.holding]
-    entries += [QueueEntry(position=i, job=ctx.shown(j), estimated_start=plan.starts.get(j.id))
-                for i, j in enumerate(plan.order, start=1)]
+    return page_of_queue(ctx, args, limit=None)
+
+
+def page_of_queue(ctx: ToolContext, args: ListQueue, *, limit: int | None = QUEUE_PAGE,
+                  cursor: int | None = None) -> QueueView:
+    """The running jobs, then the waiting ones in the policy's order, a page at a time: the ``limit`` jobs
+    (all if None) after job ``cursor`` (the last one of the page before; from the start if None).
+
+    Read from the queue's index (kept up to date by every change) without the scheduler's lock, and only
+    as far as the page reaches: the policy's order is merged lazily from its sorted groups, only the jobs
+    up to the page's end are planned (a plan takes them in order, so a prefix is planned as the whole
+    would be), and the stats are totals kept on every change. A first page costs the same however long
+    the queue."""
+    snapshot, policy, planned, enabled = _now(ctx)
     user = _me(ctx) if args.mine else args.user
-    if user is not None:
-        entries = [e for e in entries if e.job.user == user]
-    return QueueView(policy=plan.policy, jobs=entries, stats=stats)
+    order = _walk(snapshot, policy)
+    prefix: list[Job] = []  # the waiting jobs walked, whoever's: what the plan needs
 
+    def everyone():
+        for job in snapshot.holding:
+            yield None, job
+        for place, job in enumerate(order, start=1):
+            prefix.append(job)
+            yield place, job
 
-def page_of_queue(ctx: ToolContext, args: ListQueue, *, limit: int = QUEUE_PAGE, cursor: int | None = None) -> QueueView:
-    """``list_queue`` a page at a time, in the same order: the ``limit`` jobs after job ``cursor`` (the
-    last one of the page before; from the start if None). The plan covers the whole queue either way;
-    a page bounds only what is sent."""
-    view = list_queue(ctx, args)
-    start = 0
+    chosen = ((place, job) for place, job in everyone() if user is None or job.user == user)
     if cursor is not None:
-        start = next((i for i, e in enumerate(view.jobs, start=1) if e.job.id == cursor), 0)
-        if not start:
+        if next((True for _, job in chosen if job.id == cursor), None) is None:
             raise QueueGone(f"cursor: job {cursor} is no longer in the queue; list it again from the start")
-    page = view.jobs[start:start + limit]
-    more = start + limit < len(view.jobs)
-    return view.model_copy(update={"jobs": page, "next": page[-1].job.id if more and page else None})
+    page = []
+    for found in chosen:
+        if limit is not None and len(page) == limit:
+            more = True
+            break
+        page.append(found)
+    else:
+        more = False
+    starts = {**planned, **estimate_starts(snapshot, prefix)} if enabled else {}
+    entries = [QueueEntry(position=place, job=ctx.shown(job),
+                          estimated_start=None if place is None else starts.get(job.id)) for place, job in page]
+    return QueueView(policy=policy.name, jobs=entries, stats=ctx.core.queue.stats(snapshot.now),
+                     next=entries[-1].job.id if more and entries else None)
 
 
 class GetJob(Args):
@@ -173,9 +192,13 @@ def get_job(ctx: ToolContext, args: GetJob) -> JobDetail:
     usage = ctx.core.store.job_usage([job.id]).get(job.id)
     if job.status != JobStatus.QUEUED:
         return ctx.shown(JobDetail(**job.model_dump(), node=node, gpu_usage=usage))
-    plan = outlook(ctx)
-    return ctx.shown(JobDetail(**job.model_dump(), position=plan.position(job.id), estimated_start=plan.starts.get(job.id),
-                               node=node, gpu_usage=usage))
+    snapshot, policy, planned, enabled = _now(ctx)
+    position = _position(snapshot, policy, job.id)
+    start = None
+    if enabled and position is not None:  # planned as the queue's page plans it: the jobs before it, then it
+        start = estimate_starts(snapshot, islice(_walk(snapshot, policy), position)).get(job.id, planned.get(job.id))
+    return ctx.shown(JobDetail(**job.model_dump(), position=position, estimated_start=start, node=node,
+                               gpu_usage=usage))
 
 
 JOBS_PAGE = 100  # jobs in a page of the history, unless asked otherwise
@@ -411,6 +434,10 @@ def queue_position(ctx: ToolContext, job_id: int) -> int | None:
     """A waiting job's place in the policy's order (None for any other job): counted by the policy in its
     sorted groups where it can (``position``), without ordering the queue."""
     snapshot, policy, _, _ = _now(ctx)
+    return _position(snapshot, policy, job_id)
+
+
+def _position(snapshot: Snapshot, policy: Policy, job_id: int) -> int | None:
     job = snapshot.jobs_by_id.get(job_id)
     if job is None or job.status != JobStatus.QUEUED:
         return None
@@ -418,6 +445,12 @@ def queue_position(ctx: ToolContext, job_id: int) -> int | None:
     if position is not None:
         return position(snapshot, job)
     return next((i for i, j in enumerate(policy.order(snapshot), start=1) if j.id == job_id), None)
+
+
+def _walk(snapshot: Snapshot, policy: Policy) -> Iterator[Job]:
+    """The policy's order, worked out only as far as it is read where the policy can (``walk``)."""
+    walk = getattr(policy, "walk", None)
+    return walk(snapshot) if walk is not None else iter(policy.order(snapshot))
 
 
 class CancelJob(Args):

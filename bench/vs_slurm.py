@@ -550,7 +550,8 @@ def slurm_isolation(slurm: SlurmCluster, other: str) -> dict[str, str]:
                             "`scontrol show job`, `scontrol write batch_script`, the script's file)",
         "reads its output through the scheduler": "no such command (output is a file)",
         "reads its log file": bold_yes(read_as(other, out)) + " (`cat` the `--output` file, mode as the job's umask made it)",
-        "cancels it": ("no" if still else "**yes**") + f" (`scancel`: {(cancel.stderr.strip() or 'exit 0')[:90]})",
+        "cancels it": ("no" if still else "**yes**")
+                      + f" (`scancel`: {cancel.stderr.strip().split(': ')[-1] if cancel.stderr.strip() else 'exit 0'})",
     }
     slurm.cancel_all()
     return answers
@@ -583,8 +584,8 @@ def herd_isolation(other: str) -> dict[str, str]:
                                 + f" (`GET /jobs/{{id}}`: {seen_status}, the command blank)",
             "reads its output through the scheduler": ("yes" if log_status == 200 else "no") + f" (`GET /jobs/{{id}}/logs`: {log_status})",
             "reads its log file": f"{bold_yes(read_as(other, log_file))} (`cat` the job's `log_path`)",
-            "cancels it": ("no" if still else "**yes**") + f" (`DELETE /queue/{{id}}`: {cancel_status} "
-                          f"{(cancel or {}).get('detail', '')[:60]})",
+            "cancels it": ("no" if still else "**yes**") + f" (`DELETE /queue/{{id}}`: {cancel_status}, "
+                          f"\"{(cancel or {}).get('detail', '').split('; ')[-1].replace(other, 'B')}\")",
         }
         curl_socket(sock, "DELETE", f"/queue/{job_id}")
         return answers

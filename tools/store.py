@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # Told of a submission's jobs once they are stored (the queue's index and batches, kept in step).
 Stored = Callable[[list[Job]], None]
+# Ended jobs read at once by ``ended_since``: a report's memory does not grow with the history.
+ENDED_PAGE = 1000
 # Submissions written in one transaction at most: bounds a batch's time under the store's lock.
 MAX_BATCH = 512
 
@@ -118,8 +120,9 @@ class Store(Protocol):
         """At most ``limit`` jobs with ids below ``before`` (all if None), newest first; the cost does not
         grow with the history. ``name``, ``array_id``, ``end_reason``: only such jobs."""
         ...
-    def ended_since(self, since: float) -> list[Job]:
-        """Every job that ended at or after ``since`` (accounting), oldest id first."""
+    def ended_since(self, since: float) -> Iterator[Job]:
+        """Every job that ended at or after ``since`` (accounting), oldest id first, read a page at a time:
+        a report over a long history never holds it all."""
         ...
     def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
         """(fingerprint, job id) of the submission made with this idempotency key, if any."""
@@ -614,9 +617,18 @@ class SqliteStore:
             rows = self._read(" UNION ALL ".join(parts) + " ORDER BY 1 DESC LIMIT ?", [*bound, limit])
         return [_job(data) for _, data in rows]
 
-    def ended_since(self, since: float) -> list[Job]:
-        rows = self._read("SELECT data FROM jobs WHERE json_extract(data, '$.end_time') >= ? ORDER BY id", (since,))
-        return [job for job in (_job(data) for (data,) in rows) if job.status not in ACTIVE]
+    def ended_since(self, since: float) -> Iterator[Job]:
+        after = 0
+        while True:
+            rows = self._read("SELECT id, data FROM jobs WHERE json_extract(data, '$.end_time') >= ? AND id > ? "
+                              "ORDER BY id LIMIT ?", (since, after, ENDED_PAGE))
+            for _, data in rows:
+                job = _job(data)
+                if job.status not in ACTIVE:
+                    yield job
+            if len(rows) < ENDED_PAGE:
+                return
+            after = rows[-1][0]
 
     def active_jobs(self) -> list[Job]:
         return list(self._active.values())  # id order: jobs are added in id order and never come back
@@ -954,9 +966,9 @@ class MemoryStore:
                     break
         return found
 
-    def ended_since(self, since: float) -> list[Job]:
-        return [j for j in self._jobs.values() if j.status not in ACTIVE and j.end_time is not None
-                and j.end_time >= since]
+    def ended_since(self, since: float) -> Iterator[Job]:
+        return iter([j for j in self._jobs.values() if j.status not in ACTIVE and j.end_time is not None
+                     and j.end_time >= since])
 
     def find_submission(self, scope: str, key: str) -> tuple[str, int] | None:
         return self._submissions.get((scope, key))

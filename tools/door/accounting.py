@@ -6,6 +6,7 @@ run, every attempt counted) and the jobs running now (their use so far), grouped
 
 from __future__ import annotations
 
+from itertools import chain, islice
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -113,16 +114,17 @@ def usage_report(ctx: ToolContext, args: Report) -> UsageReport:
     rules = ctx.orchestrator.rules
     tallies: dict[str, _Tally] = {}
     total = _Tally("total")
-    jobs = [*ctx.core.store.ended_since(since), *ctx.core.queue.active()]
-    usage = ctx.core.store.job_usage(j.id for j in jobs)
-    for job in jobs:
-        if args.by == "user":
-            key = job.user
-        elif args.by == "group":
-            key = rules.group_of(job.user) or NONE
-        else:
-            key = job.allocation.node if job.allocation is not None else NONE
-        tallies.setdefault(key, _Tally(key)).add(job, now, usage.get(job.id))
-        total.add(job, now, usage.get(job.id))
+    jobs = chain(ctx.core.store.ended_since(since), ctx.core.queue.active())
+    while chunk := list(islice(jobs, 1000)):  # a chunk at a time: a long history is never all in memory
+        usage = ctx.core.store.job_usage(j.id for j in chunk)
+        for job in chunk:
+            if args.by == "user":
+                key = job.user
+            elif args.by == "group":
+                key = rules.group_of(job.user) or NONE
+            else:
+                key = job.allocation.node if job.allocation is not None else NONE
+            tallies.setdefault(key, _Tally(key)).add(job, now, usage.get(job.id))
+            total.add(job, now, usage.get(job.id))
     rows = sorted((t.row() for t in tallies.values()), key=lambda r: (-r.gpu_hours, r.key))
     return UsageReport(since=since, until=now, by=args.by, rows=rows, total=total.row())

@@ -74,8 +74,8 @@ DEVICE_PREFIX = "/dev/herdbench-gpu"
 # -- pure helpers (tested in tests/test_vs_slurm.py) -------------------------------------------------
 @dataclass
 class Figure:
-    """One measure's values per repetition on both systems; ``unit`` says how to read them and whether
-    less is better (latencies) or more (throughput)."""
+    """One measure's values per repetition on both systems, in ``unit``; less is better (latencies)
+    unless ``higher_is_better`` (throughput)."""
     name: str
     unit: str
     herd: list[float] = field(default_factory=list)
@@ -121,7 +121,7 @@ def markdown_table(figures: list[Figure], slurm_label: str) -> str:
 
 
 def isolation_table(answers: list[tuple[str, str, str]], slurm_label: str) -> str:
-    rows = [f"| user B, about user A's running job | {slurm_label} | gpuherd |", "|---|---|---|"]
+    rows = [f"| a second user B, about root's running job | {slurm_label} | gpuherd |", "|---|---|---|"]
     rows += [f"| {question} | {slurm} | {herd} |" for question, slurm, herd in answers]
     return "\n".join(rows)
 

@@ -64,6 +64,7 @@ def test_markdown_tables(vs):
     assert table[2] == "| turnover, ms (8 GPUs) | 45 [40-50] | 850 [800-900] | 18.9x |"
     assert table[3] == "| cancel, ms | 30.0 | - | - |"
     isolation = vs.isolation_table([("cancels it", "no", "no (403)")], "Slurm").splitlines()
+    assert isolation[0] == "| a second user B, about root's running job | Slurm | gpuherd |"
     assert isolation[2] == "| cancels it | no | no (403) |"
 
 

@@ -1,6 +1,6 @@
 """Benchmark of the service over HTTP: submission latency and throughput, submit-to-start, turnover.
 
-    .venv/bin/python bench/bench_service.py [--quick] [--markdown docs/benchmarks-run.md]
+    .venv/bin/python bench/bench_service.py [--quick] [--parts ...] [--compare TREE] [--repeat N] [--json FILE]
 
 Each part starts its own ``herd serve`` (the installed console script) on a fresh work directory with 8
 declared GPUs and a private tmux socket, and kills it and its tmux server afterwards.
@@ -15,6 +15,14 @@ declared GPUs and a private tmux socket, and kills it and its tmux server afterw
    ``POST /orchestrator/start``, and the time until the last one has ended. The ideal is 25 rounds of
    ``true`` (each GPU runs 25 jobs back to back); the overhead per job is what each round costs beyond
    that, i.e. (total - ideal) / 25.
+
+4. Stop: a job that ignores SIGTERM is cancelled, and another reaches its time limit (1 s), with a
+   grace of 1 s (``HERD_GRACE_S``); the figure is the time from the request (or the limit) to the end
+   the server records, minus the grace.
+
+``--compare TREE`` runs each part on another checkout too (``git worktree add TREE <commit>``), right
+after this tree's; ``--repeat N`` takes N turns; a table of medians and ratios (this tree / TREE) ends
+the run.
 
 The client is a minimal asyncio HTTP/1.1 client, so that the benchmark measures the server, not httpx.
 """
@@ -45,18 +53,28 @@ from tests.helpers import free_port, herd_command  # noqa: E402  (shared with th
 
 # -- a server for one part of the benchmark ----------------------------------------------------------
 class Server:
-    def __init__(self, *args: str) -> None:
+    """``herd serve`` of this tree, or, with ``tree``, of another checkout of gpuherd (``git worktree
+    add``): its own code, run as ``python -m agent.cli`` with that tree first on the path."""
+
+    tree: Path | None = None  # set by --compare for the other side's servers
+
+    def __init__(self, *args: str, env_extra: dict[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="herd-bench-"))
         self.socket = f"herd-bench-{uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HERD_", "RESEARCH_AGENT_"))}
         env["HERD_TMUX_SOCKET"] = self.socket
+        env.update(env_extra or {})
+        command, cwd = herd_command(), None
+        if self.tree is not None:
+            command, cwd = [sys.executable, "-m", "agent.cli"], str(self.tree)
+            env["PYTHONPATH"] = str(self.tree)
         self.log = (self.dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
-            [*herd_command(), "serve", "--single-user", "--port", str(self.port), "--workdir", str(self.dir / "herd"),
+            [*command, "serve", "--single-user", "--port", str(self.port), "--workdir", str(self.dir / "herd"),
              "--gpus", "8", *args],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd,
         )
         self.http = httpx.Client(base_url=self.url, timeout=30)
         deadline = time.monotonic() + 30
@@ -233,10 +251,48 @@ def bench_turnover(jobs: int, gpus: int = 8) -> dict:
     return result
 
 
+STOP_GRACE_S = 1.0
+# A job that ignores SIGTERM (it and its sleep), so that every stop takes the whole grace and a SIGKILL.
+STUBBORN = "trap '' TERM; echo ready; sleep 300"
+
+
+def bench_stop(runs: int) -> dict:
+    """How long past its grace a stop takes, for a job that ignores SIGTERM: a cancel (from the request)
+    and a time limit (from the limit), each to the end the server records, minus the grace."""
+    late: dict[str, list[float]] = {"cancel": [], "time limit": []}
+    with Server(env_extra={"HERD_GRACE_S": str(STOP_GRACE_S)}) as server:
+        for _ in range(runs):
+            job_id = server.http.post("/queue/submit", json={
+                "user": "bench", "command": STUBBORN, "gpu_count": 1, "cwd": "/tmp"}).json()["job_id"]
+            while "ready" not in server.http.get(f"/jobs/{job_id}/logs").json()["text"]:
+                time.sleep(0.01)
+            asked = time.time()
+            server.http.delete(f"/queue/{job_id}")
+            while (job := server.http.get(f"/jobs/{job_id}").json())["status"] != "cancelled":
+                time.sleep(0.01)
+            late["cancel"].append((job["end_time"] - asked - STOP_GRACE_S) * 1000)
+
+            job_id = server.http.post("/queue/submit", json={
+                "user": "bench", "command": STUBBORN, "gpu_count": 1, "cwd": "/tmp", "time_limit_s": 1}).json()["job_id"]
+            while (job := server.http.get(f"/jobs/{job_id}").json())["status"] not in ("failed", "completed"):
+                time.sleep(0.01)
+            late["time limit"].append((job["end_time"] - job["start_time"] - 1 - STOP_GRACE_S) * 1000)
+    result = {}
+    for what, values in late.items():
+        result[what] = {"p50": statistics.median(values), "max": max(values), "runs": len(values)}
+        print(f"stop ({what}) of a SIGTERM-ignoring job, past its {STOP_GRACE_S:g} s grace: "
+              f"p50 {statistics.median(values):6.1f} ms  max {max(values):6.1f} ms  ({len(values)} runs)", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    parser.add_argument("--parts", default="submit,paced,start,turnover", help="which parts, comma-separated")
+    parser.add_argument("--parts", default="submit,paced,start,turnover,stop", help="which parts, comma-separated")
+    parser.add_argument("--compare", type=Path, metavar="TREE",
+                        help="another checkout of gpuherd (git worktree add TREE <commit>): each part runs on it "
+                        "too, right after this tree's, and both are reported")
+    parser.add_argument("--repeat", type=int, default=1, help="run the parts this many times (taking turns with --compare)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
@@ -245,6 +301,23 @@ def main() -> None:
     scale = 0.1 if args.quick else 1.0
     print(f"gpuherd service benchmark on {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}",
           flush=True)
+    sides: list[tuple[str, Path | None]] = [("this tree", None)]
+    if args.compare is not None:
+        sides.append((f"{args.compare}", args.compare.resolve()))
+    runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
+    for repeat in range(args.repeat):
+        for name, tree in sides:  # taking turns, so that the machine's load falls on both alike
+            print(f"-- run {repeat + 1} of {args.repeat}: {name}", flush=True)
+            Server.tree = tree
+            runs[name].append(run_parts(parts, scale))
+    Server.tree = None
+    if len(sides) > 1 or args.repeat > 1:
+        summarize(runs)
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+
+
+def run_parts(parts: set[str], scale: float) -> dict:
     figures: dict[str, object] = {}
     if "submit" in parts:
         levels = [(1, int(500 * scale)), (10, int(100 * scale)), (50, int(40 * scale))]
@@ -256,8 +329,47 @@ def main() -> None:
         figures["submit_to_start_ms"] = {"p50": statistics.median(delays), "p90": percentile(delays, 90), "max": max(delays)}
     if "turnover" in parts:
         figures["turnover"] = bench_turnover(200)
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+    if "stop" in parts:
+        figures["stop"] = bench_stop(int(6 * scale) or 2)
+    return figures
+
+
+# The figures the summary compares: (label, path into a run's figures).
+SUMMARY = (
+    ("submit-to-start p50, ms", ("submit_to_start_ms", "p50")),
+    ("turnover, s", ("turnover", "total_s")),
+    ("turnover overhead per job per GPU, ms", ("turnover", "overhead_per_job_ms")),
+    ("cancel past grace p50, ms", ("stop", "cancel", "p50")),
+    ("cancel past grace max, ms", ("stop", "cancel", "max")),
+    ("time limit past grace p50, ms", ("stop", "time limit", "p50")),
+    ("time limit past grace max, ms", ("stop", "time limit", "max")),
+)
+
+
+def summarize(runs: dict[str, list[dict]]) -> None:
+    """Each figure's median over the runs (with its range), per side, and this tree's over the other's."""
+    names = list(runs)
+    print("\n| figure | " + " | ".join(f"{n}: median [range]" for n in names) + (" | ratio |" if len(names) > 1 else " |"))
+    print("|---|" + "---|" * len(names) + ("---|" if len(names) > 1 else ""))
+    for label, path in SUMMARY:
+        medians, cells = [], []
+        for name in names:
+            values = [v for v in (_dig(run, path) for run in runs[name]) if v is not None]
+            if not values:
+                break
+            medians.append(statistics.median(values))
+            cells.append(f"{medians[-1]:.1f} [{min(values):.1f}-{max(values):.1f}]")
+        else:
+            ratio = f" {medians[0] / medians[1]:.2f} |" if len(names) > 1 and medians[1] else ""
+            print(f"| {label} | " + " | ".join(cells) + " |" + ratio)
+
+
+def _dig(figures: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(figures, dict) or key not in figures:
+            return None
+        figures = figures[key]
+    return figures
 
 
 if __name__ == "__main__":

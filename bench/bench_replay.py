@@ -63,7 +63,8 @@ def run_one(tree: Path, trace: Path, policy: str, max_jobs: int | None) -> dict:
 
 
 def commit_of(tree: Path) -> str:
-    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False)
     return done.stdout.strip()  # empty for a tree outside git (an exported copy)
 
 

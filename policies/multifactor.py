@@ -56,7 +56,9 @@ def fair_share_factors(snapshot: Snapshot, users) -> dict[str, float]:
     1 for no recent use, 1/2 at exactly a fair share, 1/4 at twice it. A user without a group counts
     as a group of one."""
     everyone = set(users) | set(snapshot.usage) | snapshot.in_use[0].keys()  # holders, from the index's totals
-    usage = {u: snapshot.usage_now(u) for u in everyone}
+    # ``snapshot.usage_now`` for each, with its two maps read once rather than once per user
+    past, running = snapshot.usage, snapshot.running_usage
+    usage = {u: past.get(u, 0.0) + running.get(u, 0.0) for u in everyone}
     total = sum(usage.values())
     if total <= 0:
         return dict.fromkeys(everyone, 1.0)

@@ -233,15 +233,17 @@ class Snapshot:
 
     def usage_now(self, user: str) -> float:
         """GPU-seconds of ``user``: decayed finished attempts plus what running jobs used so far."""
-        return self.usage.get(user, 0.0) + self._running_usage.get(user, 0.0)
+        return self.usage.get(user, 0.0) + self.running_usage.get(user, 0.0)
 
     @once
-    def _running_usage(self) -> Mapping[str, float]:
+    def running_usage(self) -> Mapping[str, float]:
+        """Per user, GPU-seconds its jobs holding GPUs have used so far."""
         used: dict[str, float] = {}
         now, get = self.now, used.get  # read once per pass over every running job
         for j in self.holding:
-            if j.start_time is not None:
-                used[j.user] = get(j.user, 0.0) + j.gpu_count * max(0.0, now - j.start_time)
+            start = j.start_time
+            if start is not None:  # ``gpu_count * max(0.0, now - start)``, without a call per job
+                used[j.user] = get(j.user, 0.0) + (j.gpu_count * (now - start) if now > start else 0.0)
         return used
 
 

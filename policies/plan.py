@@ -15,7 +15,10 @@ time or dependencies leaves the gap before it open to others.
 
 from __future__ import annotations
 
+import heapq
+import threading
 from dataclasses import dataclass
+from itertools import count
 from typing import Iterable, Mapping
 
 from tools.models import Job, JobStatus, PendingReason, Reservation
@@ -59,38 +62,7 @@ class Timeline:
         for r in snapshot.reservations:
             if r.end > now:
                 self._blocks.setdefault(r.node, []).append(Block(frozenset(r.gpus), r.start, r.end, r))
-        free_at: dict[str, dict[int, float]] = {name: dict.fromkeys(usable, now) for name, usable in layout.usable.items()}
-        expected_end, default_runtime, unknown = rules.expected_end, rules.default_runtime_s, {}
-        for job in snapshot.holding:  # the hot loop of a plan: no pairs built, one lookup per node
-            a = job.allocation
-            if a is None:
-                continue
-            # ``rules.expected_end`` written out for the usual case, a running job within its expected
-            # run time (start + time limit, else estimate, else the default): the same sum, without
-            # three calls per running job per plan. Anything else asks the rules.
-            start = job.start_time
-            if start is not None and job.stop_reason is None:
-                runtime = job.time_limit_s
-                if runtime is None:
-                    runtime = job.est_duration_s
-                    if runtime is None:
-                        runtime = default_runtime
-                end = start + runtime
-                if end <= now:
-                    end = expected_end(job, now)
-            else:
-                end = expected_end(job, now)
-            if a.more:
-                for node, gpus in ((a.node, a.gpus), *a.more):
-                    at = free_at.get(node, unknown)
-                    for gpu in gpus:
-                        if gpu in at:
-                            at[gpu] = end
-            else:
-                at = free_at.get(a.node, unknown)
-                for gpu in a.gpus:
-                    if gpu in at:
-                        at[gpu] = end
+        free_at = _running_ends(snapshot)
         for job, gpus in started:
             end = now + rules.runtime(job)
             for node, gpu in gpus:
@@ -191,6 +163,174 @@ class Timeline:
             self._blocks.setdefault(node, []).append(Block(frozenset(gpus), slot.start, slot.end, None))
         for node in {node for node, _ in slot.gpus}:
             self._times[node] = sorted(self._free_at[node].values())
+
+
+def _running_ends(snapshot: Snapshot) -> dict[str, dict[int, float]]:
+    """Per node, when each usable GPU is expected to come free: now, or the expected end of the job
+    holding it. From the running jobs kept since the last plan of the same queue where there is one."""
+    carried = snapshot.carried
+    if carried is not None:
+        kept = carried.get(_RunningEnds)
+        if not (isinstance(kept, _RunningEnds) and kept.fits(snapshot)):
+            kept = carried[_RunningEnds] = _RunningEnds(snapshot)
+        ends = kept.ends(snapshot)
+        if ends is not None:
+            return ends
+    return _count_ends(snapshot)
+
+
+def _count_ends(snapshot: Snapshot) -> dict[str, dict[int, float]]:
+    """``_running_ends`` read from every running job."""
+    now, rules = snapshot.now, snapshot.rules
+    free_at = {name: dict.fromkeys(usable, now) for name, usable in snapshot.layout.usable.items()}
+    expected_end, default_runtime, unknown = rules.expected_end, rules.default_runtime_s, {}
+    for job in snapshot.holding:  # the hot loop of a plan: no pairs built, one lookup per node
+        a = job.allocation
+        if a is None:
+            continue
+        # ``rules.expected_end`` written out for the usual case, a running job within its expected
+        # run time (start + time limit, else estimate, else the default): the same sum, without
+        # three calls per running job per plan. Anything else asks the rules.
+        start = job.start_time
+        if start is not None and job.stop_reason is None:
+            runtime = job.time_limit_s
+            if runtime is None:
+                runtime = job.est_duration_s
+                if runtime is None:
+                    runtime = default_runtime
+            end = start + runtime
+            if end <= now:
+                end = expected_end(job, now)
+        else:
+            end = expected_end(job, now)
+        if a.more:
+            for node, gpus in ((a.node, a.gpus), *a.more):
+                at = free_at.get(node, unknown)
+                for gpu in gpus:
+                    if gpu in at:
+                        at[gpu] = end
+        else:
+            at = free_at.get(a.node, unknown)
+            for gpu in a.gpus:
+                if gpu in at:
+                    at[gpu] = end
+    return free_at
+
+
+class _Overlap(Exception):
+    """Two running jobs hold the same GPU: the kept ends cannot say which one frees it."""
+
+
+class _RunningEnds:
+    """The expected ends of the running jobs, kept from one plan to the next (in the queue's
+    ``carried``), so that a plan reads only the jobs that started or ended since the last one, and
+    those whose end moves with the clock.
+
+    A running job within its expected run time ends at start + run time whatever the time ("fixed");
+    a job stopped, not started, or past that end is expected to end at a time that moves with now
+    ("moving", asked of the rules at each plan). A fixed job turns moving once now reaches its end
+    (a heap of ends). Jobs are known by ``id()``: the kept jobs are held, so no other job takes their
+    id while they are known. Time may only go forward, and the layout and the rules must be those it
+    was made for (``fits``); otherwise, and while another thread reads it, a plan counts afresh."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._lock = threading.Lock()
+        self._layout, self._rules = snapshot.layout, snapshot.rules
+        self._usable = snapshot.layout.usable_set
+        self._now = snapshot.now
+        self._jobs: dict[int, Job] = {}  # id() -> job, the running jobs of the last plan
+        self._placed: dict[int, tuple[int, float | None, tuple[tuple[str, int], ...]]] = {}  # id() -> (token, fixed end or None, usable GPUs)
+        self._owner: dict[tuple[str, int], int] = {}  # (node, GPU) -> id() of the job holding it
+        self._fixed: dict[str, dict[int, float]] = {}  # node -> GPU -> end, of fixed jobs
+        self._moving: dict[int, Job] = {}  # id() -> job whose end moves with now
+        self._due: list[tuple[float, int, int]] = []  # (fixed end, token, id()): when a fixed job turns moving
+        self._tokens = count()
+
+    def fits(self, snapshot: Snapshot) -> bool:
+        return snapshot.layout is self._layout and snapshot.rules is self._rules and snapshot.now >= self._now
+
+    def ends(self, snapshot: Snapshot) -> dict[str, dict[int, float]] | None:
+        """As ``_count_ends``; None if it cannot tell (the caller counts)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if snapshot.now < self._now:  # another plan went further meanwhile
+                return None
+            return self._ends(snapshot)
+        except _Overlap:
+            self._forget()
+            return None
+        finally:
+            self._lock.release()
+
+    def _ends(self, snapshot: Snapshot) -> dict[str, dict[int, float]]:
+        now = self._now = snapshot.now
+        holding = snapshot.holding
+        jobs = dict(zip(map(id, holding), holding))
+        known = self._jobs
+        for key in known.keys() - jobs.keys():
+            self._drop(key)
+        for key in jobs.keys() - known.keys():
+            self._add(key, jobs[key], now)
+        self._jobs = jobs
+        due, placed = self._due, self._placed
+        while due and due[0][0] <= now:
+            _, token, key = heapq.heappop(due)
+            kept = placed.get(key)
+            if kept is not None and kept[0] == token:  # still the same job, still fixed
+                for node, gpu in kept[2]:
+                    del self._fixed[node][gpu]
+                placed[key] = (token, None, kept[2])
+                self._moving[key] = jobs[key]
+        free_at = {name: dict.fromkeys(usable, now) for name, usable in self._layout.usable.items()}
+        for node, ends in self._fixed.items():
+            free_at[node].update(ends)
+        expected_end = self._rules.expected_end
+        for key, job in self._moving.items():
+            end = expected_end(job, now)
+            for node, gpu in placed[key][2]:
+                free_at[node][gpu] = end
+        return free_at
+
+    def _add(self, key: int, job: Job, now: float) -> None:
+        a = job.allocation
+        if a is None:
+            return
+        usable, owner = self._usable, self._owner
+        gpus = tuple((node, g) for node, held in ((a.node, a.gpus), *a.more) if node in usable
+                     for g in held if g in usable[node])
+        for ref in gpus:
+            if ref in owner:
+                raise _Overlap
+            owner[ref] = key
+        token, end = next(self._tokens), None
+        if job.start_time is not None and job.stop_reason is None:
+            end = job.start_time + self._rules.runtime(job)
+            if end <= now:
+                end = None
+        self._placed[key] = (token, end, gpus)
+        if end is None:
+            self._moving[key] = job
+        else:
+            for node, gpu in gpus:
+                self._fixed.setdefault(node, {})[gpu] = end
+            heapq.heappush(self._due, (end, token, key))
+
+    def _drop(self, key: int) -> None:
+        kept = self._placed.pop(key, None)
+        if kept is None:
+            return  # held no GPU
+        _, end, gpus = kept
+        for ref in gpus:
+            del self._owner[ref]
+        if end is None:
+            del self._moving[key]
+        else:
+            for node, gpu in gpus:
+                del self._fixed[node][gpu]
+
+    def _forget(self) -> None:
+        self._jobs, self._placed, self._owner, self._fixed, self._moving, self._due = {}, {}, {}, {}, {}, []
 
 
 def estimate_starts(snapshot: Snapshot, order: Iterable[Job], *, limit: int = 500) -> dict[int, float]:

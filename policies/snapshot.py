@@ -112,6 +112,12 @@ class Snapshot:
     def _index(self) -> ActiveJobs | None:
         return self.jobs if isinstance(self.jobs, ActiveJobs) else None
 
+    @property
+    def carried(self) -> dict | None:
+        """Where a reader may keep work from one snapshot to the next of the same queue (None for a
+        snapshot of a tuple of jobs); see ``ActiveJobs.carried``."""
+        return self._index.carried if self._index is not None else None
+
     @once
     def queued(self) -> tuple[Job, ...]:
         if self._index is not None:

@@ -189,6 +189,7 @@ class ActiveJobs(Sequence[Job]):
         user_gpus: Mapping[str, int] | None = None,
         array_tasks: Mapping[int, int] | None = None,
         preemption_ids: tuple[int, ...] = (),
+        carried: dict | None = None,
     ) -> None:
         self.version = version  # the index's version it was taken at: equal versions, equal views
         self._table = table
@@ -200,6 +201,9 @@ class ActiveJobs(Sequence[Job]):
         self._preemption_ids = preemption_ids  # holding jobs preemption reads (see ``preemption_relevant``)
         self.queued_count = queued_count
         self._orders = orders
+        # Work a reader keeps from one view to the next (the backfill timeline's running jobs), shared
+        # by every view of one index; each entry checks itself against the view it is used with.
+        self.carried = carried if carried is not None else {}
 
     @once
     def holding(self) -> tuple[Job, ...]:
@@ -257,6 +261,7 @@ class JobIndex:
         self._dependent: set[int] = set()  # waiting jobs that run after other jobs
         self._preempted_for: dict[int, int] = {}  # active job stopped to make room -> the job it was stopped for
         self._shared = False  # whether a view holds ``_held``, ``_user_gpus`` and ``_array_tasks``
+        self._carried: dict = {}  # handed to every view (``ActiveJobs.carried``)
         self.version = 0  # counts changes
         for job in jobs:
             self.put(job)
@@ -317,6 +322,7 @@ class JobIndex:
                 user_gpus=self._user_gpus,
                 array_tasks=self._array_tasks,
                 preemption_ids=self._preemption_ids,
+                carried=self._carried,
             )
 
     # -- changing ------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""The backfill timeline's running jobs, kept from one plan to the next of the same queue, give the
+same expected ends as reading every running job afresh: however jobs start, end, get stopped or run
+past their estimates, however time moves, and with a GPU held by two jobs."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.plan import Timeline
+from policies.snapshot import Snapshot
+from tools.index import JobIndex
+from tools.models import JobStatus, StopReason
+
+from tests.builders import job, node
+
+NODES = (node("n1", 6), node("n2", 6, drained=(1,)), node("n3", 6))
+STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.COMPLETED)
+step = st.tuples(
+    st.integers(1, 6),  # job id
+    st.sampled_from(STATES),
+    st.sampled_from((None, 5.0, 40.0)),  # estimate
+    st.sampled_from((None, 30.0)),  # time limit
+    st.booleans(),  # being stopped
+    st.integers(-5, 30),  # time passed before the plan (back in time now and then)
+)
+
+
+def version(job_id, status, est, limit, stopping, now):
+    holds = status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+    # Job i holds two GPUs of its own, so that no two jobs claim the same GPU.
+    on = (f"n{job_id % 3 + 1}", (2 * (job_id // 3), 2 * (job_id // 3) + 1)) if holds else None
+    return job(job_id, gpus=2, status=status, est=est, on=on, time_limit_s=limit,
+               start=now if status == JobStatus.RUNNING else None, submit=0.0,
+               stop_reason=StopReason.PREEMPT if holds and stopping else None)
+
+
+def ends(timeline: Timeline) -> list:
+    return [(name, list(at.items())) for name, at in timeline._free_at.items()]
+
+
+def plan_both(index: JobIndex, now: float, layout) -> None:
+    view = index.view()
+    kept = Snapshot(now=now, nodes=NODES, jobs=view, multi_node=True, known_layout=layout)
+    fresh = Snapshot(now=now, nodes=NODES, jobs=tuple(view), multi_node=True, known_layout=layout)
+    assert ends(Timeline(kept)) == ends(Timeline(fresh))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(step, max_size=40))
+def test_kept_ends_match_a_fresh_count_at_every_plan(steps):
+    index, now = JobIndex(), 100.0
+    layout = Snapshot(now=now, nodes=NODES, jobs=()).layout
+    for job_id, status, est, limit, stopping, passed in steps:
+        now += passed
+        index.put(version(job_id, status, est, limit, stopping, now))
+        plan_both(index, now, layout)
+
+
+def test_a_gpu_held_by_two_jobs_is_counted_afresh_as_before():
+    index, now = JobIndex(), 100.0
+    layout = Snapshot(now=now, nodes=NODES, jobs=()).layout
+    index.put(job(1, gpus=2, status=JobStatus.RUNNING, est=50.0, on=("n1", (0, 1)), start=90.0))
+    plan_both(index, now, layout)
+    index.put(job(2, gpus=1, status=JobStatus.RUNNING, est=10.0, on=("n1", (1,)), start=95.0))
+    plan_both(index, now + 1, layout)
+    index.put(job(2, gpus=1, status=JobStatus.COMPLETED, est=10.0, start=95.0))
+    plan_both(index, now + 2, layout)

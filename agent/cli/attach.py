@@ -24,9 +24,10 @@ import time
 import click
 
 from agent.cli.client import Client, CliError, resolve, server_command
-from agent.cli.jobs import TERMINAL, build_request, send, show_log, submit_options
+from agent.cli.jobs import TERMINAL, show_log
 from agent.cli.output import print_json
 from agent.cli.params import JOB_REF
+from agent.cli.submit import build_request, send, submit_options
 
 WAIT_POLL_S = 0.25  # how often `herd run` looks whether its job has started
 

@@ -1,4 +1,4 @@
-"""The HTTP client of the commands that talk to the server, and how their failures end ``herd``."""
+"""The HTTP client of the commands that talk to the server (how their failures end ``herd``: errors.py)."""
 
 from __future__ import annotations
 
@@ -11,25 +11,11 @@ from typing import Any, Callable, Mapping
 import click
 import httpx
 
+from agent.cli.errors import EXIT_UNREACHABLE, CliError, PipeClosed
+
 DEFAULT_URL = "http://127.0.0.1:10000"
 TOKEN_FILE = Path("~/.config/gpuherd/token")
-EXIT_FAILED = 1  # the server refused or the command failed
-EXIT_USAGE = 2  # the command line is wrong (click's usage errors)
-EXIT_UNREACHABLE = 3  # no server answered
-EXIT_PIPE = 141  # the reader of our output went away (`herd jobs | head -1`), as a shell reports SIGPIPE
 RETRY_AFTER_S = 1.0  # before the one retry of a request whose connection failed
-
-
-class CliError(Exception):
-    """A failure told in one line (``herd: ...``) with its exit code, never a traceback."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class PipeClosed(Exception):
-    """Whoever read our output went away (``herd jobs | head -1``): not an error to tell anyone about."""
 
 
 class Client:

@@ -10,7 +10,7 @@ import shutil
 import click
 from pydantic import ValidationError
 
-from agent.cli.client import CliError
+from agent.cli.errors import CliError
 from agent.cli.params import DURATION
 from agent.messages import describe_errors
 from agent.settings import POLICY_NAMES, ConfigError, Settings

@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_service import Server, percentile, submit_load  # noqa: E402
+from bench_service import Server, percentile, submit_load, summarize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,14 +178,6 @@ SUMMARY = (
 )
 
 
-def _dig(figures: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(figures, dict) or key not in figures:
-            return None
-        figures = figures[key]
-    return figures
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer reads and jobs (a smoke run)")
@@ -210,20 +202,7 @@ def main() -> None:
                 figures["memory"] = bench_memory(10_000 if args.quick else 100_000)
             runs[name].append(figures)
     Server.tree = None
-    names = list(runs)
-    print("\n| figure | " + " | ".join(f"{n}: median [range]" for n in names) + (" | ratio |" if len(names) > 1 else " |"))
-    print("|---|" + "---|" * len(names) + ("---|" if len(names) > 1 else ""))
-    for label, path in SUMMARY:
-        cells, medians = [], []
-        for name in names:
-            values = [v for v in (_dig(run, path) for run in runs[name]) if v is not None]
-            if not values:
-                break
-            medians.append(statistics.median(values))
-            cells.append(f"{medians[-1]:.1f} [{min(values):.1f}-{max(values):.1f}]")
-        else:
-            ratio = f" {medians[0] / medians[1]:.2f} |" if len(medians) > 1 and medians[1] else ""
-            print(f"| {label} | " + " | ".join(cells) + " |" + ratio)
+    summarize(runs, SUMMARY)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
 

@@ -346,12 +346,13 @@ SUMMARY = (
 )
 
 
-def summarize(runs: dict[str, list[dict]]) -> None:
-    """Each figure's median over the runs (with its range), per side, and this tree's over the other's."""
+def summarize(runs: dict[str, list[dict]], summary: tuple[tuple[str, tuple[str, ...]], ...] = SUMMARY) -> None:
+    """Each figure of ``summary`` (label, path in a run's figures): its median over the runs (with its
+    range), per side, and this tree's over the other's."""
     names = list(runs)
     print("\n| figure | " + " | ".join(f"{n}: median [range]" for n in names) + (" | ratio |" if len(names) > 1 else " |"))
     print("|---|" + "---|" * len(names) + ("---|" if len(names) > 1 else ""))
-    for label, path in SUMMARY:
+    for label, path in summary:
         medians, cells = [], []
         for name in names:
             values = [v for v in (_dig(run, path) for run in runs[name]) if v is not None]

@@ -1,14 +1,18 @@
-"""Plain helpers shared by the tests and the benchmarks: a free port, the ``herd`` command, and the one
-polling helper. Nothing here is a fixture (those are in ``conftest.py``); ``bench/`` imports this
-module after putting the repository root on ``sys.path``."""
+"""Plain helpers shared by the tests and the benchmarks: a free port, the ``herd`` command, the one
+polling helper and a maker of tmux executors. Nothing here is a fixture (those are in ``conftest.py``);
+``bench/`` imports this module after putting the repository root on ``sys.path``."""
 
 from __future__ import annotations
 
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
+from uuid import uuid4
+
+from tools.tmux_executor import TmuxExecutor
 
 T = TypeVar("T")
 
@@ -45,3 +49,24 @@ def wait_until(
             text = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {text or 'the condition'}")
         pause(interval_s)
+
+
+@contextmanager
+def tmux_executors(workdir: Path, socket_name: str | None = None) -> Iterator[Callable[..., TmuxExecutor]]:
+    """A maker of tmux executors sharing ``workdir`` and one tmux socket; on leaving, each is closed and
+    their tmux server killed."""
+    socket_name = socket_name or f"herd-test-{uuid4().hex[:8]}"
+    made: list[TmuxExecutor] = []
+
+    def make(**kw) -> TmuxExecutor:
+        ex = TmuxExecutor(workdir, socket_name=socket_name, **kw)
+        made.append(ex)
+        return ex
+
+    try:
+        yield make
+    finally:
+        for ex in made:
+            ex.close()
+        if made:
+            made[-1].shutdown_server()

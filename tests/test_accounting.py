@@ -49,9 +49,9 @@ def test_the_report_per_user_group_and_node(make_api, tmp_path):
     config = tmp_path / "herd.yaml"
     config.write_text("groups: {nlp: [ana, bob]}\n")
     api = make_api(durations={1: 3600, 2: 1800, 3: 7200}, codes={2: 1}, config=config)
-    ana = api.submit_ok(user="ana", gpu_count=2)
-    bob = api.submit_ok(user="bob", gpu_count=1, max_retries=0)
-    cat = api.submit_ok(user="cat", gpu_count=1)
+    api.submit_ok(user="ana", gpu_count=2)
+    api.submit_ok(user="bob", gpu_count=1, max_retries=0)
+    api.submit_ok(user="cat", gpu_count=1)
     waiting = api.submit_ok(user="cat", gpu_count=4, max_retries=0)
     api.clock.advance(60)
     api.tick()  # ana, bob and cat start after 60 s; cat's second job waits

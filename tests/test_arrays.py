@@ -11,7 +11,7 @@ from policies.snapshot import Proposal
 from policies.validator import Violation, validate
 from tests.builders import spec
 from tests.cores import make_core
-from tools.models import JobRequest, PendingReason, parse_array
+from tools.models import JobRequest, parse_array
 from tools.store import MemoryStore, QueueFull, SqliteStore
 
 

@@ -238,13 +238,21 @@ def test_a_killed_window_is_an_end_that_uses_no_retry(tmux_core):
 TRAPS_TERM = "trap 'echo got TERM' TERM; echo ready; while :; do sleep 0.05; done"
 
 
+def written(path: Path) -> bool:
+    """Whether the wrapper's one newline-ended write of ``path`` is complete."""
+    try:
+        return path.read_text().endswith("\n")
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.tmux
 @pytest.mark.slow
 def test_complete_keeps_the_gpus_until_the_processes_are_gone(tmux_core):
     orch = tmux_core(grace_s=1.5)
     a = orch.submit(JobSpec(user="ana", command=TRAPS_TERM, gpu_count=1, priority=9))
     tick_until(orch, lambda: orch.queue.get(a.id).status == S.RUNNING and "ready" in Path(orch.queue.get(a.id).log_path).read_text()
-               and (orch.executor.job_dir(a.id) / "pgid").exists(), "job a to run")
+               and written(orch.executor.job_dir(a.id) / "pgid"), "job a to run")
     b = orch.submit(JobSpec(user="bo", command="sleep 30", gpu_count=1, priority=1))
     pgid = int((orch.executor.job_dir(a.id) / "pgid").read_text().split()[0])
 

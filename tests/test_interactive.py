@@ -16,7 +16,6 @@ from uuid import uuid4
 import pytest
 
 from agent.cli import main
-from tests.builders import spec
 from tests.cores import make_core
 from tests.helpers import herd_command, wait_until
 from tests.herd_server import HerdServer

@@ -29,7 +29,7 @@ from tools.logs import UnsafeLog, read_log
 from tools.models import Allocation, Job
 from tools.tmux_executor import TmuxExecutor
 
-from tests.helpers import wait_until
+from tests.helpers import tmux_executors, wait_until
 
 pytestmark = pytest.mark.tmux
 
@@ -59,19 +59,8 @@ def workdir():
 
 @pytest.fixture
 def make_executor(workdir: Path):
-    socket = f"herd-test-{uuid4().hex[:8]}"
-    made: list[TmuxExecutor] = []
-
-    def make(**kw) -> TmuxExecutor:
-        ex = TmuxExecutor(workdir / "work", socket_name=socket, **kw)
-        made.append(ex)
-        return ex
-
-    yield make
-    for ex in made:
-        ex.close()
-    if made:
-        made[-1].shutdown_server()
+    with tmux_executors(workdir / "work") as make:
+        yield make
 
 
 @pytest.fixture

@@ -9,14 +9,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 
 from tools.tmux_control import ControlClient, quote
-from tools.tmux_executor import TmuxExecutor
 
-from tests.helpers import wait_until
+from tests.helpers import tmux_executors, wait_until
 from tests.test_tmux_executor import ALLOC, job, pid_alive, wait_exit, wait_file
 
 # A stand-in for `tmux -C`: answers each command line with a block of its own (flags 1), and writes
@@ -94,19 +92,8 @@ def test_quote_keeps_every_character_literal():
 
 @pytest.fixture
 def make_executor(tmp_path: Path):
-    made: list[TmuxExecutor] = []
-    socket_name = f"herd-test-{uuid4().hex[:8]}"
-
-    def make(**kw) -> TmuxExecutor:
-        ex = TmuxExecutor(tmp_path / "work", socket_name=socket_name, **kw)
-        made.append(ex)
-        return ex
-
-    yield make
-    for ex in made:
-        ex.close()
-    if made:
-        made[-1].shutdown_server()
+    with tmux_executors(tmp_path / "work") as make:
+        yield make
 
 
 @pytest.mark.tmux

@@ -15,7 +15,7 @@ from tools.executor import JobExit, StartError
 from tools.models import Allocation, Job
 from tools.tmux_executor import TmuxExecutor
 
-from tests.helpers import wait_until
+from tests.helpers import tmux_executors, wait_until
 
 pytestmark = pytest.mark.tmux
 
@@ -35,18 +35,8 @@ def socket_name() -> str:
 @pytest.fixture
 def make_executor(tmp_path: Path, socket_name: str):
     """Build executors on this test's socket and workdir; the server is killed at the end."""
-    made: list[TmuxExecutor] = []
-
-    def make(**kw) -> TmuxExecutor:
-        ex = TmuxExecutor(tmp_path / "work", socket_name=socket_name, **kw)
-        made.append(ex)
-        return ex
-
-    yield make
-    for ex in made:
-        ex.close()
-    if made:
-        made[-1].shutdown_server()
+    with tmux_executors(tmp_path / "work", socket_name) as make:
+        yield make
 
 
 @pytest.fixture
@@ -236,7 +226,7 @@ def test_end_is_noticed_within_a_second(ex, tmp_path):
         assert [e.job_id for e in exits] == [i]
         ex.forget(i)
         latencies.append(seen - float(stamp.read_text()))
-    print(f"\nend-detection latency (job end -> poll reports it): "
+    print("\nend-detection latency (job end -> poll reports it): "
           + ", ".join(f"{x * 1000:.1f} ms" for x in latencies))
     assert max(latencies) < 1.0
 

@@ -17,14 +17,12 @@ as when Slack is slow). Reported: each run's median pass, the medians over runs,
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,38 +41,12 @@ from tools.notify import NotifyConfig  # noqa: E402
 from tools.nvml import UnavailableProbe  # noqa: E402
 from tools.sim_executor import SimExecutor  # noqa: E402
 from tools.store import SqliteStore  # noqa: E402
+from tests.helpers import WebhookReceiver  # noqa: E402
 
 RECEIVER_DELAY_S = 0.2
 
 
-class SlowReceiver:
-    def __init__(self) -> None:
-        self.posts = 0
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers["Content-Length"]))
-                time.sleep(RECEIVER_DELAY_S)
-                receiver.posts += 1
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def run(jobs: int, receiver: SlowReceiver | None) -> dict:
+def run(jobs: int, receiver: WebhookReceiver | None) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         store = SqliteStore(Path(workdir) / "herd.db")
         clock = SimClock(1_700_000_000.0)
@@ -86,7 +58,7 @@ def run(jobs: int, receiver: SlowReceiver | None) -> dict:
             queue_job(ctx, JobRequest(command="true", gpu_count=1, name=f"j{i}"), user=f"user{i % 15}")
         notifier = None
         if receiver is not None:
-            config = NotifyConfig(default=receiver.url, timeout_s=2.0, retries=0, queue_size=100, senders=2)
+            config = NotifyConfig(default=receiver.url("/hook"), timeout_s=2.0, retries=0, queue_size=100, senders=2)
             notifier = Notifier(core, config, poll_s=0.05)
             notifier.start()
         passes = []
@@ -114,14 +86,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    receiver = SlowReceiver()
+    receiver = WebhookReceiver(delay_s=RECEIVER_DELAY_S)
     without, with_ = [], []
     try:
         for i in range(args.pairs):
             without.append(run(args.jobs, None))
-            posts_before = receiver.posts
+            posts_before = receiver.hits
             with_.append(run(args.jobs, receiver) | {"posts": 0})
-            with_[-1]["posts"] = receiver.posts - posts_before
+            with_[-1]["posts"] = receiver.hits - posts_before
             print(f"pair {i + 1}: without {without[-1]['median_pass_ms']:.2f} ms, with {with_[-1]['median_pass_ms']:.2f} ms "
                   f"(posts {with_[-1]['posts']}, drop events {with_[-1]['dropped_events']})", flush=True)
     finally:

@@ -500,20 +500,6 @@ def herd_cancel(server) -> float:
 
 
 # -- isolation ---------------------------------------------------------------------------------------
-def curl_socket(sock: Path, method: str, path: str, body: dict | None = None, *, as_user: str | None = None
-                ) -> tuple[int, object]:
-    """(status, JSON) of a request to gpuherd over its Unix socket, made by ``as_user`` (root if None); the
-    server learns who asks from the socket's peer credentials, as for ``herd`` on a lab's head node."""
-    command = ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", str(sock), "-X", method, f"http://localhost{path}"]
-    if body is not None:
-        command += ["-H", "content-type: application/json", "-d", json.dumps(body)]
-    if as_user is not None:
-        command = ["runuser", "-u", as_user, "--", *command]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
-    text, _, status = out.rpartition("\n")
-    return int(status), json.loads(text) if text else None
-
-
 def read_as(user: str, path: Path) -> str:
     result = subprocess.run(["runuser", "-u", user, "--", "cat", str(path)], capture_output=True, check=False)
     return "yes" if result.returncode == 0 else f"no: {result.stderr.decode(errors='replace').strip().split(': ')[-1]}"
@@ -558,6 +544,7 @@ def slurm_isolation(slurm: SlurmCluster, other: str) -> dict[str, str]:
 
 
 def herd_isolation(other: str) -> dict[str, str]:
+    from tests.helpers import request_over_socket
     from tests.herd_server import HerdServer
     root = Path(tempfile.mkdtemp(prefix="herdbench-iso-", dir="/tmp"))
     root.chmod(0o755)  # every user reaches the socket inside, as a lab's /srv/gpuherd
@@ -565,19 +552,19 @@ def herd_isolation(other: str) -> dict[str, str]:
     try:
         sock = server.workdir / "herd.sock"
         secret = f"secret-{uuid.uuid4().hex[:8]}"
-        status, job = curl_socket(sock, "POST", "/queue/submit", {"command": f"echo {secret}; sleep 600",
-                                                                   "gpu_count": 1, "cwd": "/tmp"})
+        status, job = request_over_socket(sock, "POST", "/queue/submit",
+                                          {"command": f"echo {secret}; sleep 600", "gpu_count": 1, "cwd": "/tmp"})
         if status != 201:
             raise SystemExit(f"gpuherd refused the isolation job: {status} {job}")
         job_id = job["job_id"]
-        wait_for(lambda: secret in (curl_socket(sock, "GET", f"/jobs/{job_id}/logs")[1] or {}).get("text", ""), 30,
-                 "the gpuherd job's output")
-        log_file = Path(curl_socket(sock, "GET", f"/jobs/{job_id}")[1]["log_path"])
-        _, queue = curl_socket(sock, "GET", "/queue", as_user=other)
-        seen_status, seen = curl_socket(sock, "GET", f"/jobs/{job_id}", as_user=other)
-        log_status, _ = curl_socket(sock, "GET", f"/jobs/{job_id}/logs", as_user=other)
-        cancel_status, cancel = curl_socket(sock, "DELETE", f"/queue/{job_id}", as_user=other)
-        still = curl_socket(sock, "GET", f"/jobs/{job_id}")[1]["status"] == "running"
+        wait_for(lambda: secret in (request_over_socket(sock, "GET", f"/jobs/{job_id}/logs")[1] or {}).get("text", ""),
+                 30, "the gpuherd job's output")
+        log_file = Path(request_over_socket(sock, "GET", f"/jobs/{job_id}")[1]["log_path"])
+        _, queue = request_over_socket(sock, "GET", "/queue", as_user=other)
+        seen_status, seen = request_over_socket(sock, "GET", f"/jobs/{job_id}", as_user=other)
+        log_status, _ = request_over_socket(sock, "GET", f"/jobs/{job_id}/logs", as_user=other)
+        cancel_status, cancel = request_over_socket(sock, "DELETE", f"/queue/{job_id}", as_user=other)
+        still = request_over_socket(sock, "GET", f"/jobs/{job_id}")[1]["status"] == "running"
         answers = {
             "sees the job in the queue": shown(f'"id": {job_id}', json.dumps(queue)) + " (`GET /queue`)",
             "sees its command": ("**yes**" if secret in json.dumps(seen) else "no")
@@ -587,7 +574,7 @@ def herd_isolation(other: str) -> dict[str, str]:
             "cancels it": ("no" if still else "**yes**") + f" (`DELETE /queue/{{id}}`: {cancel_status}, "
                           f"\"{(cancel or {}).get('detail', '').split('; ')[-1].replace(other, 'B')}\")",
         }
-        curl_socket(sock, "DELETE", f"/queue/{job_id}")
+        request_over_socket(sock, "DELETE", f"/queue/{job_id}")
         return answers
     finally:
         server.stop()

@@ -20,6 +20,7 @@ import pytest
 
 from agent.identity import Identities, Mode
 from agent.settings import Settings
+from tests.helpers import request_over_socket
 from tests.herd_server import HerdServer
 from tests.scripted_model import ScriptedModel, call, say
 from tools.door.context import PermissionDenied
@@ -54,15 +55,7 @@ def server(other_user):
 
 def over_socket(server: HerdServer, method: str, path: str, body: dict | None = None, *, as_user: str | None = None):
     """(status, JSON) of a request over the server's Unix socket, made by ``as_user`` (root if None)."""
-    command = ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", str(server.workdir / "herd.sock"), "-X", method,
-               f"http://localhost{path}"]
-    if body is not None:
-        command += ["-H", "content-type: application/json", "-d", json.dumps(body)]
-    if as_user is not None:
-        command = ["runuser", "-u", as_user, "--", *command]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
-    text, _, status = out.rpartition("\n")
-    return int(status), json.loads(text) if text else None
+    return request_over_socket(server.workdir / "herd.sock", method, path, body, as_user=as_user)
 
 
 def test_the_socket_says_who_is_asking_and_owners_own_their_jobs(server, other_user):

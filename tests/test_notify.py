@@ -10,13 +10,11 @@ from __future__ import annotations
 import email
 import email.message
 import getpass
-import http.server
 import json
 import re
 import socketserver
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 from pydantic import ValidationError
@@ -25,7 +23,7 @@ from agent.cli import main
 from agent.notifier import CURSOR_KEY, Notifier
 from agent.settings import Settings
 from tests.cores import make_core
-from tests.helpers import wait_until
+from tests.helpers import WebhookReceiver, wait_until
 from tools.clock import SimClock
 from tools.door import jobs
 from tools.door.context import Actor, PermissionDenied, ToolContext
@@ -38,58 +36,9 @@ T0 = 1_700_000_000.0
 
 
 # -- the receiver -------------------------------------------------------------------------------------------
-@dataclass
-class Received:
-    path: str
-    key: str | None
-    body: dict
-
-
-@dataclass
-class Receiver:
-    """Answers ``statuses`` in turn (then 200), each after ``delay_s``; keeps what it was sent."""
-
-    statuses: list[int] = field(default_factory=list)
-    delay_s: float = 0.0
-    got: list[Received] = field(default_factory=list)
-    hits: int = 0
-
-    def __post_init__(self) -> None:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.hits += 1
-                time.sleep(receiver.delay_s)
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                if status == 200:
-                    receiver.got.append(Received(self.path, self.headers.get("Idempotency-Key"), body))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def at(self, path: str) -> list[Received]:
-        return [r for r in self.got if r.path == path]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    made = Receiver()
+    made = WebhookReceiver()
     yield made
     made.close()
 
@@ -376,7 +325,7 @@ def test_retries_then_a_failure_event_naming_the_host_and_reason(receiver):
 
 def test_a_refusal_is_not_retried_and_a_receiver_that_is_gone_fails_too(receiver):
     receiver.statuses = [404]
-    gone = Receiver()
+    gone = WebhookReceiver()
     gone_url = gone.url("/x")
     gone.close()
     lab = Lab(fast(users={"alice": receiver.url("/a"), "bob": gone_url}, retries=1, events=("start",)))

@@ -231,7 +231,8 @@ class _RunningEnds:
     ("moving", asked of the rules at each plan). A fixed job turns moving once now reaches its end
     (a heap of ends). Jobs are known by ``id()``: the kept jobs are held, so no other job takes their
     id while they are known. Time may only go forward, and the layout and the rules must be those it
-    was made for (``fits``); otherwise, and while another thread reads it, a plan counts afresh."""
+    was made for, or equal ones (``fits``); otherwise, and while another thread reads it, a plan
+    counts afresh."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._lock = threading.Lock()
@@ -247,7 +248,11 @@ class _RunningEnds:
         self._tokens = count()
 
     def fits(self, snapshot: Snapshot) -> bool:
-        return snapshot.layout is self._layout and snapshot.rules is self._rules and snapshot.now >= self._now
+        """Made for this snapshot's usable GPUs and rules (equal will do: an inventory read afresh
+        each pass gives a new but equal layout), and time has not gone back."""
+        layout, rules = snapshot.layout, snapshot.rules
+        return ((layout is self._layout or layout.usable == self._layout.usable)
+                and (rules is self._rules or rules == self._rules) and snapshot.now >= self._now)
 
     def ends(self, snapshot: Snapshot) -> dict[str, dict[int, float]] | None:
         """As ``_count_ends``; None if it cannot tell (the caller counts)."""

@@ -5,7 +5,7 @@ past their estimates, however time moves, and with a GPU held by two jobs."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.plan import Timeline
+from policies.plan import Timeline, _RunningEnds
 from policies.snapshot import Snapshot
 from tools.index import JobIndex
 from tools.models import JobStatus, StopReason
@@ -64,3 +64,18 @@ def test_a_gpu_held_by_two_jobs_is_counted_afresh_as_before():
     plan_both(index, now + 1, layout)
     index.put(job(2, gpus=1, status=JobStatus.COMPLETED, est=10.0, start=95.0))
     plan_both(index, now + 2, layout)
+
+
+def test_the_kept_ends_outlive_an_inventory_read_afresh_but_not_a_drained_gpu():
+    index, now = JobIndex(), 100.0
+    index.put(job(1, gpus=2, status=JobStatus.RUNNING, est=50.0, on=("n1", (0, 1)), start=90.0))
+    view = index.view()
+    Timeline(Snapshot(now=now, nodes=NODES, jobs=view, multi_node=True))
+    kept = view.carried[_RunningEnds]
+    again = (node("n1", 6), node("n2", 6, drained=(1,)), node("n3", 6))  # equal, not the same objects
+    Timeline(Snapshot(now=now + 1, nodes=again, jobs=index.view(), multi_node=True))
+    assert view.carried[_RunningEnds] is kept
+    drained = (node("n1", 6, drained=(0,)), node("n2", 6, drained=(1,)), node("n3", 6))
+    timeline = Timeline(Snapshot(now=now + 2, nodes=drained, jobs=index.view(), multi_node=True))
+    assert view.carried[_RunningEnds] is not kept
+    assert 0 not in timeline._free_at["n1"] and timeline._free_at["n1"][1] == 140.0

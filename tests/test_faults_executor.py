@@ -404,9 +404,11 @@ def test_the_kill_after_a_stop_waits_on_the_monotonic_clock(tmp_path):
     ex = TmuxExecutor(tmp_path / "work", socket_name=f"herd-test-{uuid4().hex[:8]}", clock=clock)
     from tools.models import Allocation, Job
     try:
-        ex.start(Job(id=1, user="u", command="trap '' TERM; sleep 30", gpu_count=1, submit_time=0.0),
+        ex.start(Job(id=1, user="u", command="trap '' TERM; echo ready; sleep 30", gpu_count=1, submit_time=0.0),
                  Allocation(node="local", gpus=(0,)), clock.now())
-        wait_until(lambda: (ex.job_dir(1) / "pgid").exists(), 5, what="the job to start")
+        # Its trap is set once it says so (a TERM before that would end it at once).
+        wait_until(lambda: ex.log_path(1).exists() and "ready" in ex.log_path(1).read_text(), 5,
+                   what="the job to ignore SIGTERM")
         ex.stop(1, clock.now(), grace_s=5.0)
         clock.step_wall(+3600)  # a step of the wall clock sends no SIGKILL
         time.sleep(0.5)

@@ -63,7 +63,7 @@ def main() -> None:
                 for side, tree in order:
                     timings[name][side].append(run_once(tree, argv))
     print(f"herd start-up, median of {args.runs} fresh processes each (ms); this = {REPO}, other = {trees['other']}")
-    print(f"| command | other | this | other / this |\n|---|---:|---:|---:|")
+    print("| command | other | this | other / this |\n|---|---:|---:|---:|")
     for name, by_side in timings.items():
         other, this = (statistics.median(by_side[s]) * 1000 for s in ("other", "this"))
         print(f"| `{name}` | {other:.0f} | {this:.0f} | {other / this:.1f}x |")

@@ -62,7 +62,8 @@ class Identities:
         if self.mode == Mode.SHARED:
             return ("shared: callers are who the socket or their token says; jobs run as their owners; "
                     f"admins: {', '.join(sorted(self.admins))}")
-        who = f"only {self.server_user} (and root) may act; jobs run as {self.server_user}"
+        also_root = "" if self.server_user == "root" else " (and root)"
+        who = f"only {self.server_user}{also_root} may act; jobs run as {self.server_user}"
         if self.mode == Mode.SINGLE_USER:
             return f"single-user: {who}; loopback requests without a token act as {self.server_user}"
         return f"personal: {who}"

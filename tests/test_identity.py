@@ -182,6 +182,13 @@ def test_a_personal_server_lets_only_its_own_user_act(tmp_path):
         ToolContext(core=None, actor=other).owner(None)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("user, says", [("ana", "only ana (and root) may act; jobs run as ana"),
+                                         ("root", "only root may act; jobs run as root")])
+def test_the_mode_is_said_in_one_plain_line(user, says):
+    identities = Identities(mode=Mode.SINGLE_USER, server_user=user, admins=frozenset({"root"}), tokens=None)
+    assert identities.describe() == f"single-user: {says}; loopback requests without a token act as {user}"
+
+
 def test_a_users_job_runs_as_that_user_and_its_log_is_served_only_as_written(server, other_user):
     status, job = over_socket(server, "POST", "/queue/submit", {"command": "id -u; id -un; echo HOME=$HOME", "gpu_count": 1},
                               as_user=other_user)

@@ -3,7 +3,7 @@
 import pytest
 
 from tools.models import TERMINAL, TRANSITIONS, Allocation, JobSpec, JobStatus, PendingReason, StopReason
-from tools.queue import Backoff, IllegalTransition, JobNotFound, JobQueue, decayed
+from tools.queue import MAX_LOSSES, Backoff, IllegalTransition, JobNotFound, JobQueue, decayed
 from tools.store import MemoryStore, QueueFull
 
 S = JobStatus
@@ -73,6 +73,17 @@ def test_success_completes(queue):
 def test_a_vanished_job_counts_as_a_failed_attempt(queue):
     job = queue.finish(run(queue, submit(queue, max_retries=0)), None, now=50.0)
     assert (job.status, job.exit_code) == (S.FAILED, None)
+
+
+def test_a_job_lost_again_and_again_fails_at_its_last_loss_without_using_a_retry(queue):
+    job = submit(queue, max_retries=0)
+    for loss in range(1, MAX_LOSSES):
+        job = queue.finish(run(queue, job, now=10.0 * loss), None, now=10.0 * loss + 5, lost=True)
+        assert (job.status, job.losses, job.attempts, job.not_before) == (S.QUEUED, loss, 0, None)
+        assert f"loss {loss} of {MAX_LOSSES}" in queue.store.events(job_id=job.id)[-1].message
+    job = queue.finish(run(queue, job, now=100.0), None, now=105.0, lost=True)
+    assert (job.status, job.losses) == (S.FAILED, MAX_LOSSES)
+    assert f"lost by the executor {MAX_LOSSES} times" in queue.store.events(job_id=job.id)[-1].message
 
 
 @pytest.mark.parametrize("reason, want", [(StopReason.CANCEL, S.CANCELLED), (StopReason.TIME_LIMIT, S.FAILED)])

@@ -389,6 +389,7 @@ class Job(JobSpec):
     status: JobStatus = JobStatus.QUEUED
     attempts: int = 0  # attempts started so far
     preemptions: int = 0  # attempts that ended by preemption (they do not use up retries)
+    losses: int = 0  # attempts the executor lost (they do not use up retries; MAX_LOSSES of them fail it)
     preempted_for: int | None = None  # the waiting job this one was stopped for, until it starts again
     pending_reason: PendingReason | None = None
     pending_message: str | None = None

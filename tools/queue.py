@@ -34,6 +34,10 @@ from tools.store import Store
 log = logging.getLogger(__name__)
 
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
+# A job lost by the executor this many times fails rather than starting again: the losses are then
+# more likely the job's own doing (killing its wrapper, its window or the tmux server) than the
+# executor's, and requeueing it for ever would hold GPUs in a loop.
+MAX_LOSSES = 3
 # Completed jobs read back into the run-time history at start-up, newest first.
 HISTORY_AT_START = 5_000
 
@@ -337,10 +341,17 @@ class JobQueue:
         elif lost and job.interactive:  # its window was its terminal: nothing to start again
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code,
                                   message=f"{detail}; its window went away, and an interactive job ends with it")
+        elif lost and job.losses + 1 >= MAX_LOSSES:
+            new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, losses=job.losses + 1,
+                                  message=f"{detail}; lost by the executor {job.losses + 1} times (its tmux server or "
+                                  "window went away): failed rather than started again; a job that kills its own "
+                                  "wrapper, window or tmux server ends this way")
         elif lost:
             new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, attempts=max(0, job.attempts - 1),
+                                  losses=job.losses + 1,
                                   message=f"{detail}; lost by the executor (its tmux server or window went away), "
-                                  "not by the job: requeued, attempt not counted, no retry used")
+                                  f"not by the job: requeued, attempt not counted, no retry used "
+                                  f"(loss {job.losses + 1} of {MAX_LOSSES})")
         else:
             new = self.fail_attempt(job, now=now, exit_code=exit_code, why=detail)
         self._charge_usage(job, now)

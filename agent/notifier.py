@@ -176,6 +176,10 @@ class Notifier:
         for thread in self._threads:
             thread.join(timeout=timeout_s + self._config.timeout_s)
         self._threads.clear()
+        try:  # once every sender is done: what they sent while stopping is not sent again
+            self._save_cursor()
+        except Exception:
+            log.exception("saving the notifications' cursor failed")
 
     def _follow_loop(self) -> None:
         while not self._stopping.is_set():
@@ -185,10 +189,6 @@ class Notifier:
             except Exception:  # the follower must outlive a locked or failing database
                 log.exception("following the event log for notifications failed")
             self._stopping.wait(self._poll_s)
-        try:
-            self._save_cursor()
-        except Exception:
-            log.exception("saving the notifications' cursor failed")
 
     # -- following --------------------------------------------------------------------------------------
     def follow(self) -> int:

@@ -577,9 +577,7 @@ def herd_isolation(other: str) -> dict[str, str]:
         request_over_socket(sock, "DELETE", f"/queue/{job_id}")
         return answers
     finally:
-        server.stop()
-        server.http.close()
-        server.kill_tmux()
+        server.close(signal.SIGTERM)
         shutil.rmtree(root, ignore_errors=True)
 
 

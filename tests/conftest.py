@@ -14,13 +14,13 @@ Plain helpers (no fixtures) live in ``tests/helpers.py`` (polling, ports, the ``
 from __future__ import annotations
 
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from agent.api import create_app
+from agent.cli import main
 from agent.service import Service
 from agent.settings import Settings
 from tests.herd_server import HerdServer
@@ -104,6 +104,16 @@ def herd_server(tmp_path: Path):
 
     yield make
     for server in made:
-        server.stop(signal.SIGKILL)
-        server.http.close()
-        server.kill_tmux()
+        server.close()
+
+
+@pytest.fixture
+def herd(server, capsys):
+    """Run ``herd ARGS`` in-process against the module's ``server`` fixture: (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([args[0], "--url", server.url, *args[1:]])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

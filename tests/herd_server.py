@@ -75,6 +75,12 @@ class HerdServer:
             self.proc.kill()
             return self.proc.wait()
 
+    def close(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Stop the server (``sig``), its HTTP client and its tmux server with the jobs in it."""
+        self.stop(sig)
+        self.http.close()
+        self.kill_tmux()
+
     def kill_tmux(self) -> None:
         """Kill this server's tmux server, and so its jobs; remove the socket file tmux leaves behind."""
         tmux = shutil.which("tmux")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 
@@ -36,21 +35,7 @@ def server(tmp_path_factory):
     (root / "herd.yaml").write_text(CONFIG)
     srv = HerdServer(root / "herd", "--gpus", "2", "--config", str(root / "herd.yaml")).start()
     yield srv
-    srv.stop(signal.SIGKILL)
-    srv.http.close()
-    srv.kill_tmux()
-
-
-@pytest.fixture
-def herd(server, capsys):
-    """Run ``herd ARGS`` in-process against the server: (exit code, stdout, stderr)."""
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([args[0], "--url", server.url, *args[1:]])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    srv.close()
 
 
 # -- pure helpers ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 
@@ -26,19 +25,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     srv = HerdServer(root / "herd", "--gpus", "4").start()
     yield srv
-    srv.stop(signal.SIGKILL)
-    srv.http.close()
-    srv.kill_tmux()
-
-
-@pytest.fixture
-def herd(server, capsys):
-    def run(*args: str) -> tuple[int, str, str]:
-        code = main([args[0], "--url", server.url, *args[1:]])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    srv.close()
 
 
 def submitted(out: str) -> int:

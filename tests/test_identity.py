@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -47,9 +48,7 @@ def server(other_user):
     try:
         yield srv
     finally:
-        srv.stop()
-        srv.http.close()
-        srv.kill_tmux()
+        srv.close(signal.SIGTERM)
         shutil.rmtree(root, ignore_errors=True)
 
 

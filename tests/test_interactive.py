@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -118,9 +117,7 @@ def test_interactive_jobs_are_refused_where_nobody_could_attach():
 def server(tmp_path_factory):
     srv = HerdServer(tmp_path_factory.mktemp("interactive") / "herd", "--gpus", "2").start()
     yield srv
-    srv.stop(signal.SIGKILL)
-    srv.http.close()
-    srv.kill_tmux()
+    srv.close()
 
 
 def in_a_terminal(server, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:

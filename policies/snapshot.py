@@ -183,7 +183,8 @@ class Snapshot:
         """How many GPUs are free in all."""
         layout, held = self.layout, self.held
         if not layout.unusable and held.keys() <= layout.size.keys():
-            return layout.usable_total - sum(map(len, held.values()))
+            index = self._index
+            return layout.usable_total - (index.held_gpus if index is not None else sum(map(len, held.values())))
         return sum(self.free_count.values())
 
     @property

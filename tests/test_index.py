@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.ordering import fcfs_key, priority_key
-from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, JobIndex, JobTable, Ordering, SortedRuns
+from tools.index import IN_LINE_MESSAGE, IN_LINE_REASON, JobIndex, Ordering, SortedRuns, TableWriter
 from tools.models import Allocation, JobStatus, PendingReason
 
 from tests.builders import job
@@ -30,10 +30,36 @@ def test_sorted_runs_match_a_sorted_list_and_old_versions_stay(ops):
 
 
 def test_job_table_set_leaves_the_old_table():
-    t1 = JobTable().set(3, job(3))
-    t2 = t1.set(3, None).set(2000, job(2000))
+    writer = TableWriter()
+    writer.set(3, job(3))
+    t1 = writer.frozen()
+    writer.set(3, None)
+    writer.set(2000, job(2000))
+    t2 = writer.frozen()
     assert t1.get(3).id == 3 and t1.get(2000) is None
     assert t2.get(3) is None and t2.get(2000).id == 2000 and t2.get(-1) is None
+    assert writer.frozen() is t2  # nothing changed since
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.tuples(st.integers(1, 1300), st.booleans())), max_size=300))
+def test_frozen_tables_never_change_whatever_is_written_after(ops):
+    """Writes (an id, set or cleared) and freezes (None) in any order: each frozen table keeps what the
+    writer held when it was frozen, however often its chunks are written after."""
+    writer, model, frozen = TableWriter(), {}, []
+    jobs = {}
+    for op in ops:
+        if op is None:
+            frozen.append((writer.frozen(), dict(model)))
+            continue
+        job_id, present = op
+        value = jobs.setdefault(job_id, job(job_id)) if present else None
+        writer.set(job_id, value)
+        model[job_id] = value
+        assert writer.get(job_id) is value
+    frozen.append((writer.frozen(), dict(model)))
+    for table, want in frozen:
+        assert all(table.get(i) is want.get(i) for i in range(0, 1400))
 
 
 def test_a_view_never_changes_and_orders_follow_every_change():

@@ -1,5 +1,5 @@
 """The index's totals over the jobs holding GPUs (GPUs per user, tasks per array, the jobs preemption
-reads) answer as a count over the jobs themselves would, in every view, however the jobs changed."""
+reads, the GPUs held) answer as a count over the jobs themselves would, in every view, however the jobs changed."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,8 +8,9 @@ from policies.snapshot import Snapshot
 from tools.index import JobIndex
 from tools.models import JobStatus, StopReason
 
-from tests.builders import job
+from tests.builders import job, node
 
+NODES = tuple(node(f"n{i}", 3) for i in range(1, 9))  # job i runs on n{i} (see ``version``)
 STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.COMPLETED)
 change = st.tuples(
     st.integers(1, 8),  # job id
@@ -54,8 +55,10 @@ def test_totals_match_a_count_over_the_holding_jobs_in_every_view(changes):
         assert dict(view.user_gpus) == users
         assert dict(view.array_tasks) == arrays
         assert [j.id for j in view.preemption_relevant] == relevant
-        from_index = Snapshot(now=0.0, nodes=(), jobs=view)
-        from_tuple = Snapshot(now=0.0, nodes=(), jobs=tuple(view))
+        assert view.held_gpus == sum(j.gpu_count for j in view.holding)
+        from_index = Snapshot(now=0.0, nodes=NODES, jobs=view)
+        from_tuple = Snapshot(now=0.0, nodes=NODES, jobs=tuple(view))
         assert from_index.in_use == from_tuple.in_use
         assert from_index.array_tasks == from_tuple.array_tasks
         assert from_index.preemption_relevant == from_tuple.preemption_relevant
+        assert from_index.free_total == from_tuple.free_total == 8 * 3 - view.held_gpus

@@ -45,16 +45,15 @@ class once:
 
 
 class JobTable:
-    """A persistent map from job id to job: ``set`` returns a new table, this one never changes.
+    """A map from job id to job that never changes: what a view holds (``TableWriter.frozen``).
 
-    Store ids are dense (1, 2, 3, ...), so the table is a list of fixed-size chunks; a change copies
-    one chunk and the list of chunks.
+    Store ids are dense (1, 2, 3, ...), so the table is a list of fixed-size chunks.
     """
 
     CHUNK = 512
     __slots__ = ("_chunks",)
 
-    def __init__(self, chunks: tuple[tuple[Job | None, ...], ...] = ()) -> None:
+    def __init__(self, chunks: Sequence[Sequence[Job | None]] = ()) -> None:
         self._chunks = chunks
 
     def get(self, job_id: int) -> Job | None:
@@ -66,13 +65,43 @@ class JobTable:
         chunks, size = self._chunks, self.CHUNK
         return tuple([chunks[i // size][i % size] for i in job_ids])
 
-    def set(self, job_id: int, job: Job | None) -> JobTable:
-        c, i = divmod(job_id, self.CHUNK)
+
+class TableWriter:
+    """The index's own table, written in place between views: ``frozen`` hands out a ``JobTable``
+    that never changes, and the first write after it to a chunk that table holds copies the chunk
+    (512 entries) once; later writes to it go in place until the next ``frozen``. A pass writes the
+    same few chunks many times (a job is scheduled, then running; new jobs go to the last chunk), so
+    this copies far less than a new table per write would."""
+
+    __slots__ = ("_chunks", "_own", "_frozen")
+
+    def __init__(self) -> None:
+        self._chunks: list[list[Job | None]] = []
+        self._own: set[int] = set()  # chunks no frozen table holds: written in place
+        self._frozen: JobTable | None = None  # the last one handed out, while nothing changed
+
+    def get(self, job_id: int) -> Job | None:
+        c, i = divmod(job_id, JobTable.CHUNK)
+        return self._chunks[c][i] if 0 <= c < len(self._chunks) else None
+
+    def set(self, job_id: int, job: Job | None) -> None:
+        c, i = divmod(job_id, JobTable.CHUNK)
         chunks = self._chunks
-        if c >= len(chunks):
-            chunks = chunks + ((None,) * self.CHUNK,) * (c + 1 - len(chunks))
-        chunk = chunks[c]
-        return JobTable(chunks[:c] + (chunk[:i] + (job,) + chunk[i + 1 :],) + chunks[c + 1 :])
+        if c not in self._own:
+            if c < 0:
+                raise KeyError(job_id)
+            while c >= len(chunks):
+                chunks.append([None] * JobTable.CHUNK)
+            chunks[c] = list(chunks[c])  # a frozen table may hold it: copied once
+            self._own.add(c)
+        chunks[c][i] = job
+        self._frozen = None
+
+    def frozen(self) -> JobTable:
+        if self._frozen is None:
+            self._frozen = JobTable(tuple(self._chunks))
+            self._own.clear()
+        return self._frozen
 
 
 class SortedRuns:
@@ -138,6 +167,7 @@ class Ordering:
     groups by ``group`` (e.g. GPU count, so a policy can skip every job of a size that cannot fit).
 
     Compared by identity of the functions, so use module-level functions, not lambdas made per call.
+    A key must not read a job's pending reason or message: a change of only those keeps its place.
     """
 
     key: Callable[[Job], tuple]
@@ -183,6 +213,7 @@ class ActiveJobs(Sequence[Job]):
         table: JobTable,
         holding: SortedRuns,
         held: Mapping[str, frozenset[int]],
+        held_gpus: int,
         queued_count: int,
         orders: Mapping[Ordering, Mapping[Hashable, SortedRuns]],
         version: int = 0,
@@ -195,6 +226,7 @@ class ActiveJobs(Sequence[Job]):
         self._table = table
         self._holding = holding  # ids of the jobs holding GPUs
         self.held = held  # node -> indices of the GPUs held there
+        self.held_gpus = held_gpus  # GPUs in ``held``, all nodes together
         # Totals over the jobs holding GPUs, kept by the index so that a pass need not read them all:
         self.user_gpus = user_gpus if user_gpus is not None else {}  # user -> GPUs held
         self.array_tasks = array_tasks if array_tasks is not None else {}  # array id -> its tasks holding GPUs
@@ -246,9 +278,10 @@ class JobIndex:
 
     def __init__(self, jobs: Iterable[Job] = ()) -> None:
         self._lock = threading.Lock()
-        self._table = JobTable()
+        self._table = TableWriter()
         self._holding = SortedRuns()  # ids of scheduled and running jobs
         self._held: dict[str, frozenset[int]] = {}
+        self._held_gpus = 0  # GPUs in ``_held``, all nodes together
         self._user_gpus: dict[str, int] = {}  # user -> GPUs its holding jobs hold
         self._array_tasks: dict[int, int] = {}  # array id -> its tasks holding GPUs
         self._preemption: set[int] = set()  # holding jobs that are preemptible or being preempted
@@ -313,9 +346,10 @@ class JobIndex:
         with self._lock:
             self._shared = True  # the view keeps ``_held`` and the totals: copy them before the next change
             return ActiveJobs(
-                table=self._table,
+                table=self._table.frozen(),
                 holding=self._holding,
                 held=self._held,
+                held_gpus=self._held_gpus,
                 queued_count=self._queued,
                 orders={o: dict(groups) for o, groups in self._orders.items()},
                 version=self.version,
@@ -333,51 +367,59 @@ class JobIndex:
                 queued = (self._table.get(i) for _, i in self._orders[BY_ID].get(None, ()))
                 self._orders[ordering] = ordering.build(queued)
 
-    def put(self, job: Job) -> None:
-        """Record the new version of ``job`` (inserted, changed, or ended)."""
+    def put(self, job: Job, *, same_place: bool = False) -> None:
+        """Record the new version of ``job`` (inserted, changed, or ended). ``same_place``: it differs
+        from the version the index holds only in fields no order reads (its pending reason and
+        message), so the orders are left as they are."""
+        status = job.status
+        holds, is_queued = status in HOLDS_GPUS, status is JobStatus.QUEUED
         with self._lock:
             self.version += 1
-            old = self._table.get(job.id)
-            active = job.status in HOLDS_GPUS or job.status == JobStatus.QUEUED
-            self._table = self._table.set(job.id, job if active else None)
-            held_before = old is not None and old.status in HOLDS_GPUS
-            if held_before or job.status in HOLDS_GPUS:
-                if held_before and job.status in HOLDS_GPUS and _holds_alike(old, job):
-                    pass  # e.g. scheduled -> running: the same GPUs, and the table has the new version
-                else:
-                    if self._shared:
-                        self._held, self._shared = dict(self._held), False
-                        self._user_gpus, self._array_tasks = dict(self._user_gpus), dict(self._array_tasks)
-                    if held_before:
-                        self._release(old)
-                    if job.status in HOLDS_GPUS:
-                        self._hold(job)
-            was_queued = old is not None and old.status == JobStatus.QUEUED
-            is_queued = job.status == JobStatus.QUEUED
-            self._queued += is_queued - was_queued
-            self._queued_gpus += (job.gpu_count if is_queued else 0) - (old.gpu_count if was_queued else 0)
-            for ordering, groups in self._orders.items() if was_queued or is_queued else ():
-                before = (ordering.group_of(old), ordering.entry(old)) if was_queued else None
-                after = (ordering.group_of(job), ordering.entry(job)) if is_queued else None
-                if before == after:
-                    continue  # the order is unchanged: the entry holds only the key and the id
-                if before is not None:
-                    self._drop(groups, *before)
-                if after is not None:
-                    group, entry = after
-                    groups[group] = groups.get(group, SortedRuns()).add(entry)
-            if is_queued and job.depends_on:
-                self._dependent.add(job.id)
+            job_id = job.id
+            old = self._table.get(job_id)
+            old_status = None if old is None else old.status
+            self._table.set(job_id, job if holds or is_queued else None)
+            held_before = old_status in HOLDS_GPUS
+            if (held_before or holds) and not (held_before and holds and _holds_alike(old, job)):
+                # (scheduled -> running keeps the same GPUs: the table has the new version, no total moves)
+                if self._shared:
+                    self._held, self._shared = dict(self._held), False
+                    self._user_gpus, self._array_tasks = dict(self._user_gpus), dict(self._array_tasks)
+                if held_before:
+                    self._release(old)
+                if holds:
+                    self._hold(job)
+            was_queued = old_status is JobStatus.QUEUED
+            if was_queued or is_queued:
+                self._queued += is_queued - was_queued
+                self._queued_gpus += (job.gpu_count if is_queued else 0) - (old.gpu_count if was_queued else 0)
+                if not (same_place and was_queued and is_queued):
+                    self._reorder(old if was_queued else None, job if is_queued else None)
+            if is_queued and (job.after or job.after_any):
+                self._dependent.add(job_id)
+            elif self._dependent:
+                self._dependent.discard(job_id)
+            if job.preempted_for is not None and (holds or is_queued):
+                self._preempted_for[job_id] = job.preempted_for
+            elif self._preempted_for:
+                self._preempted_for.pop(job_id, None)
+            if is_queued and (job.pending_message != IN_LINE_MESSAGE or job.pending_reason != IN_LINE_REASON):
+                self._explained.add(job_id)  # ``explained``, written out: this runs on every save
             else:
-                self._dependent.discard(job.id)
-            if active and job.preempted_for is not None:
-                self._preempted_for[job.id] = job.preempted_for
-            else:
-                self._preempted_for.pop(job.id, None)
-            if explained(job):
-                self._explained.add(job.id)
-            else:
-                self._explained.discard(job.id)
+                self._explained.discard(job_id)
+
+    def _reorder(self, old: Job | None, new: Job | None) -> None:
+        """Move a waiting job's entry in every kept order (``old``: its entry before, ``new``: after)."""
+        for ordering, groups in self._orders.items():
+            before = (ordering.group_of(old), ordering.entry(old)) if old is not None else None
+            after = (ordering.group_of(new), ordering.entry(new)) if new is not None else None
+            if before == after:
+                continue  # the order is unchanged: the entry holds only the key and the id
+            if before is not None:
+                self._drop(groups, *before)
+            if after is not None:
+                group, entry = after
+                groups[group] = groups.get(group, SortedRuns()).add(entry)
 
     @staticmethod
     def _drop(groups: dict[Hashable, SortedRuns], group: Hashable, entry: tuple) -> None:
@@ -399,7 +441,9 @@ class JobIndex:
             self._preemption_ids = tuple(sorted(self._preemption))
         if job.allocation is not None:
             for node, gpus in _by_node(job):
-                self._held[node] = self._held.get(node, frozenset()) | gpus
+                before = self._held.get(node, frozenset())
+                self._held[node] = after = before | gpus
+                self._held_gpus += len(after) - len(before)
 
     def _release(self, job: Job) -> None:
         self._holding = self._holding.remove(job.id)
@@ -412,7 +456,9 @@ class JobIndex:
             self._preemption_ids = tuple(sorted(self._preemption))
         if job.allocation is not None:
             for node, gpus in _by_node(job):
-                left = self._held[node] - gpus
+                before = self._held[node]
+                left = before - gpus
+                self._held_gpus -= len(before) - len(left)
                 if left:
                     self._held[node] = left
                 else:

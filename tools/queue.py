@@ -288,7 +288,7 @@ class JobQueue:
             return job
         new = job.model_copy(update={"pending_reason": reason, "pending_message": message})
         self.store.save_job(new, None)
-        self.index.put(new)
+        self.index.put(new, same_place=self.index.get(job.id) is job)  # then only the reason differs
         return new
 
     def set_priority(self, job_id: int, priority: int, *, now: float) -> Job:

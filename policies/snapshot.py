@@ -21,6 +21,9 @@ from tools.models import HOLDS_GPUS, Allocation, Gpu, GpuProcess, Job, JobStatus
 from policies.rules import DEFAULT_RULES, Rules
 
 
+_FREE_COUNT = "free_count"  # its entry in ``ActiveJobs.carried``: (layout, held mark, counts then)
+
+
 @dataclass(frozen=True, eq=False)
 class Layout:
     """What an inventory allows, worked out once per inventory (the orchestrator reuses it)."""
@@ -167,7 +170,26 @@ class Snapshot:
 
     @once
     def free_count(self) -> Mapping[str, int]:
-        """Per node, how many GPUs are free; cheaper than ``free`` when the indices are not needed."""
+        """Per node, how many GPUs are free; cheaper than ``free`` when the indices are not needed.
+
+        From the index, the last count is kept (``carried``) and only the nodes whose held GPUs
+        changed since are counted again: a pass then costs what changed, not the number of nodes."""
+        index, layout = self._index, self.layout
+        if index is None or layout.unusable:
+            return self._free_count()
+        kept = index.carried.get(_FREE_COUNT)
+        changed = index.held_since(kept[1]) if kept is not None and kept[0] is layout else None
+        if changed is None:
+            counts = self._free_count()
+        else:
+            counts, held, size = dict(kept[2]), self.held, layout.size
+            for name in changed:
+                if name in counts:  # (a node gone from the inventory keeps no count)
+                    counts[name] = size[name] - len(held.get(name, ()))
+        index.carried[_FREE_COUNT] = (layout, index.held_mark, counts)
+        return counts
+
+    def _free_count(self) -> dict[str, int]:
         layout, held = self.layout, self.held
         counts = dict(layout.usable_count)
         if not layout.unusable and held.keys() <= counts.keys():  # the usual case: size - held, in C loops

@@ -20,6 +20,10 @@ from typing import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from tools.models import HOLDS_GPUS, Job, JobStatus, PendingReason
 
+# Entries of the log of nodes whose held GPUs changed after which the index begins a new one, so that
+# a service does not keep it for ever.
+HELD_LOG = 4096
+
 # What a waiting job that no policy looked at in the last pass shows (Slurm's "Priority"): a policy
 # stops examining the queue once nothing more can start, so most of a long queue waits for this.
 IN_LINE_REASON = PendingReason.PRIORITY
@@ -214,6 +218,7 @@ class ActiveJobs(Sequence[Job]):
         holding: SortedRuns,
         held: Mapping[str, frozenset[int]],
         held_gpus: int,
+        held_mark: tuple[list[str], int],
         queued_count: int,
         orders: Mapping[Ordering, Mapping[Hashable, SortedRuns]],
         version: int = 0,
@@ -227,6 +232,7 @@ class ActiveJobs(Sequence[Job]):
         self._holding = holding  # ids of the jobs holding GPUs
         self.held = held  # node -> indices of the GPUs held there
         self.held_gpus = held_gpus  # GPUs in ``held``, all nodes together
+        self.held_mark = held_mark  # (the index's log of nodes whose held GPUs changed, its length then)
         # Totals over the jobs holding GPUs, kept by the index so that a pass need not read them all:
         self.user_gpus = user_gpus if user_gpus is not None else {}  # user -> GPUs held
         self.array_tasks = array_tasks if array_tasks is not None else {}  # array id -> its tasks holding GPUs
@@ -249,6 +255,14 @@ class ActiveJobs(Sequence[Job]):
 
     def get(self, job_id: int) -> Job | None:
         return self._table.get(job_id)
+
+    def held_since(self, mark: tuple[list[str], int]) -> set[str] | None:
+        """The nodes whose held GPUs changed from the view of ``mark`` (its ``held_mark``) to this one;
+        None where the log cannot tell (it was begun anew between them, or that view is the later)."""
+        log, end = self.held_mark
+        if mark[0] is not log or mark[1] > end:
+            return None
+        return set(log[mark[1]:end])
 
     def groups(self, ordering: Ordering) -> Mapping[Hashable, SortedRuns]:
         """The waiting jobs' (key, id) entries in ``ordering``, by group; built now if not kept."""
@@ -282,6 +296,7 @@ class JobIndex:
         self._holding = SortedRuns()  # ids of scheduled and running jobs
         self._held: dict[str, frozenset[int]] = {}
         self._held_gpus = 0  # GPUs in ``_held``, all nodes together
+        self._held_log: list[str] = []  # nodes whose held GPUs changed, in order (``ActiveJobs.held_since``)
         self._user_gpus: dict[str, int] = {}  # user -> GPUs its holding jobs hold
         self._array_tasks: dict[int, int] = {}  # array id -> its tasks holding GPUs
         self._preemption: set[int] = set()  # holding jobs that are preemptible or being preempted
@@ -350,6 +365,7 @@ class JobIndex:
                 holding=self._holding,
                 held=self._held,
                 held_gpus=self._held_gpus,
+                held_mark=(self._held_log, len(self._held_log)),
                 queued_count=self._queued,
                 orders={o: dict(groups) for o, groups in self._orders.items()},
                 version=self.version,
@@ -385,6 +401,8 @@ class JobIndex:
                 if self._shared:
                     self._held, self._shared = dict(self._held), False
                     self._user_gpus, self._array_tasks = dict(self._user_gpus), dict(self._array_tasks)
+                if len(self._held_log) > HELD_LOG:
+                    self._held_log = []  # a reader with a view of the old log counts afresh
                 if held_before:
                     self._release(old)
                 if holds:
@@ -443,6 +461,7 @@ class JobIndex:
             for node, gpus in _by_node(job):
                 before = self._held.get(node, frozenset())
                 self._held[node] = after = before | gpus
+                self._held_log.append(node)
                 self._held_gpus += len(after) - len(before)
 
     def _release(self, job: Job) -> None:
@@ -458,6 +477,7 @@ class JobIndex:
             for node, gpus in _by_node(job):
                 before = self._held[node]
                 left = before - gpus
+                self._held_log.append(node)
                 self._held_gpus -= len(before) - len(left)
                 if left:
                     self._held[node] = left

@@ -76,10 +76,15 @@ def max_min_shares(demands: dict[str, int], capacity: int) -> dict[str, float]:
 
 def share_fairness(jobs: Sequence[Finished], capacity: int) -> float:
     """Jain's index over users of the GPU-time each received while users competed, relative to the
-    GPU-time its max-min fair share entitled it to. Competing: a job waits and two or more users have
-    jobs in the system; entitlement: at each such moment, the user's water-filling share of the GPUs
-    given what its jobs ask for. 1 when every user got what it was entitled to over the trace (also
-    when users never competed)."""
+    GPU-time its max-min fair share entitled it to (``share_by_tenant``). 1 when every user got what
+    it was entitled to over the trace (also when users never competed)."""
+    return jain(received / entitled for received, entitled in share_by_tenant(jobs, capacity).values())
+
+
+def share_by_tenant(jobs: Sequence[Finished], capacity: int) -> dict[str, tuple[float, float]]:
+    """Per user entitled to anything: (GPU-seconds received, GPU-seconds entitled) while users
+    competed. Competing: a job waits and two or more users have jobs in the system; entitlement: at
+    each such moment, the user's water-filling share of the GPUs given what its jobs ask for."""
     events: list[tuple[float, str, int, int]] = []  # (time, user, change in demand, change in held)
     for j in jobs:
         events += [(j.submit, j.tenant, j.gpus, 0), (j.start, j.tenant, 0, j.gpus), (j.end, j.tenant, -j.gpus, -j.gpus)]
@@ -99,7 +104,7 @@ def share_fairness(jobs: Sequence[Finished], capacity: int) -> float:
         for u, share in max_min_shares(demand, capacity).items():
             entitled[u] = entitled.get(u, 0.0) + share * dt
             received[u] = received.get(u, 0.0) + held.get(u, 0) * dt
-    return jain(received[u] / entitled[u] for u in entitled if entitled[u] > 0)
+    return {u: (received[u], entitled[u]) for u in entitled if entitled[u] > 0}
 
 
 def summarize(jobs: Sequence[Finished], capacity: int) -> dict[str, float]:

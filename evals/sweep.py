@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 from evals import generate as gen
-from evals.metrics import lower_bounds, summarize
+from evals.metrics import Finished, lower_bounds, share_by_tenant, summarize
 from evals.replay import Cluster, replay
 from evals.trace import TraceJob, estimates, predicts, rebase
 from policies.estimates import DEFAULT_PREDICTOR
@@ -24,6 +24,21 @@ from policies.rules import DEFAULT_RULES, Rules
 SHARE_AT_LEAST = 0.9
 UTILIZATION_WITHIN = 0.01
 JCT_OVER_SJF_AT_MOST = 1.1
+SHORTFALLS = 3  # users furthest below their fair share kept per week
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """A user who got less than its fair share in a week, and the job of theirs that waited longest:
+    where a week's share fairness was lost."""
+
+    tenant: str
+    got: float  # GPU-time received / GPU-time its max-min fair share entitled it to
+    entitled_gpu_h: float
+    jobs: int
+    longest_wait_s: float
+    longest_wait_gpus: int
+    longest_wait_submit_s: float  # when that job was queued (t = 0: midnight on the Monday)
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,23 @@ class Week:
     wait_max_s: float
     utilization_ub: float
     jct_mean_lb_s: float
+    short: tuple[Shortfall, ...] = ()  # the users furthest below their share, worst first
+
+
+def shortfalls(jobs: Sequence[Finished], capacity: int, keep: int = SHORTFALLS) -> tuple[Shortfall, ...]:
+    """Up to ``keep`` users who got less than their fair share (``share_by_tenant``), the smallest part
+    of it first, each with its job that waited longest."""
+    shares = share_by_tenant(jobs, capacity)
+    below = [u for u, (received, entitled) in shares.items() if received < entitled]
+    worst = sorted(below, key=lambda u: (shares[u][0] / shares[u][1], u))[:keep]
+    out = []
+    for user in worst:
+        own = [j for j in jobs if j.tenant == user]
+        longest = max(own, key=lambda j: (j.wait, -j.submit))
+        received, entitled = shares[user]
+        out.append(Shortfall(user, received / entitled, entitled / 3600, len(own), longest.wait, longest.gpus,
+                             longest.submit))
+    return tuple(out)
 
 
 def lab_trace(model: gen.LabModel, seed: int) -> list[TraceJob]:
@@ -61,10 +93,12 @@ def sweep(seeds: Iterable[int], users: Iterable[int], policies: Sequence[str], *
             guesses = estimates(jobs, estimate, seed=noise_seed)
             bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in jobs], cluster.gpus)
             for policy in policies:
-                m = summarize(replay(jobs, policy=policy, cluster=cluster, estimates=guesses, rules=rules,
-                                     predictor=predictor).finished, cluster.gpus)
+                finished = replay(jobs, policy=policy, cluster=cluster, estimates=guesses, rules=rules,
+                                  predictor=predictor).finished
+                m = summarize(finished, cluster.gpus)
                 out.append(Week(n, seed, policy, int(m["jobs"]), m["share_fairness"], m["utilization"],
-                                m["jct_mean_s"], m["wait_max_s"], bounds.utilization_ub, bounds.jct_mean_lb_s))
+                                m["jct_mean_s"], m["wait_max_s"], bounds.utilization_ub, bounds.jct_mean_lb_s,
+                                shortfalls(finished, cluster.gpus)))
     return out
 
 
@@ -136,7 +170,29 @@ def markdown(weeks: Sequence[Week], target: str = "multifactor", held_out: Itera
     met = sum(1 for m in missed.values() if not m)
     lines.append("| mean | | | " + " | ".join(means) + f" | met on {met} of {len(missed)} |")
     lines.append("| worst share | | | " + " | ".join(worst) + " | |")
-    return "\n".join(lines + [""] + summary(weeks, target, held_out))
+    return "\n".join(lines + [""] + summary(weeks, target, held_out) + [""] + short_lines(weeks, target))
+
+
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def when(t_s: float) -> str:
+    """A time of a generated week (t = 0: midnight on a Monday) as its day and hour."""
+    day, rest = divmod(int(t_s), 86_400)
+    return f"{DAYS[day % 7]} {rest // 3600:02d}:{rest % 3600 // 60:02d}"
+
+
+def short_lines(weeks: Sequence[Week], target: str = "multifactor") -> list[str]:
+    """For each week on which ``target``'s share fairness missed the target: the users furthest below
+    their fair share, and the job of each that waited longest."""
+    lines = []
+    for w in weeks:
+        if w.policy != target or w.share >= SHARE_AT_LEAST or not w.short:
+            continue
+        parts = [f"{s.tenant} {s.got:.2f} of {s.entitled_gpu_h:.0f} GPU-h ({s.jobs} jobs; a {s.longest_wait_gpus}-GPU "
+                 f"job queued {when(s.longest_wait_submit_s)} waited {s.longest_wait_s / 3600:.0f} h)" for s in w.short]
+        lines.append(f"{w.users} users, seed {w.seed}, {target} share {w.share:.3f}: " + "; ".join(parts))
+    return (["Furthest below their fair share (received / entitled):"] + lines) if lines else []
 
 
 def as_json(weeks: Sequence[Week], target: str = "multifactor") -> dict:

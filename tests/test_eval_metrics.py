@@ -4,7 +4,7 @@ import pytest
 
 from evals.metrics import (
     Estimated, Finished, bounded_slowdown, estimate_accuracy, jain, lower_bounds, max_min_shares, percentile,
-    relative_error, share_fairness, srpt_completions, summarize,
+    relative_error, share_by_tenant, share_fairness, srpt_completions, summarize,
 )
 
 
@@ -117,6 +117,12 @@ def test_share_fairness_compares_gpu_time_received_with_the_fair_share():
             Finished("b", 1, 0, 10, 20)]
     assert share_fairness(fair, capacity=2) == pytest.approx(1.0)
     assert share_fairness([Finished("a", 1, 0, 0, 10)], capacity=2) == 1.0  # nobody competed
+
+
+def test_share_by_tenant_says_what_each_user_received_and_was_entitled_to():
+    unfair = [Finished("a", 2, 0, 0, 10), Finished("b", 2, 0, 10, 20)]  # from t=10 only b is left: no competition
+    assert share_by_tenant(unfair, capacity=2) == {"a": pytest.approx((20.0, 10.0)), "b": pytest.approx((0.0, 10.0))}
+    assert share_by_tenant([Finished("a", 1, 0, 0, 10)], capacity=2) == {}
 
 
 @pytest.mark.parametrize("estimate, run, want", [(100, 100, 0.0), (150, 100, 0.5), (100, 150, 0.5), (1100, 100, 10.0),

@@ -6,7 +6,8 @@ import pytest
 
 from evals import generate as gen
 from evals.cli import main
-from evals.sweep import Week, lab_trace, markdown, misses, sweep
+from evals.metrics import Finished
+from evals.sweep import Shortfall, Week, lab_trace, markdown, misses, shortfalls, sweep, when
 
 
 def test_a_sweep_week_is_the_trace_generate_writes(tmp_path):
@@ -38,7 +39,8 @@ def test_a_small_sweep_runs_every_policy_on_every_week():
     assert [(w.seed, w.policy) for w in weeks] == [(0, "sjf"), (0, "multifactor"), (1, "sjf"), (1, "multifactor")]
     assert all(0 < w.utilization <= w.utilization_ub + 1e-9 and w.jct_mean_s >= w.jct_mean_lb_s - 1e-6 for w in weeks)
     table = markdown(weeks)
-    assert table.count("\n") == 7 and "met on" in table  # header, rule, 2 weeks, mean, worst; the summary
+    rows, summary, *short = table.split("\n\n")
+    assert rows.count("\n") == 5 and "met on" in summary  # header, rule, 2 weeks, mean, worst; the summary
 
 
 def test_cli_sweep(tmp_path, capsys):
@@ -77,3 +79,21 @@ def test_cli_sweep_takes_the_backfill_plan_settings(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--seeds", "0", "--starve-after", "soon"])
     assert "--starve-after" in capsys.readouterr().err
+
+
+def test_shortfalls_name_the_users_furthest_below_their_share_and_their_longest_wait():
+    # 2 GPUs. b's 2-GPU job (queued at t=0) waits 10 s while a holds both GPUs; a gets more than its share.
+    jobs = [Finished("a", 2, 0, 0, 10), Finished("b", 1, 0, 0, 5), Finished("b", 2, 0, 10, 20)]
+    worst, *rest = shortfalls(jobs, capacity=2, keep=1) + shortfalls(jobs, capacity=2)
+    assert worst == Shortfall("b", pytest.approx(5 / 10), pytest.approx(10 / 3600), 2, 10.0, 2, 0.0)
+    assert [s.tenant for s in rest] == ["b"]  # a got more than its share
+
+
+def test_the_table_says_who_lost_the_share_on_weeks_that_missed_it():
+    short = (Shortfall("user14", 0.18, 49.0, 5, 15 * 3600, 8, 86_400 + 14 * 3600),)
+    weeks = [week("sjf"), Week(15, 0, "multifactor", 10, 0.85, 0.8, 3600.0, 0.0, 0.9, 100.0, short)]
+    assert markdown(weeks).splitlines()[-1] == (
+        "15 users, seed 0, multifactor share 0.850: user14 0.18 of 49 GPU-h (5 jobs; a 8-GPU job queued Tue 14:00 "
+        "waited 15 h)")
+    assert "Furthest below" not in markdown([week("sjf"), week("multifactor")])  # every week at 0.9 or more
+    assert when(6 * 86_400 + 23.5 * 3600) == "Sun 23:30" and when(7 * 86_400) == "Mon 00:00"

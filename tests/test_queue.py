@@ -2,8 +2,19 @@
 
 import pytest
 
-from tools.models import TERMINAL, TRANSITIONS, Allocation, JobSpec, JobStatus, PendingReason, StopReason
-from tools.queue import MAX_LOSSES, Backoff, IllegalTransition, JobNotFound, JobQueue, decayed
+from tools.models import (
+    TERMINAL,
+    TRANSITIONS,
+    Allocation,
+    EstimateSource,
+    IdempotencyKey,
+    Job,
+    JobSpec,
+    JobStatus,
+    PendingReason,
+    StopReason,
+)
+from tools.queue import _NEW_JOB, MAX_LOSSES, Backoff, IllegalTransition, JobNotFound, JobQueue, decayed, new_job
 from tools.store import MemoryStore, QueueFull
 
 S = JobStatus
@@ -27,6 +38,26 @@ def run(queue, job, now=1.0):
 def test_a_new_job_is_queued_with_a_reason(queue):
     job = submit(queue)
     assert job.status == S.QUEUED and job.pending_reason == PendingReason.PRIORITY and job.pending_message
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"name": "n", "env": {"A": "1"}, "est_duration_s": 60.0, "time_limit_s": 120.0, "after": (1,), "preemptible": True},
+    {"array": "0-3%2", "priority": 9, "notify": "off", "notify_on": ("end",)},
+    {"begin_at": 50.0, "idempotency": IdempotencyKey(scope="alice", key="k", fingerprint="f")},
+])
+def test_a_new_job_is_the_job_a_full_validation_makes(fields):
+    """``new_job`` skips checking the spec's fields again; the job it makes is the one validating
+    them all would make, field for field, and reads back from its own dump."""
+    spec = JobSpec(**{"user": "alice", "command": "true", "gpu_count": 1, **fields})
+    given = {"est_source": EstimateSource.USER, "id": 7, "submit_time": 3.0, "not_before": spec.begin_at,
+             "pending_reason": PendingReason.PRIORITY, "pending_message": "m"}
+    made = new_job(spec, **given)
+    validated = Job(**spec.model_dump(), **given)
+    assert made == validated and made.model_dump() == validated.model_dump()
+    assert Job.model_validate(made.model_dump()) == made and set(made.__dict__) == set(Job.model_fields)
+    for default in _NEW_JOB.values():  # shared by every new job: nothing mutable
+        hash(default)
 
 
 @pytest.mark.parametrize("src", list(S), ids=str)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Annotated, Any, Callable, Iterator, Mapping
+
+from pydantic import Field, TypeAdapter
 
 from tools.history import Batch, RunHistory
 from tools.index import JobIndex
 from tools.models import (
     HOLDS_GPUS,
+    MAX_DURATION_S,
     TERMINAL,
     TRANSITIONS,
     EndReason,
@@ -49,6 +52,27 @@ Estimator = Callable[[JobSpec, RunHistory, "Batch | None"], "tuple[float | None,
 
 _END_REASONS = {JobStatus.COMPLETED: EndReason.COMPLETED, JobStatus.FAILED: EndReason.FAILED,
                 JobStatus.CANCELLED: EndReason.CANCELLED}
+
+
+# A new job's fields beyond its spec, as ``Job`` has them by default (all immutable: shared by every job).
+_NEW_JOB = {name: field.get_default() for name, field in Job.model_fields.items()
+            if name not in JobSpec.model_fields and not field.is_required()}
+# An estimate not the user's, checked as ``Job`` checks ``est_duration_s``.
+_ESTIMATE = TypeAdapter(Annotated[float, Field(gt=0, le=MAX_DURATION_S, strict=True, allow_inf_nan=False)] | None)
+
+
+def new_job(spec: JobSpec, **fields: Any) -> Job:
+    """A job of ``spec`` with the queue's ``fields``, made without checking the spec's fields again
+    (they were checked when the spec was made, and the queue's are its own): validating the whole
+    job a second time was a fifth of a submission. ``Job.model_construct`` does the same, but looks
+    up every field's aliases and default on each call."""
+    values = {**_NEW_JOB, **spec.__dict__, **fields}
+    job = Job.__new__(Job)
+    object.__setattr__(job, "__dict__", values)
+    object.__setattr__(job, "__pydantic_fields_set__", set(values))
+    object.__setattr__(job, "__pydantic_extra__", None)
+    object.__setattr__(job, "__pydantic_private__", None)
+    return job
 
 
 class JobNotFound(LookupError):
@@ -194,8 +218,11 @@ class JobQueue:
             if estimate is None:
                 estimate, source = ((None, EstimateSource.DEFAULT) if self.estimator is None
                                     else self.estimator(spec, self.history, batch))
-        job = Job(
-            **(spec.model_dump() | {"est_duration_s": estimate}),
+        if source != EstimateSource.USER:
+            estimate = _ESTIMATE.validate_python(estimate)  # (a user's was checked with the request)
+        job = new_job(
+            spec,
+            est_duration_s=estimate,
             est_source=source,
             id=0,
             submit_time=now,

@@ -62,10 +62,6 @@ class Series:
     def __init__(self, *names: str) -> None:
         self.columns = {name: array("d") for name in names}
 
-    def append(self, *values: float) -> None:
-        for column, value in zip(self.columns.values(), values):
-            column.append(value)
-
     def __getitem__(self, name: str) -> array:
         return self.columns[name]
 
@@ -196,14 +192,21 @@ def _replay(
     gpus_of: dict[int, int] = {}
     skipped: list[TraceJob] = []
     timeline, costs = timeline_series(), cost_series()
+    times, busy_gpus, queued = timeline["time"], timeline["busy_gpus"], timeline["queued"]
+    seen, decide_s, tick_s = costs["queued"], costs["decide_s"], costs["tick_s"]
     busy = rejected = 0
     i, n = 0, len(jobs)
+    perf_counter, tick, next_end = time.perf_counter, orch.tick, executor.next_end
     while True:
-        arrival = jobs[i].submit_s if i < n else None
-        end = executor.next_end()
-        if arrival is None and end is None:
+        end = next_end()
+        if i < n:
+            arrival = jobs[i].submit_s
+            due = arrival if end is None or arrival < end else end
+        elif end is not None:
+            due = end
+        else:
             break
-        now = clock.advance_to(max(clock.now(), min(t for t in (arrival, end) if t is not None)))
+        now = clock.advance_to(max(clock.now(), due))
         while i < n and jobs[i].submit_s <= now:
             job, estimate = jobs[i], estimates[i]
             i += 1
@@ -213,13 +216,20 @@ def _replay(
             herd = queue_job(door, _request(job, estimate), user=job.tenant)
             duration[herd.id] = job.duration_s
             gpus_of[herd.id] = job.gpus
-        t = time.perf_counter()
-        report = orch.tick()
-        tick_s = time.perf_counter() - t
-        busy += sum(gpus_of[j] for j in report.started) - sum(gpus_of[j] for j in report.finished)
+        t = perf_counter()
+        report = tick()
+        took = perf_counter() - t
+        for j in report.started:
+            busy += gpus_of[j]
+        for j in report.finished:
+            busy -= gpus_of[j]
         rejected += len(report.rejected)
-        timeline.append(now, busy, report.waiting)
-        costs.append(timed.last[0], timed.last[1], tick_s)
+        times.append(now)
+        busy_gpus.append(busy)
+        queued.append(report.waiting)
+        seen.append(timed.last[0])
+        decide_s.append(timed.last[1])
+        tick_s.append(took)
         if progress is not None:
             progress(i, n, now)
     finished = store.list_jobs()

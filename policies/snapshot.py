@@ -239,7 +239,7 @@ class Snapshot:
             users = counts
         groups: dict[str, int] = {}
         group_of = self.rules.group_of
-        for user, count in users.items():
+        for user, count in users.items() if self.rules.groups else ():  # (no groups: no user has one)
             group = group_of(user)
             if group is not None:
                 groups[group] = groups.get(group, 0) + count

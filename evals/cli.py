@@ -235,6 +235,28 @@ def _ints(ctx: click.Context, param: click.Parameter, text: str) -> list[int]:
     return out
 
 
+def _weights(ctx, param, text: str | None):
+    """``size=0,age=0``: multifactor's ``Weights`` with those fields changed; None: the defaults."""
+    if text is None:
+        return None
+    from dataclasses import fields, replace
+
+    from policies.rules import Weights
+
+    names = {f.name for f in fields(Weights)}
+    changes: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = part.partition("=")
+        try:
+            if name.strip() not in names or not eq or float(value) < 0:
+                raise ValueError
+            changes[name.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{part!r}: give name=number (at least 0), the names one of "
+                                     f"{', '.join(sorted(names))}") from None
+    return replace(Weights(), **changes)
+
+
 @command.command(
     short_help="replay many synthetic lab weeks (seeds, user counts) under every policy",
     help="Generate the synthetic lab week of each seed and user count (as 'herd eval generate' does), replay it "
@@ -254,17 +276,20 @@ def _ints(ctx: click.Context, param: click.Parameter, text: str) -> list[int]:
 @click.option("--held-out", callback=_ints, default="5-9", show_default=True,
               help="seeds no setting was chosen on: their weeks are counted apart")
 @planning_options
+@click.option("--weights", callback=_weights, metavar="NAME=X,...",
+              help="multifactor's weights changed from the defaults, e.g. size=0,age=0 (policies/rules.py Weights)")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), metavar="FILE", help="write every week as JSON")
 def sweep(seeds: list[int], users: list[int], policies: list[str], estimate: str, nodes: int, gpus_per_node: int,
           days: float, noise_seed: int, held_out: list[int], backfill_plans: int, starve_after: float | None,
-          json_out: Path | None) -> int:
+          weights, json_out: Path | None) -> int:
     from evals.report import write_json
     from evals.sweep import as_json, markdown, sweep as run_sweep
 
     rules = planning_rules(backfill_plans, starve_after)
     weeks = run_sweep(seeds, users, policies, estimate=estimate, nodes=nodes, gpus_per_node=gpus_per_node,
-                      days=days, noise_seed=noise_seed, rules=rules)
-    print(f"lab weeks on {nodes} x {gpus_per_node} GPUs, estimates {estimate}; share / utilization / mean JCT:")
+                      days=days, noise_seed=noise_seed, rules=rules, weights=weights)
+    print(f"lab weeks on {nodes} x {gpus_per_node} GPUs, estimates {estimate}"
+          + (f", multifactor weights {weights}" if weights else "") + "; share / utilization / mean JCT:")
     print(markdown(weeks, held_out=held_out))
     if json_out:
         write_json(json_out, as_json(weeks))

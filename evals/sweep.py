@@ -19,7 +19,8 @@ from evals.metrics import Finished, lower_bounds, share_by_tenant, summarize
 from evals.replay import Cluster, replay
 from evals.trace import TraceJob, estimates, predicts, rebase
 from policies.estimates import DEFAULT_PREDICTOR
-from policies.rules import DEFAULT_RULES, Rules
+from policies.multifactor import MultifactorPolicy
+from policies.rules import DEFAULT_RULES, Rules, Weights
 
 SHARE_AT_LEAST = 0.9
 UTILIZATION_WITHIN = 0.01
@@ -80,10 +81,12 @@ def lab_trace(model: gen.LabModel, seed: int) -> list[TraceJob]:
 
 def sweep(seeds: Iterable[int], users: Iterable[int], policies: Sequence[str], *, estimate: str = "noisy",
           nodes: int = 2, gpus_per_node: int = 8, days: float = 7.0, load: float = gen.DEFAULT_LOAD,
-          noise_seed: int = 0, rules: Rules = DEFAULT_RULES) -> list[Week]:
-    """Every policy on every (user count, seed) week under ``rules``; the estimates are the same for every
-    policy of a week (``noise_seed`` as ``herd eval replay --seed``)."""
+          noise_seed: int = 0, rules: Rules = DEFAULT_RULES, weights: Weights | None = None) -> list[Week]:
+    """Every policy on every (user count, seed) week under ``rules``, multifactor with ``weights`` (None:
+    its defaults); the estimates are the same for every policy of a week (``noise_seed`` as ``herd eval
+    replay --seed``)."""
     out = []
+    chosen = {"multifactor": MultifactorPolicy(weights=weights)} if weights is not None else {}
     cluster = Cluster(nodes, gpus_per_node)
     predictor = DEFAULT_PREDICTOR if predicts(estimate) else None
     for n in users:
@@ -93,8 +96,8 @@ def sweep(seeds: Iterable[int], users: Iterable[int], policies: Sequence[str], *
             guesses = estimates(jobs, estimate, seed=noise_seed)
             bounds = lower_bounds([(j.submit_s, j.duration_s, j.gpus) for j in jobs], cluster.gpus)
             for policy in policies:
-                finished = replay(jobs, policy=policy, cluster=cluster, estimates=guesses, rules=rules,
-                                  predictor=predictor).finished
+                finished = replay(jobs, policy=chosen.get(policy, policy), cluster=cluster, estimates=guesses,
+                                  rules=rules, predictor=predictor).finished
                 m = summarize(finished, cluster.gpus)
                 out.append(Week(n, seed, policy, int(m["jobs"]), m["share_fairness"], m["utilization"],
                                 m["jct_mean_s"], m["wait_max_s"], bounds.utilization_ub, bounds.jct_mean_lb_s,

@@ -97,3 +97,24 @@ def test_the_table_says_who_lost_the_share_on_weeks_that_missed_it():
         "waited 15 h)")
     assert "Furthest below" not in markdown([week("sjf"), week("multifactor")])  # every week at 0.9 or more
     assert when(6 * 86_400 + 23.5 * 3600) == "Sun 23:30" and when(7 * 86_400) == "Mon 00:00"
+
+
+def test_cli_sweep_takes_multifactor_weights(tmp_path, capsys):
+    args = ["sweep", "--seeds", "0", "--users", "3", "--days", "1", "--policies", "multifactor"]
+    assert main(args + ["--weights", "size=0, age=0"]) == 0
+    assert "multifactor weights Weights(priority=1000.0, age=0.0, fair_share=2000.0, size=0.0" in capsys.readouterr().out
+    for bad in ("size", "sizes=1", "size=-1", "size=x"):
+        with pytest.raises(SystemExit):
+            main(args + ["--weights", bad])
+        assert "give name=number" in capsys.readouterr().err
+
+
+def test_a_sweep_with_other_weights_replays_multifactor_with_them():
+    from policies.rules import Weights
+
+    same = sweep([0], [3], ["multifactor"], days=1.0, weights=Weights())
+    assert same == sweep([0], [3], ["multifactor"], days=1.0)
+    # Ordered by age alone, multifactor is fcfs with backfill: the same week as the backfill policy.
+    by_age = sweep([0], [3], ["multifactor"], days=1.0, weights=Weights(priority=0, fair_share=0, size=0))
+    backfill = sweep([0], [3], ["backfill"], days=1.0)
+    assert (by_age[0].share, by_age[0].jct_mean_s) == (backfill[0].share, backfill[0].jct_mean_s)

@@ -14,7 +14,7 @@ from tools.models import (
     PendingReason,
     StopReason,
 )
-from tools.queue import _NEW_JOB, MAX_LOSSES, Backoff, IllegalTransition, JobNotFound, JobQueue, decayed, new_job
+from tools.queue import _NEW_JOB, MAX_LOSSES, Backoff, IllegalTransition, JobNotFound, JobQueue, changed, decayed, new_job
 from tools.store import MemoryStore, QueueFull
 
 S = JobStatus
@@ -58,6 +58,14 @@ def test_a_new_job_is_the_job_a_full_validation_makes(fields):
     assert Job.model_validate(made.model_dump()) == made and set(made.__dict__) == set(Job.model_fields)
     for default in _NEW_JOB.values():  # shared by every new job: nothing mutable
         hash(default)
+
+
+def test_a_changed_job_is_what_model_copy_makes_and_the_old_one_stays():
+    old = Job(user="alice", command="true", gpu_count=2, id=3, submit_time=1.0)
+    fields = {"status": JobStatus.SCHEDULED, "allocation": ALLOC, "attempts": 1, "pending_reason": None}
+    new, copied = changed(old, fields), old.model_copy(update=fields)
+    assert new == copied and type(new) is Job and new.model_fields_set == copied.model_fields_set
+    assert old.status == JobStatus.QUEUED and old.allocation is None and "allocation" not in old.model_fields_set
 
 
 @pytest.mark.parametrize("src", list(S), ids=str)

@@ -144,6 +144,8 @@ class SortedRuns:
         runs, maxes = self._runs, self._maxes
         if not runs:
             return SortedRuns(((entry,),), (entry,), 1)
+        if entry > maxes[-1] and len(runs[-1]) < 2 * self.RUN:  # at the end (a new job, by arrival)
+            return SortedRuns(runs[:-1] + (runs[-1] + (entry,),), maxes[:-1] + (entry,), self._len + 1)
         r = min(bisect.bisect_left(maxes, entry), len(runs) - 1)
         run = list(runs[r])
         bisect.insort(run, entry)
@@ -491,7 +493,8 @@ def _read_by_preemption(job: Job) -> bool:
 
 def _holds_alike(old: Job, new: Job) -> bool:
     """Whether two versions of a job holding GPUs count alike in every total the index keeps."""
-    return (old.allocation == new.allocation and old.user == new.user and old.gpu_count == new.gpu_count
+    return ((old.allocation is new.allocation or old.allocation == new.allocation)  # (is: scheduled -> running)
+            and old.user == new.user and old.gpu_count == new.gpu_count
             and old.array_id == new.array_id and _read_by_preemption(old) == _read_by_preemption(new))
 
 

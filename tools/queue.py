@@ -67,9 +67,20 @@ def new_job(spec: JobSpec, **fields: Any) -> Job:
     job a second time was a fifth of a submission. ``Job.model_construct`` does the same, but looks
     up every field's aliases and default on each call."""
     values = {**_NEW_JOB, **spec.__dict__, **fields}
-    job = Job.__new__(Job)
+    return _job(Job, values, set(values))
+
+
+def changed(job: Job, fields: Mapping[str, Any]) -> Job:
+    """``job.model_copy(update=fields)`` (no check of ``fields``, as there), in half the time: a job
+    is copied on each of its five or so saves, and ``model_copy`` goes through ``copy.copy`` thrice."""
+    return _job(type(job), {**job.__dict__, **fields}, job.__pydantic_fields_set__ | fields.keys())
+
+
+def _job(cls: type[Job], values: dict[str, Any], fields_set: set[str]) -> Job:
+    """A ``cls`` of ``values`` (every field), as ``BaseModel.model_construct`` makes one."""
+    job = cls.__new__(cls)
     object.__setattr__(job, "__dict__", values)
-    object.__setattr__(job, "__pydantic_fields_set__", set(values))
+    object.__setattr__(job, "__pydantic_fields_set__", fields_set)
     object.__setattr__(job, "__pydantic_extra__", None)
     object.__setattr__(job, "__pydantic_private__", None)
     return job
@@ -284,7 +295,7 @@ class JobQueue:
         elif to == JobStatus.QUEUED:
             fields["end_reason"] = None
         fields |= changes
-        new = job.model_copy(update=fields)
+        new = changed(job, fields)
         event = Event(
             time=now,
             kind=to.value,
@@ -301,7 +312,7 @@ class JobQueue:
         """Change fields other than the status, with an event row."""
         if "status" in changes:
             raise ValueError("use transition() to change a job's status")
-        new = job.model_copy(update=changes)
+        new = changed(job, changes)
         event = Event(time=now, kind=kind, job_id=job.id, message=message) if self.store.keeps_events else None
         self.store.save_job(new, event)
         self.index.put(new)
@@ -313,7 +324,7 @@ class JobQueue:
             raise IllegalTransition(f"job {job.id} is {job.status.value}; only queued jobs wait")
         if (job.pending_reason, job.pending_message) == (reason, message):
             return job
-        new = job.model_copy(update={"pending_reason": reason, "pending_message": message})
+        new = changed(job, {"pending_reason": reason, "pending_message": message})
         self.store.save_job(new, None)
         self.index.put(new, same_place=self.index.get(job.id) is job)  # then only the reason differs
         return new

@@ -29,14 +29,15 @@ the backfill plan) and their order is the policy's meaning; the rules themselves
 from __future__ import annotations
 
 import heapq
+import threading
 from bisect import bisect_left
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
 from tools.timespec import local_time
 
-from policies.plan import Timeline
+from policies.plan import Slot, Timeline
 from policies.preemption import choose_preemptions
 from policies.admission import (
     Wait,
@@ -95,6 +96,9 @@ class Placer:
         # start before a time (a prefix union), since a job may start only if it ends before them.
         self.head: Job | None = None  # the first job that must wait for GPUs
         self._timeline: Timeline | None = None
+        # The first plan, not made until a later job or a reader needs its start (``_surely_fits_later``):
+        # the job, and how many jobs of this pass had started before it.
+        self._unmade: tuple[Job, int] | None = None
         self._planned_jobs = 0  # jobs planned, including those that fit nowhere ever (no slot)
         self._plans: list[tuple[float, Job, tuple[tuple[str, int], ...]]] = []  # (start, job, its GPUs)
         self._plan_starts: list[float] = []  # from when each plan closes its GPUs (its start; now if starving)
@@ -118,8 +122,12 @@ class Placer:
         """Whether no later job of the pass may start: strict order is blocked, or backfill has
         examined as many jobs past its plan as the rules allow."""
         return self._blocked_by is not None or (
-            bool(self._plans) and self._after_head >= self._rules.backfill_depth
+            self._has_plan and self._after_head >= self._rules.backfill_depth
         )
+
+    @property
+    def _has_plan(self) -> bool:
+        return bool(self._plans) or self._unmade is not None
 
     def fits(self, count: int) -> bool:
         """Whether a job of ``count`` GPUs could start now if no GPU were closed to it; the same for
@@ -197,7 +205,7 @@ class Placer:
         first = self._first.get(job.id)
         if first is not None:
             return Offer.WAITS if first == Offer.SIZE_FULL else first  # its size may still fit others
-        if self._plans:
+        if self._has_plan:
             self._after_head += 1
         wait = (begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job) or self._made_room_wait(job)
                 or array_limit_wait(job, self._array_use))
@@ -244,6 +252,7 @@ class Placer:
         # for another job: on them the job starts rather than wait behind that plan.
         if own and self._place(job, _union(self._all_but(own), reserved)):
             return Offer.STARTED
+        self._settle()  # the job fits the free GPUs: whether it may take them depends on the plans
         before = bisect_left(self._plan_starts, end)  # the plans it would still run into
         if before:
             planned = self._closed_before[before - 1]
@@ -277,11 +286,47 @@ class Placer:
         self._planned_jobs += 1
         if self.head is None:
             self.head = job
+        if self._timeline is None and self._unmade is None and self._surely_fits_later(job):
+            self._unmade = (job, len(self._started_jobs))
+            self._say_planned(job)
+            return True
+        self._settle()
         if self._timeline is None:
             self._timeline = Timeline(self.snapshot, self._started_jobs)
         slot = self._timeline.earliest(job)
         if slot is None:
             return True
+        self._plan(job, slot)
+        self._say_planned(job)
+        return True
+
+    def _surely_fits_later(self, job: Job) -> bool:
+        """Whether the plan is sure to find ``job`` a slot, so that working it out may wait: on one
+        node, with no reservation to keep clear of, the job fits once the GPUs of its largest node
+        have come free. The plan is then made only when a later job fits the free GPUs (whether it
+        may take them depends on when the plan starts) or its start is read (``decisions``); in most
+        passes of a full cluster neither happens, and building the timeline is most of a pass."""
+        return not self._reservations and job.gpu_count <= self._layout.largest_usable_node
+
+    def _settle(self) -> None:
+        """Make the deferred plan, on the timeline as it was when the job was planned: the running jobs
+        and those started before it; the jobs started since then occupy their GPUs after it, in turn,
+        as they would have had the plan been made at once."""
+        if self._unmade is None:
+            return
+        job, started_before = self._unmade
+        self._unmade = None
+        self._timeline = Timeline(self.snapshot, self._started_jobs[:started_before])
+        slot = self._timeline.earliest(job)
+        assert slot is not None, "a deferred plan always finds a slot"
+        self._plan(job, slot)
+        end_of = self._rules.runtime
+        for started, gpus in self._started_jobs[started_before:]:
+            self._timeline.occupy(gpus, self.snapshot.now + end_of(started))
+
+    def _plan(self, job: Job, slot: Slot) -> None:
+        """Book ``slot`` for ``job`` and close its GPUs to later jobs that would run into it."""
+        assert self._timeline is not None
         self._timeline.book(slot)
         # A job that has waited ``rules.starve_after_s`` drains its planned GPUs: no job may start on
         # them, however short its estimate. Its plan rests on the expected ends of running jobs, and
@@ -299,12 +344,13 @@ class Placer:
             for node, gpu in gpus:
                 closed[node] = closed.get(node, frozenset()) | {gpu}
             self._closed_before.append(dict(closed))
+
+    def _say_planned(self, job: Job) -> None:
         wait = self.waiting[job.id]
         # No time here: the estimate is shown beside the reason, and a reason that changed each pass
         # would be rewritten each pass.
         where = "first in line" if job is self.head else "planned"
         self.waiting[job.id] = Wait(wait.reason, f"{wait.message}; {where}, GPUs are held back for it")
-        return True
 
     def _made_room_wait(self, job: Job) -> Wait | None:
         """A job stopped to make room waits while the job it was stopped for (offered first) still
@@ -470,13 +516,17 @@ class Placer:
     def decisions(self) -> Decisions:
         """What this pass decided, with the preemptions that make room for jobs that must wait."""
         started = frozenset(p.job_id for p in self.starts)
-        planned = {job.id: start for start, job, _ in self._plans}
+        planned = _Planned(self) if self._unmade is not None else self._planned()
         return Decisions(
             starts=tuple(self.starts),
             waiting=Reasons(self.snapshot, self.waiting, started),
             preemptions=choose_preemptions(self.snapshot, self.waiting, self._free_on, started),
             planned=planned,
         )
+
+    def _planned(self) -> dict[int, float]:
+        self._settle()
+        return {job.id: start for start, job, _ in self._plans}
 
     def _missing(self, count: int) -> str:
         missing = self._missing_free(count)
@@ -513,6 +563,34 @@ class Placer:
             self._whole.discard(node)
             self._whole_gpus -= self._layout.size[node]
         return tuple(taken)
+
+
+class _Planned(Mapping[int, float]):
+    """A pass's planned starts (job id -> start), worked out when first read: the orchestrator keeps
+    them for the queue's views, which most passes never show. Read from any thread."""
+
+    def __init__(self, placer: Placer) -> None:
+        self._placer: Placer | None = placer
+        self._starts: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[int, float]:
+        with self._lock:
+            if self._placer is not None:
+                self._starts, self._placer = self._placer._planned(), None
+            return self._starts
+
+    def __getitem__(self, job_id: int) -> float:
+        return self._read()[job_id]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __repr__(self) -> str:
+        return repr(self._read())
 
 
 def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Mapping, Protocol
 
 from policies.ordering import Policy
 from policies.rules import DEFAULT_RULES, Rules
@@ -108,7 +108,8 @@ class Orchestrator:
         self.preempt_grace_s = preempt_grace_s  # SIGTERM to SIGKILL for a preempted job: time to checkpoint
         self._reservations = tuple(queue.store.reservations())
         self._ended: dict[int, JobStatus] = {}  # terminal states of jobs others depend on (they never change)
-        self.planned: dict[int, float] = {}  # the last pass's backfill plan: job id -> planned start
+        # The last pass's backfill plan: job id -> planned start, worked out when first read
+        self.planned: Mapping[int, float] = {}
         self._layout: Layout | None = None
         self.last_tick: TickReport | None = None
         # job id -> (the attempt's start time, its time-limit deadline on the monotonic clock)
@@ -368,7 +369,7 @@ class Orchestrator:
                 t = lap("validate", t)
                 started = self._apply(snapshot, verdict.accepted, t)
                 self._preempt(snapshot, decisions.preemptions, t)
-                self.planned = dict(decisions.planned)
+                self.planned = decisions.planned
                 t = lap("apply", t)
                 accepted = {acc.proposal.job_id for acc in verdict.accepted}
                 waiting = self._explain(seen, decisions, verdict.rejected, accepted, now=snapshot.now)

@@ -1,0 +1,83 @@
+"""Fair share's usage of running jobs, kept from one pass to the next of the same queue, gives the same
+GPU-seconds as summing every running job afresh: however jobs start, end, get stopped or requeued,
+however time moves, and from a snapshot older than the last pass."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.multifactor import _RunningUsage, fair_share_factors, running_usage
+from policies.snapshot import Snapshot
+from tools.index import JobIndex
+from tools.models import JobStatus, StopReason
+
+from tests.builders import job, node
+
+NODES = (node("n1", 8), node("n2", 8))
+STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.COMPLETED)
+step = st.tuples(
+    st.integers(1, 8),  # job id
+    st.sampled_from(STATES),
+    st.sampled_from(("ann", "bob", "cy")),
+    st.booleans(),  # being stopped
+    st.sampled_from((0.0, 0.001, 0.5, 37.25, 1e-9, -20.0)),  # how far back it started (-: after now, by a clock ahead)
+    st.floats(-5.0, 3000.0),  # time passed before the pass (back in time now and then)
+)
+
+
+def version(job_id, status, user, stopping, back, now):
+    holds = status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
+    on = (f"n{job_id % 2 + 1}", (job_id // 2,)) if holds else None
+    start = now - back if status == JobStatus.RUNNING else None
+    return job(job_id, gpus=1 + job_id % 3, status=status, user=user, on=on, start=start, submit=0.0,
+               stop_reason=StopReason.PREEMPT if holds and stopping else None)
+
+
+def kept_and_fresh(index: JobIndex, now: float):
+    view = index.view()
+    kept = running_usage(Snapshot(now=now, nodes=NODES, jobs=view))
+    fresh = Snapshot(now=now, nodes=NODES, jobs=tuple(view)).running_usage
+    return kept, fresh, view
+
+
+def same(kept, fresh) -> None:
+    # Two sums of the same terms in another order: equal but for the last bits; a user without a
+    # started job counts nothing either way.
+    assert {u for u, v in kept.items() if v} == {u for u, v in fresh.items() if v}
+    for user, used in fresh.items():
+        assert kept.get(user, 0.0) == pytest.approx(used, rel=1e-12, abs=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(step, max_size=40), st.integers(0, 39))
+def test_kept_usage_matches_a_fresh_sum_at_every_pass(steps, late):
+    index, now, views = JobIndex(), 1000.0, []
+    for job_id, status, user, stopping, back, passed in steps:
+        now += passed
+        index.put(version(job_id, status, user, stopping, back, now))
+        kept, fresh, view = kept_and_fresh(index, now)
+        same(kept, fresh)
+        views.append((view, now))
+    if views:  # an older pass read after later ones: counted afresh, the kept sums left as they were
+        view, then = views[late % len(views)]
+        same(running_usage(Snapshot(now=then, nodes=NODES, jobs=view)),
+             Snapshot(now=then, nodes=NODES, jobs=tuple(view)).running_usage)
+        same(*kept_and_fresh(index, now)[:2])
+
+
+def test_a_user_whose_last_job_ends_is_forgotten_and_the_kept_sums_are_reused():
+    index = JobIndex()
+    index.put(job(1, gpus=2, status=JobStatus.RUNNING, user="ann", on=("n1", (0, 1)), start=10.0))
+    index.put(job(2, gpus=1, status=JobStatus.RUNNING, user="bob", on=("n1", (2,)), start=0.1))
+    kept, _, view = kept_and_fresh(index, 100.0)
+    assert kept == {"ann": 180.0, "bob": pytest.approx(99.9, rel=1e-15)}
+    tracker = view.carried[_RunningUsage]
+    index.put(job(1, gpus=2, status=JobStatus.COMPLETED, user="ann", start=10.0))
+    kept, _, view = kept_and_fresh(index, 200.0)
+    assert kept == {"bob": pytest.approx(199.9, rel=1e-15)} and view.carried[_RunningUsage] is tracker
+
+
+def test_fair_share_without_groups_is_the_average_of_two_equal_factors():
+    s = Snapshot(now=0.0, nodes=NODES, jobs=(), usage={"a": 30.0, "b": 10.0, "c": 0.0})
+    got = fair_share_factors(s, {"a", "b", "c"})
+    assert got == {"a": 2.0 ** -(30 / 40 * 3), "b": 2.0 ** -(10 / 40 * 3), "c": 1.0}

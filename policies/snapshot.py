@@ -204,10 +204,9 @@ class Snapshot:
     def free_total(self) -> int:
         """How many GPUs are free in all."""
         layout, held = self.layout, self.held
-        if not layout.unusable and held.keys() <= layout.size.keys():
-            index = self._index
-            return layout.usable_total - (index.held_gpus if index is not None else sum(map(len, held.values())))
-        return sum(self.free_count.values())
+        if self._index is None and not layout.unusable and held.keys() <= layout.size.keys():
+            return layout.usable_total - sum(map(len, held.values()))
+        return sum(self.free_count.values())  # (from the index: the kept count, a pass's changes counted again)
 
     @property
     def largest_usable_node(self) -> int:

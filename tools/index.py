@@ -219,7 +219,6 @@ class ActiveJobs(Sequence[Job]):
         table: JobTable,
         holding: SortedRuns,
         held: Mapping[str, frozenset[int]],
-        held_gpus: int,
         held_mark: tuple[list[str], int],
         queued_count: int,
         orders: Mapping[Ordering, Mapping[Hashable, SortedRuns]],
@@ -233,7 +232,6 @@ class ActiveJobs(Sequence[Job]):
         self._table = table
         self._holding = holding  # ids of the jobs holding GPUs
         self.held = held  # node -> indices of the GPUs held there
-        self.held_gpus = held_gpus  # GPUs in ``held``, all nodes together
         self.held_mark = held_mark  # (the index's log of nodes whose held GPUs changed, its length then)
         # Totals over the jobs holding GPUs, kept by the index so that a pass need not read them all:
         self.user_gpus = user_gpus if user_gpus is not None else {}  # user -> GPUs held
@@ -297,7 +295,6 @@ class JobIndex:
         self._table = TableWriter()
         self._holding = SortedRuns()  # ids of scheduled and running jobs
         self._held: dict[str, frozenset[int]] = {}
-        self._held_gpus = 0  # GPUs in ``_held``, all nodes together
         self._held_log: list[str] = []  # nodes whose held GPUs changed, in order (``ActiveJobs.held_since``)
         self._user_gpus: dict[str, int] = {}  # user -> GPUs its holding jobs hold
         self._array_tasks: dict[int, int] = {}  # array id -> its tasks holding GPUs
@@ -366,7 +363,6 @@ class JobIndex:
                 table=self._table.frozen(),
                 holding=self._holding,
                 held=self._held,
-                held_gpus=self._held_gpus,
                 held_mark=(self._held_log, len(self._held_log)),
                 queued_count=self._queued,
                 orders={o: dict(groups) for o, groups in self._orders.items()},
@@ -461,10 +457,8 @@ class JobIndex:
             self._preemption_ids = tuple(sorted(self._preemption))
         if job.allocation is not None:
             for node, gpus in _by_node(job):
-                before = self._held.get(node, frozenset())
-                self._held[node] = after = before | gpus
+                self._held[node] = self._held.get(node, frozenset()) | gpus
                 self._held_log.append(node)
-                self._held_gpus += len(after) - len(before)
 
     def _release(self, job: Job) -> None:
         self._holding = self._holding.remove(job.id)
@@ -477,10 +471,8 @@ class JobIndex:
             self._preemption_ids = tuple(sorted(self._preemption))
         if job.allocation is not None:
             for node, gpus in _by_node(job):
-                before = self._held[node]
-                left = before - gpus
+                left = self._held[node] - gpus
                 self._held_log.append(node)
-                self._held_gpus -= len(before) - len(left)
                 if left:
                     self._held[node] = left
                 else:

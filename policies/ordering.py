@@ -20,7 +20,7 @@ count), never by sorting the queue; ``orderings`` names the ones the orchestrato
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 from tools.index import Ordering
@@ -76,9 +76,15 @@ class OrderedPolicy:
     head_of_line: bool = False
     backfill: bool = False
 
+    # Its order of the waiting jobs, made once, so that each pass finds it in the index by identity.
+    ordering: Ordering = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ordering", Ordering(self.key, by_gpus))
+
     @property
     def orderings(self) -> tuple[Ordering, ...]:
-        return (Ordering(self.key, by_gpus),)
+        return (self.ordering,)
 
     def order(self, snapshot: Snapshot) -> list[Job]:
         return list(self.walk(snapshot))
@@ -86,18 +92,18 @@ class OrderedPolicy:
     def walk(self, snapshot: Snapshot) -> Iterator[Job]:
         """``order``, merged only as far as it is read (a page of the queue reads its first jobs)."""
         jobs = snapshot.jobs_by_id
-        groups = snapshot.queued_groups(Ordering(self.key, by_gpus)).values()
+        groups = snapshot.queued_groups(self.ordering).values()
         return (jobs[job_id] for _, job_id in heapq.merge(*groups))  # already sorted: merge, never sort
 
     def position(self, snapshot: Snapshot, job: Job) -> int:
         """A waiting job's place in ``order`` (1 = first), counted in each sorted group by a search."""
-        ordering = Ordering(self.key, by_gpus)
+        ordering = self.ordering
         entry = ordering.entry(job)
         return 1 + sum(entries.rank(entry) for entries in snapshot.queued_groups(ordering).values())
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, head_of_line=self.head_of_line, backfill=self.backfill)
-        placer.offer_groups(snapshot.queued_groups(Ordering(self.key, by_gpus)))
+        placer.offer_groups(snapshot.queued_groups(self.ordering))
         return placer.decisions()
 
 

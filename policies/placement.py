@@ -103,6 +103,7 @@ class Placer:
         self._plans: list[tuple[float, Job, tuple[tuple[str, int], ...]]] = []  # (start, job, its GPUs)
         self._plan_starts: list[float] = []  # from when each plan closes its GPUs (its start; now if starving)
         self._closed_before: list[dict[str, frozenset[int]]] = []  # [i]: GPUs of the first i + 1 plans
+        self._refused_behind_plans: dict[int, int] = {}  # plans run into -> the fewest GPUs that did not fit around them
         self._after_head = 0  # jobs examined since the head was planned
         self._started_jobs: list[tuple[Job, tuple[tuple[str, int], ...]]] = []
         self._started_ids: set[int] = set()
@@ -257,8 +258,11 @@ class Placer:
         if before:
             planned = self._closed_before[before - 1]
             closed = _union(reserved, _minus(planned, own) if own else planned)
-        if not self._place(job, closed):
+        only_plans = not reserved and not own  # closed to it: the GPUs of the first ``before`` plans
+        if (only_plans and self._refused_behind(before, count)) or not self._place(job, closed):
             assert before, "only a plan closes GPUs that fit it"
+            if only_plans:
+                self._refused_behind_plans[before] = min(count, self._refused_behind_plans.get(before, count))
             first = self._plans[0][1]
             where = ", first in line," if first is self.head else ""
             self.waiting[job.id] = Wait(
@@ -271,6 +275,13 @@ class Placer:
             self._must_wait(job)
             return Offer.WAITS
         return Offer.STARTED
+
+    def _refused_behind(self, before: int, count: int) -> bool:
+        """Whether a job of ``count`` GPUs is sure not to fit around the GPUs of the first ``before``
+        plans: one as large or smaller did not fit around as few or fewer. Free GPUs only shrink during
+        a pass, and the GPUs of more plans include those of fewer, so many waiting jobs kept out by the
+        plans cost one try (a multifactor pass offers each user's next job of a size)."""
+        return any(b <= before and c <= count for b, c in self._refused_behind_plans.items())
 
     def _may_plan(self) -> bool:
         return self.backfill and self._planned_jobs < self._rules.backfill_plans
@@ -328,6 +339,7 @@ class Placer:
         """Book ``slot`` for ``job`` and close its GPUs to later jobs that would run into it."""
         assert self._timeline is not None
         self._timeline.book(slot)
+        self._refused_behind_plans.clear()  # the first ``before`` plans are others now
         # A job that has waited ``rules.starve_after_s`` drains its planned GPUs: no job may start on
         # them, however short its estimate. Its plan rests on the expected ends of running jobs, and
         # those of jobs that overran their estimates (or were let start before it, and will) slide

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Iterator, Mapping
 from pydantic import Field, TypeAdapter
 
 from tools.history import Batch, RunHistory
-from tools.index import JobIndex
+from tools.index import IN_LINE_MESSAGE, JobIndex
 from tools.models import (
     HOLDS_GPUS,
     MAX_DURATION_S,
@@ -240,7 +240,10 @@ class JobQueue:
             submit_time=now,
             not_before=spec.begin_at if deferred else None,
             pending_reason=PendingReason.BEGIN_TIME if deferred else PendingReason.PRIORITY,
-            pending_message=f"deferred: not before {local_time(spec.begin_at)}" if deferred else WAITING_FOR_PASS,
+            # The reason a pass gives every waiting job it does not reach, so that a submission to a busy
+            # queue costs the pass no write; one that waits for other jobs is explained by the pass.
+            pending_message=(f"deferred: not before {local_time(spec.begin_at)}" if deferred
+                             else WAITING_FOR_PASS if spec.depends_on else IN_LINE_MESSAGE),
         )
         if spec.array is None:
             return Submission((job,), batch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
+from functools import cache
 from typing import Annotated, Any
 
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, computed_field, field_validator,
@@ -193,6 +194,12 @@ def _stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
+@cache
+def _optional_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that have a default (once per model: every request and job asks)."""
+    return frozenset(name for name, field in model.model_fields.items() if not field.is_required())
+
+
 class JobRequest(BaseModel):
     """What a person asks for: REST's body, the CLI's flags, chat's ``submit_job`` and a replayed trace
     row are each one of these, and the typed tool ``submit_job`` turns it into a ``JobSpec``.
@@ -258,8 +265,8 @@ class JobRequest(BaseModel):
     def _null_is_default(cls, data: Any) -> Any:
         """A null optional field is left out, so it takes its default; a null required one is refused."""
         if isinstance(data, dict) and None in data.values():
-            fields = cls.model_fields
-            return {k: v for k, v in data.items() if v is not None or k not in fields or fields[k].is_required()}
+            optional = _optional_fields(cls)
+            return {k: v for k, v in data.items() if v is not None or k not in optional}
         return data
 
     @field_validator("command")
@@ -351,6 +358,8 @@ class JobRequest(BaseModel):
 
     @model_validator(mode="after")
     def _dependencies_once(self) -> JobRequest:
+        if not (self.after and self.after_any):
+            return self
         both = sorted(set(self.after) & set(self.after_any))
         if both:
             raise ValueError(f"job(s) {', '.join(map(str, both))} are in both after and after_any; name each once")

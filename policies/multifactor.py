@@ -14,17 +14,16 @@ user's fair-share term, and offers the jobs in that order to the backfill placer
 from __future__ import annotations
 
 import heapq
-import math
-import threading
 from dataclasses import dataclass, field
-from itertools import chain, compress
-from typing import Iterator, Mapping
+from itertools import chain
+from typing import Iterator
 
 from tools.index import BY_ID, Ordering
 from tools.models import Job
 
 from policies.placement import Entries, Placer, offer_in_order
 from policies.rules import Weights, expected_runtime
+from policies.running_usage import expect, running_usage
 from policies.snapshot import Decisions, Snapshot
 
 DEFAULT_RUNTIME_S = 3600.0
@@ -79,99 +78,6 @@ def fair_share_factors(snapshot: Snapshot, users) -> dict[str, float]:
         f_group = 2.0 ** -(group_usage[group_of(u) or f"user:{u}"] / total * n_groups)
         out[u] = (f_user + f_group) / 2
     return out
-
-
-def running_usage(snapshot: Snapshot) -> Mapping[str, float]:
-    """``snapshot.running_usage``, from the sums kept since the last pass of the same queue where
-    there is one (the same figures, rounded differently)."""
-    carried = snapshot.carried
-    if carried is not None:
-        kept = carried.get(_RunningUsage)
-        if not isinstance(kept, _RunningUsage):
-            kept = carried[_RunningUsage] = _RunningUsage()
-        used = kept.usage(snapshot)
-        if used is not None:
-            return used
-    return snapshot.running_usage
-
-
-_UNITS = 2 ** 60  # of a second: the kept sums of starts are whole numbers of these
-
-
-class _RunningUsage:
-    """Per user, the GPU-seconds used so far by its jobs holding GPUs, kept from one pass to the next
-    (in the queue's ``carried``) as two sums over its started jobs: GPUs, and GPUs x start. At ``now``
-    they have used ``now x GPUs - sum(GPUs x start)``, so a pass reads only the jobs that started or
-    ended since the last one instead of every running job (the sum over running jobs was a fifth of
-    a multifactor pass). The second sum is kept exact, in integer units of 2 ** -60 s (``_UNITS``), and
-    rounded once, so it does not drift however many jobs come and go.
-
-    Jobs are known by ``id()`` (each version of a job is another object: a start time set is seen);
-    the kept jobs are held, so no other job takes their id while they are known. Time may only go
-    forward; a snapshot older than the last pass, or one read while another thread reads, is counted
-    afresh."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._now = -math.inf
-        self._holding: tuple[Job, ...] = ()  # the holding jobs of the last pass
-        self._ids: set[int] = set()  # their id()s
-        self._jobs: dict[int, Job] = {}  # id() -> the holding job, counted or not yet started
-        self._gpus: dict[str, int] = {}  # user -> GPUs of its counted jobs
-        self._since: dict[str, int] = {}  # user -> sum of GPUs x start of its counted jobs, in units
-        self._since_f: dict[str, float] = {}  # the same, rounded
-        self._later: dict[int, Job] = {}  # id() -> holding job whose start is still after now
-
-    def usage(self, snapshot: Snapshot) -> Mapping[str, float] | None:
-        if not self._lock.acquire(blocking=False):
-            return None
-        try:
-            now = snapshot.now
-            if now < self._now:
-                return None
-            self._now = now
-            holding = snapshot.holding
-            if holding != self._holding:  # the same jobs: compared by identity, in C
-                self._follow(holding, now)
-            if self._later:
-                for key, job in tuple(self._later.items()):
-                    if job.start_time <= now:  # type: ignore[operator]  # only started jobs wait here
-                        del self._later[key]
-                        self._count(job, +1)
-            since = self._since_f
-            return {user: now * gpus - since[user] for user, gpus in self._gpus.items()}
-        finally:
-            self._lock.release()
-
-    def _follow(self, holding: tuple[Job, ...], now: float) -> None:
-        ids = set(map(id, holding))
-        for key in self._ids - ids:
-            job = self._jobs.pop(key)
-            if self._later.pop(key, None) is None and job.start_time is not None:
-                self._count(job, -1)
-        came = ids - self._ids
-        if came:
-            for job in compress(holding, map(came.__contains__, map(id, holding))):
-                self._jobs[id(job)] = job
-                start = job.start_time
-                if start is None:
-                    continue  # scheduled, not started: it has used nothing yet
-                if start > now:
-                    self._later[id(job)] = job
-                else:
-                    self._count(job, +1)
-        self._ids, self._holding = ids, holding
-
-    def _count(self, job: Job, sign: int) -> None:
-        user, gpus = job.user, job.gpu_count
-        left = self._gpus.get(user, 0) + sign * gpus
-        if left:
-            # Scaling by a power of two is exact, and so is the integer of any start from 2 ** -8 s on;
-            # an earlier one is rounded, alike when it is added and taken off.
-            since = self._since.get(user, 0) + sign * gpus * round(job.start_time * _UNITS)  # type: ignore[operator]
-            self._gpus[user], self._since[user], self._since_f[user] = left, since, since / _UNITS
-        else:  # the user's last running job: the sums start again from nothing
-            del self._gpus[user], self._since[user], self._since_f[user]
 
 
 @dataclass(frozen=True)
@@ -245,6 +151,7 @@ class MultifactorPolicy:
         placer = Placer(snapshot, backfill=True)
         self._offer_starving(snapshot, placer)
         offer_in_order(placer, self._streams(snapshot, placer), per_user=True)
+        expect(snapshot, (p.job_id for p in placer.starts))  # so the next pass's usage need not read every running job
         return placer.decisions()
 
     def _offer_starving(self, snapshot: Snapshot, placer: Placer) -> None:

@@ -1,12 +1,14 @@
 """Fair share's usage of running jobs, kept from one pass to the next of the same queue, gives the same
-GPU-seconds as summing every running job afresh: however jobs start, end, get stopped or requeued,
-however time moves, and from a snapshot older than the last pass."""
+GPU-seconds as summing every running job afresh: however jobs start (expected by the last pass or
+not), end, get stopped or requeued, however time moves, with two jobs on one GPU, and from a snapshot
+older than the last pass."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.multifactor import _RunningUsage, fair_share_factors, running_usage
+from policies.multifactor import fair_share_factors
+from policies.running_usage import RunningUsage, expect, running_usage
 from policies.snapshot import Snapshot
 from tools.index import JobIndex
 from tools.models import JobStatus, StopReason
@@ -14,23 +16,38 @@ from tools.models import JobStatus, StopReason
 from tests.builders import job, node
 
 NODES = (node("n1", 8), node("n2", 8))
-STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.COMPLETED)
+# What may happen next to a job (``JobQueue.transition``'s moves): scheduled onto its GPUs (keeping the
+# start of an earlier attempt), running (started now, or a little before or after by another clock),
+# asked to stop, requeued, ended.
 step = st.tuples(
     st.integers(1, 8),  # job id
-    st.sampled_from(STATES),
-    st.sampled_from(("ann", "bob", "cy")),
-    st.booleans(),  # being stopped
-    st.sampled_from((0.0, 0.001, 0.5, 37.25, 1e-9, -20.0)),  # how far back it started (-: after now, by a clock ahead)
+    st.sampled_from(("advance", "advance", "stop", "requeue", "end")),
+    st.sampled_from((0.0, 0.001, 0.5, 37.25, 1e-9, -20.0)),  # how far back it started (-: after now)
     st.floats(-5.0, 3000.0),  # time passed before the pass (back in time now and then)
+    st.booleans(),  # the last pass expected it to start (when it is scheduled)
 )
+USERS = ("ann", "bob", "cy")
 
 
-def version(job_id, status, user, stopping, back, now):
-    holds = status in (JobStatus.SCHEDULED, JobStatus.RUNNING)
-    on = (f"n{job_id % 2 + 1}", (job_id // 2,)) if holds else None
-    start = now - back if status == JobStatus.RUNNING else None
-    return job(job_id, gpus=1 + job_id % 3, status=status, user=user, on=on, start=start, submit=0.0,
-               stop_reason=StopReason.PREEMPT if holds and stopping else None)
+def next_version(old, job_id, action, back, now):
+    """The job's next version, or None if the action does not apply to its state."""
+    on = (f"n{job_id % 2 + 1}", (job_id // 2,))
+    kw = dict(gpus=1 + job_id % 3, user=USERS[job_id % 3], submit=0.0)
+    if old is None:
+        return job(job_id, **kw)
+    start = old.start_time
+    if action == "advance" and old.status == JobStatus.QUEUED:
+        return job(job_id, status=JobStatus.SCHEDULED, on=on, start=start, **kw) if start is not None else \
+            old.model_copy(update={"status": JobStatus.SCHEDULED, "allocation": job(0, on=on).allocation})
+    if action == "advance" and old.status == JobStatus.SCHEDULED:
+        return old.model_copy(update={"status": JobStatus.RUNNING, "start_time": now - back})
+    if action == "stop" and old.status == JobStatus.RUNNING:
+        return old.model_copy(update={"stop_reason": StopReason.PREEMPT})
+    if action == "requeue" and old.status in (JobStatus.SCHEDULED, JobStatus.RUNNING):
+        return old.model_copy(update={"status": JobStatus.QUEUED, "allocation": None, "stop_reason": None})
+    if action == "end" and old.status == JobStatus.RUNNING:
+        return old.model_copy(update={"status": JobStatus.COMPLETED, "allocation": None})
+    return None
 
 
 def kept_and_fresh(index: JobIndex, now: float):
@@ -51,10 +68,15 @@ def same(kept, fresh) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(step, max_size=40), st.integers(0, 39))
 def test_kept_usage_matches_a_fresh_sum_at_every_pass(steps, late):
-    index, now, views = JobIndex(), 1000.0, []
-    for job_id, status, user, stopping, back, passed in steps:
+    index, now, views, view = JobIndex(), 1000.0, [], None
+    for job_id, action, back, passed, expected in steps:
         now += passed
-        index.put(version(job_id, status, user, stopping, back, now))
+        new = next_version(index.get(job_id), job_id, action, back, now)
+        if new is None:
+            continue
+        if expected and view is not None and new.status == JobStatus.SCHEDULED:
+            expect(Snapshot(now=now, nodes=NODES, jobs=view), [job_id])
+        index.put(new)
         kept, fresh, view = kept_and_fresh(index, now)
         same(kept, fresh)
         views.append((view, now))
@@ -71,10 +93,24 @@ def test_a_user_whose_last_job_ends_is_forgotten_and_the_kept_sums_are_reused():
     index.put(job(2, gpus=1, status=JobStatus.RUNNING, user="bob", on=("n1", (2,)), start=0.1))
     kept, _, view = kept_and_fresh(index, 100.0)
     assert kept == {"ann": 180.0, "bob": pytest.approx(99.9, rel=1e-15)}
-    tracker = view.carried[_RunningUsage]
+    tracker = view.carried[RunningUsage]
     index.put(job(1, gpus=2, status=JobStatus.COMPLETED, user="ann", start=10.0))
     kept, _, view = kept_and_fresh(index, 200.0)
-    assert kept == {"bob": pytest.approx(199.9, rel=1e-15)} and view.carried[_RunningUsage] is tracker
+    assert kept == {"bob": pytest.approx(199.9, rel=1e-15)} and view.carried[RunningUsage] is tracker
+
+
+def test_two_jobs_on_one_gpu_are_counted_afresh_as_long_as_they_are():
+    index = JobIndex()
+    index.put(job(1, gpus=2, status=JobStatus.RUNNING, user="ann", on=("n1", (0, 1)), start=10.0))
+    same(*kept_and_fresh(index, 50.0)[:2])
+    index.put(job(2, gpus=1, status=JobStatus.RUNNING, user="bob", on=("n1", (1,)), start=20.0))
+    for now in (60.0, 70.0):
+        kept, fresh, _ = kept_and_fresh(index, now)
+        assert kept == fresh == {"ann": 2 * (now - 10.0), "bob": now - 20.0}
+    index.put(job(2, gpus=1, status=JobStatus.COMPLETED, user="bob", start=20.0))
+    for now in (80.0, 90.0):
+        kept, fresh, _ = kept_and_fresh(index, now)
+        assert kept == fresh == {"ann": 2 * (now - 10.0)}
 
 
 def test_fair_share_without_groups_is_the_average_of_two_equal_factors():

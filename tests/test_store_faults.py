@@ -17,6 +17,7 @@ from tools.clock import SimClock
 from tools.models import Job, JobStatus
 from tools.nvml import UnavailableProbe
 from tools.sim_executor import SimExecutor
+from tools.orchestrator import UnrecordedEnds
 from tools.store import SqliteStore, StorageError
 
 LOCKED = "database is locked"
@@ -234,3 +235,105 @@ def test_a_bug_is_a_json_500_with_one_line(api, monkeypatch):
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error (RuntimeError: something nobody expected); "
                                           "the server's log has the details"}
+
+
+# -- a pass's writes in one commit -----------------------------------------------------------------------
+class _FailsNthCommit(_Faulty):
+    """The ``n``-th ``COMMIT`` from now fails with a disk I/O error; the others go through."""
+
+    def __init__(self, real: sqlite3.Connection, n: int) -> None:
+        super().__init__(real, IO_ERROR, ("COMMIT",))
+        self.left = n
+
+    def execute(self, sql: str, *args):
+        if self.armed and sql.lstrip().upper().startswith("COMMIT"):
+            self.left -= 1
+            self.armed = self.left > 0
+            if self.left == 0:
+                raise sqlite3.OperationalError(self.message)
+        return self.real.execute(sql, *args)
+
+
+@contextlib.contextmanager
+def failing_commit(store: SqliteStore, n: int):
+    real = store._db
+    store._db = _FailsNthCommit(real, n)
+    try:
+        yield
+    finally:
+        store._db = real
+
+
+def memory(store: SqliteStore):
+    return (store.active_jobs(), store.count_by_status(), store._waiting.submissions, +store._waiting.by_user)
+
+
+def test_one_commit_writes_everything_once_and_a_failed_one_leaves_disk_and_memory_as_they_were(tmp_path):
+    store = SqliteStore(tmp_path / "herd.db")
+    a, b, c = (store.add_job(new_job(user), max_queued=None) for user in ("ana", "bob", "cy"))
+    with store.one_commit() as commit:
+        store.save_job(a.model_copy(update={"status": JobStatus.CANCELLED}), None)
+        store.set_usage("ana", 5.0, 1.0)
+        assert store.get_usage()["ana"] == (5.0, 1.0)  # this thread reads what it wrote, not yet committed
+        store.save_job(b.model_copy(update={"priority": 9}), None)
+    assert set(commit.before) == {a.id, b.id} and commit.before[a.id] == a
+    reopened = SqliteStore(tmp_path / "herd.db")
+    assert [j.id for j in reopened.active_jobs()] == [b.id, c.id] and reopened.get_usage()["ana"] == (5.0, 1.0)
+    assert memory(reopened) == memory(store)
+
+    b9, before = store.get_job(b.id), memory(store)
+    with failing_commit(store, 1):
+        with pytest.raises(StorageError, match=IO_ERROR):
+            with store.one_commit() as commit:
+                store.save_job(b9.model_copy(update={"status": JobStatus.CANCELLED}), None)
+                store.save_job(c.model_copy(update={"priority": 2}), None)
+                store.set_usage("bob", 7.0, 2.0)
+    assert commit.before == {b.id: b9, c.id: c}  # what was put back
+    assert memory(store) == before and store.get_job(b.id) == b9 and "bob" not in store.get_usage()
+    assert not store._db.in_transaction
+    assert memory(SqliteStore(tmp_path / "herd.db")) == before  # disk and memory agree
+
+
+def test_a_nested_commit_that_fails_undoes_only_itself(tmp_path):
+    store = SqliteStore(tmp_path / "herd.db")
+    a, b = (store.add_job(new_job(user), max_queued=None) for user in ("ana", "bob"))
+    with store.one_commit() as outer:
+        store.save_job(a.model_copy(update={"priority": 8}), None)
+        with pytest.raises(ValueError):
+            with store.one_commit() as inner:
+                store.save_job(b.model_copy(update={"status": JobStatus.CANCELLED}), None)
+                raise ValueError("this job's end could not be worked out")
+        assert inner.before == {b.id: b} and store.get_job(b.id) == b
+    assert set(outer.before) == {a.id}
+    reopened = SqliteStore(tmp_path / "herd.db")
+    assert (reopened.get_job(a.id).priority, reopened.get_job(b.id).status) == (8, JobStatus.QUEUED)
+
+
+@pytest.mark.parametrize("n, what", [(1, "the ends"), (2, "the reservations"), (3, "the starts")])
+def test_a_pass_whose_commit_fails_leaves_memory_as_the_database_and_the_next_pass_catches_up(api, n, what):
+    """A pass commits the ends it collected, then the GPUs it reserves, then the starts (with the
+    reasons the others wait). Whichever commit fails, memory (the store's and the queue's index) is
+    put back as the database has it, no GPU is held by a job that does not run, and the next pass
+    records what happened."""
+    first = api.submit_ok(gpu_count=4)
+    api.tick()
+    assert api.job(first)["status"] == "running"
+    second = api.submit_ok(gpu_count=4)
+    api.sim.finish(first, 0, api.clock.now())
+    store, index = api.service.store, api.service.queue.index
+    with failing_commit(store, n), pytest.raises(UnrecordedEnds if what == "the ends" else StorageError):
+        api.tick()
+    on_disk = {j.id: j.status for j in SqliteStore(store._path).list_jobs()}
+    assert {j: store.get_job(j).status for j in on_disk} == on_disk  # the store's memory is the disk's
+    assert {j: index.get(j).status for j in on_disk if index.get(j) is not None} == \
+        {j: s for j, s in on_disk.items() if s in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)}
+    if what == "the ends":  # the end stays with the executor: the job keeps its GPUs, the next job waits
+        assert on_disk == {first: JobStatus.RUNNING, second: JobStatus.QUEUED} and api.sim.running == {}
+    elif what == "the reservations":  # nothing reserved, nothing started
+        assert on_disk == {first: JobStatus.COMPLETED, second: JobStatus.QUEUED} and api.sim.running == {}
+    else:  # started, but stored as reserved only: the next pass records that it runs
+        assert on_disk == {first: JobStatus.COMPLETED, second: JobStatus.SCHEDULED} and second in api.sim.running
+    api.tick()
+    api.tick()
+    assert (api.job(first)["status"], api.job(second)["status"]) == ("completed", "running")
+    assert api.job(second)["start_time"] is not None

@@ -1,14 +1,20 @@
 """The orchestrator: the one place where decisions become effects.
 
 ``tick()`` runs in numbered phases, each timed on the injected clock:
-  1. collect   - record jobs that ended (exit codes from the executor), with retries; an end is
-                 forgotten by the executor only once it is stored, so a failed write is tried again
-                 on the next pass (and the pass then raises ``UnrecordedEnds``, after doing its work)
+  1. collect   - record jobs that ended (exit codes from the executor), with retries, all in one
+                 commit; an end is forgotten by the executor only once it is stored, so a failed write
+                 is tried again on the next pass (and the pass then raises ``UnrecordedEnds``, after
+                 doing its work)
   2. enforce   - stop jobs past their time limit (SIGTERM, grace, SIGKILL), on the monotonic clock
   3. decide    - snapshot -> policy (pure; the only phase without the lock)
   4. validate  - the policy's proposals against a fresh snapshot
-  5. apply     - reserve GPUs in the store, then start through the executor; on failure release
-  6. explain   - store why each waiting job waits (only where that changed)
+  5. apply     - reserve GPUs in the store (one commit for all), then start through the executor; on
+                 failure release
+  6. explain   - store why each waiting job waits (only where that changed), in one commit with the
+                 starts of 5
+A pass writes its changes in three commits (``Store.one_commit``), not one per change: each is an
+fsync. A commit that fails is rolled back with the memory (the store's, and the queue's index, from
+the jobs it put back); starts the executor made whose commit failed are recorded by the next pass.
 Every front door (REST, CLI, the LLM agent, the eval harness) changes jobs through the methods here,
 under one lock, so the tick never races a cancel.
 """
@@ -17,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol
+from typing import Iterator, Mapping, Protocol, Sequence
 
 from policies.ordering import Policy
 from policies.rules import DEFAULT_RULES, Rules
@@ -62,6 +69,16 @@ class TickReport:
     # Jobs whose end the executor reported but the store could not record (a failed write): they stay
     # running, with their GPUs, and the executor keeps reporting them until a later pass records them.
     unrecorded: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A reserved job handed to the executor at ``time``: its log, or why it could not start."""
+
+    job: Job
+    time: float
+    log_path: str | None
+    why: str = ""
 
 
 class UnrecordedEnds(RuntimeError):
@@ -116,6 +133,8 @@ class Orchestrator:
         self._deadlines: dict[int, tuple[float, float]] = {}
         self._next_limit: float | None = None  # the earliest of them not yet enforced (monotonic)
         self._unrecorded: dict[int, str] = {}  # job id -> why its end could not be stored (this pass)
+        # Jobs the executor started whose start a failed commit did not store: recorded by the next pass.
+        self._launched: dict[int, Launch] = {}
         self.lock = threading.RLock()  # every change of jobs, from any door
         self._tick_lock = threading.Lock()  # one tick at a time
 
@@ -364,25 +383,30 @@ class Orchestrator:
                     return self._held(t0, phases, finished)
                 snapshot = seen if self._still(seen) else self.snapshot()
                 verdict = validate(snapshot, decisions.starts)
-                for kind, message in decisions.notes:
-                    self.queue.store.add_event(Event(time=snapshot.now, kind=kind, message=message))
                 t = lap("validate", t)
-                started = self._apply(snapshot, verdict.accepted, t)
+                # Two commits however many jobs start: their GPUs reserved (before any starts), then their
+                # starts with the reasons the others wait.
+                reserved = self._reserve(snapshot, verdict.accepted, decisions.notes, t)
+                launched = self._launch(reserved, t)
+                accepted = {acc.proposal.job_id for acc in verdict.accepted}
+                with self._committing(launched):
+                    started = self._record_starts(launched)
+                    t = lap("apply", t)
+                    waiting = self._explain(seen, decisions, verdict.rejected, accepted, now=snapshot.now)
+                self._started(started)
                 self._preempt(snapshot, decisions.preemptions, t)
                 self.planned = decisions.planned
-                t = lap("apply", t)
-                accepted = {acc.proposal.job_id for acc in verdict.accepted}
-                waiting = self._explain(seen, decisions, verdict.rejected, accepted, now=snapshot.now)
                 t = lap("explain", t)
             self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                        started=tuple(started), rejected=verdict.rejected,
+                                        started=tuple(j.id for j in started), rejected=verdict.rejected,
                                         waiting=waiting, phases_s=phases, unrecorded=tuple(sorted(self._unrecorded)))
             return self._reported(self.last_tick)
 
     def _held(self, t0: float, phases: dict[str, float], finished: tuple[int, ...]) -> TickReport:
         """The pass of a stopped scheduler: nothing starts, every waiting job says why it waits."""
         since = self.clock.now()
-        waiting = self._hold_all(since)
+        with self._committing():
+            waiting = self._hold_all(since)
         t = self.clock.now()
         phases["explain"] = t - since
         self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
@@ -397,9 +421,37 @@ class Orchestrator:
         return report
 
     def _collect(self, now: float) -> tuple[int, ...]:
+        """Record every end the executor reports in one commit (one fsync however many ended), and let
+        the executor forget them once it is on disk. An end that cannot be stored (its own write failed,
+        or the commit) stays with the executor, its job keeps its GPUs, and the next pass tries again."""
+        ends = self.executor.poll(now)
+        if not ends and not self._launched:
+            return ()
+        recorded: list[tuple[int, Job | None]] = []
+        store = self.queue.store
+        commit = None
+        try:
+            with store.one_commit() as commit:
+                again = self._record_starts(list(self._launched.values()))
+                for end in ends:
+                    one = None
+                    try:
+                        with store.one_commit() as one:
+                            recorded.append((end.job_id, self._store_end(end)))
+                    except Exception as exc:  # this end alone: the others are recorded
+                        self._put_back(one.before if one is not None else {})
+                        self._unrecordable(end.job_id, exc)
+        except Exception as exc:  # the commit failed: none of it is stored, nor kept in memory
+            self._put_back(commit.before if commit is not None else {})
+            for end in ends:
+                self._unrecordable(end.job_id, exc)
+            return ()
+        self._launched.clear()
+        self._started(again)
         finished = []
-        for end in self.executor.poll(now):
-            job = self._record(end)
+        for job_id, job in recorded:
+            self._deadlines.pop(job_id, None)
+            self.executor.forget(job_id)
             if job is not None:
                 finished.append(job.id)
         return tuple(finished)
@@ -416,23 +468,51 @@ class Orchestrator:
             self.inventory.follow(reported, now=now)
 
     def _record(self, end: JobExit, note: str = "") -> Job | None:
-        """Store the end of a job, then let the executor forget it. If the write fails, the executor
-        keeps the end (and the job its GPUs) for the next pass, and the pass reports it."""
+        """Store the end of a job (in a commit of its own), then let the executor forget it. If the write
+        fails, the executor keeps the end (and the job its GPUs) for the next pass, and the pass reports it."""
+        commit = None
         try:
-            job = self.queue.store.get_job(end.job_id)
-            if job is None or job.status != JobStatus.RUNNING:
-                self.executor.forget(end.job_id)  # already recorded, or not this core's job
-                return None
-            note = "; ".join(n for n in (end.why, note) if n)
-            job = self.queue.finish(job, end.exit_code, now=end.end_time, lost=end.lost, note=note)
+            with self.queue.store.one_commit() as commit:
+                job = self._store_end(end, note)
         except Exception as exc:  # a failed write (disk full, read-only, locked): keep the end
-            log.warning("job %s ended but its end could not be recorded (%s: %s); keeping it for the next pass",
-                        end.job_id, type(exc).__name__, exc)
-            self._unrecorded[end.job_id] = f"{type(exc).__name__}: {exc}"
+            self._put_back(commit.before if commit is not None else {})
+            self._unrecordable(end.job_id, exc)
             return None
         self._deadlines.pop(end.job_id, None)
         self.executor.forget(end.job_id)
         return job
+
+    def _store_end(self, end: JobExit, note: str = "") -> Job | None:
+        """The job's end, written (not yet committed); None if it is not this core's running job."""
+        job = self.queue.store.get_job(end.job_id)
+        if job is None or job.status != JobStatus.RUNNING:
+            return None  # already recorded, or not this core's job: the executor forgets it
+        note = "; ".join(n for n in (end.why, note) if n)
+        return self.queue.finish(job, end.exit_code, now=end.end_time, lost=end.lost, note=note)
+
+    def _unrecordable(self, job_id: int, exc: BaseException) -> None:
+        log.warning("job %s ended but its end could not be recorded (%s: %s); keeping it for the next pass",
+                    job_id, type(exc).__name__, exc)
+        self._unrecorded[job_id] = f"{type(exc).__name__}: {exc}"
+
+    def _put_back(self, before: Mapping[int, Job | None]) -> None:
+        """A commit failed and the store put these jobs back as they were: so does the queue's index."""
+        for job in before.values():
+            if job is not None:
+                self.queue.index.put(job)
+
+    @contextmanager
+    def _committing(self, launched: Sequence[Launch] = ()) -> Iterator[None]:
+        """The block's writes in one commit; if it fails, the index is put back with the store, and what
+        became of the starts of ``launched`` is recorded by the next pass (the executor runs them)."""
+        commit = None
+        try:
+            with self.queue.store.one_commit() as commit:
+                yield
+        except Exception:
+            self._put_back(commit.before if commit is not None else {})
+            self._launched.update((launch.job.id, launch) for launch in launched)
+            raise
 
     def _enforce_time_limits(self, now: float) -> None:
         """Stop jobs past their time limit. The deadline is kept on the monotonic clock from the moment
@@ -463,29 +543,55 @@ class Orchestrator:
         due = self._next_limit
         return None if due is None else max(0.0, due - self.clock.monotonic())
 
-    def _apply(self, snapshot: Snapshot, accepted, now: float) -> list[int]:
-        started = []
-        for acc in accepted:
-            job = snapshot.jobs_by_id[acc.proposal.job_id]
-            where = acc.allocation.describe()
+    def _reserve(self, snapshot: Snapshot, accepted, notes: tuple[tuple[str, str], ...], now: float) -> list[Job]:
+        """Reserve the GPUs of the accepted jobs in the store, all in one commit, before any starts."""
+        reserved = []
+        with self._committing():
+            for kind, message in notes:
+                self.queue.store.add_event(Event(time=snapshot.now, kind=kind, message=message))
+            for acc in accepted:
+                job = snapshot.jobs_by_id[acc.proposal.job_id]
+                try:
+                    reserved.append(self.queue.transition(
+                        job, JobStatus.SCHEDULED, now=now, allocation=acc.allocation,
+                        message=f"{job.display_name}: reserved {acc.allocation.describe()} ({acc.proposal.by})"))
+                except GpuConflict as exc:  # the store's own guard; the validator should have caught it
+                    self.queue.store.add_event(Event(time=now, kind="conflict", job_id=job.id, message=str(exc)))
+        return reserved
+
+    def _launch(self, reserved: list[Job], now: float) -> list[Launch]:
+        """Start each reserved job through the executor."""
+        launched = []
+        for job in reserved:
             try:
-                job = self.queue.transition(job, JobStatus.SCHEDULED, now=now, allocation=acc.allocation,
-                                            message=f"{job.display_name}: reserved {where} ({acc.proposal.by})")
-            except GpuConflict as exc:  # the store's own guard; the validator should have caught it
-                self.queue.store.add_event(Event(time=now, kind="conflict", job_id=job.id, message=str(exc)))
-                continue
-            try:
-                log_path = self.executor.start(job, acc.allocation, now)
+                launched.append(Launch(job, now, self.executor.start(job, job.allocation, now)))
             except StartError as exc:
-                self.queue.fail_attempt(job, now=now, exit_code=None, why=f"could not start: {exc}")
+                launched.append(Launch(job, now, None, f"could not start: {exc}"))
+        return launched
+
+    def _record_starts(self, launched: Sequence[Launch]) -> list[Job]:
+        """Write what became of each start: running, or a failed attempt. Also, in the next pass's
+        commit of the ends (before them: a job may have ended since), the starts of a pass whose commit
+        failed, where the job is still reserved."""
+        started = []
+        for launch in launched:
+            job = self.queue.store.get_job(launch.job.id)
+            if job is None or job.status != JobStatus.SCHEDULED:
                 continue
-            job = self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=log_path,
-                                        message=f"{job.display_name}: running on {where}")
+            now = launch.time
+            if launch.log_path is None:
+                self.queue.fail_attempt(job, now=now, exit_code=None, why=launch.why)
+                continue
+            started.append(self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=launch.log_path,
+                                                 message=f"{job.display_name}: running on {job.allocation.describe()}"))
+        return started
+
+    def _started(self, started: Sequence[Job]) -> None:
+        """Jobs whose start is stored: their time limits are kept from now on."""
+        for job in started:
             if job.time_limit_s is not None and job.start_time is not None:
                 self._deadlines[job.id] = deadline = (job.start_time, self.clock.monotonic() + job.time_limit_s)
                 self._next_limit = deadline[1] if self._next_limit is None else min(self._next_limit, deadline[1])
-            started.append(job.id)
-        return started
 
     def _preempt(self, snapshot: Snapshot, preemptions: tuple[Preemption, ...], now: float) -> None:
         """Stop each victim the validator agrees to (SIGTERM, grace to checkpoint, SIGKILL); it is

@@ -17,12 +17,14 @@ are read side by side when either changes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
 import sqlite3
 import threading
 from collections import Counter
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
@@ -41,6 +43,7 @@ from tools.models import (
     Node,
     Reservation,
 )
+from tools.store_tx import Commit, Transaction
 
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,10 @@ class Store(Protocol):
         that whoever keeps a view of the jobs has them before anyone else can change them."""
         ...
     def save_job(self, job: Job, event: Event | None) -> None: ...
+    def one_commit(self) -> AbstractContextManager[Commit | Unchanged]:
+        """The writes of this thread inside the block, committed together when it ends; if it fails,
+        none of them is kept, in the database or in memory (``before``: the jobs put back)."""
+        ...
     def get_job(self, job_id: int) -> Job | None: ...
     def list_jobs(
         self, *, statuses: Iterable[JobStatus] | None = None, user: str | None = None, limit: int | None = None
@@ -314,6 +321,9 @@ class SqliteStore:
     callers. A submission refused on its own (the queue full, an idempotency key used before) is left
     out of the transaction and told why; a transaction that fails fails every submission of it, and
     none of them is stored or kept in memory.
+
+    A scheduler pass writes its changes in a few commits (``one_commit``, ``tools.store_tx``) rather
+    than one per change; a failed one is rolled back in memory too.
     """
 
     keeps_events = True
@@ -329,6 +339,10 @@ class SqliteStore:
         # every transaction is an explicit BEGIN ... COMMIT below.
         self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         self._lock = threading.RLock()
+        # The commit a thread has open (one_commit), and the memory changes made inside it, to undo.
+        self._open_commit: Commit | None = None
+        self._commit_thread: int | None = None
+        self._undo: list[tuple[int, Job | None, Job]] = []
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -350,12 +364,66 @@ class SqliteStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (json_extract(data, '$.end_time'))")
 
     # -- connections, transactions and faults --------------------------------------------------
-    def _tx(self) -> "_Transaction":
-        return _Transaction(self._db, self._lock, self)
+    def _tx(self) -> Transaction:
+        return Transaction(self._db, self._lock, self)
+
+    @contextlib.contextmanager
+    def one_commit(self) -> Iterator[Commit]:
+        """Every write this thread makes inside the block goes into one transaction, committed (one
+        fsync) when the block ends; other threads' writes wait until then, and this thread's reads see
+        what it wrote. If anything inside raises, or the commit fails, all of it is rolled back and the
+        memory put back as it was (``Commit.before`` says which jobs were); the exception goes on, a
+        fault of the database as ``StorageError``. Nested, a savepoint: its failure undoes only itself.
+        Memory is updated as each write is made, so a reader of another thread may see a change up to
+        the end of the block before it is on disk (a pass's few milliseconds)."""
+        with self._lock:
+            parent = self._open_commit
+            scope = Commit(self, parent)
+            scope.begin()
+            self._open_commit, self._commit_thread = scope, threading.get_ident()
+            try:
+                yield scope
+            except BaseException as exc:
+                self._open_commit = parent
+                scope.fail()
+                if isinstance(exc, (sqlite3.Error, OSError)) and not isinstance(exc, sqlite3.IntegrityError):
+                    raise self._failed("write", exc) from exc
+                raise
+            self._open_commit = parent
+            scope.end()
+
+    def _cache(self, old: Job | None, new: Job) -> None:
+        """Keep the memory in step with a saved job (``old``: the active version it replaces, if any)."""
+        if old is not None:  # an ended job's status never changes again
+            self._counts = self._counts + Counter({new.status: 1}) - Counter({old.status: 1})
+        self._waiting.change(old, new)
+        if new.status in ACTIVE:
+            self._active[new.id] = new
+        else:
+            self._active.pop(new.id, None)
+        if self._open_commit is not None:
+            self._undo.append((new.id, old, new))
+            self._open_commit.saved(new.id, old)
+
+    def _restore(self, mark: int) -> None:
+        """Undo the memory changes logged from ``mark`` on (a commit that failed), newest first."""
+        back = self._undo[mark:]
+        del self._undo[mark:]
+        came_back = False
+        for job_id, old, new in reversed(back):
+            self._waiting.change(new, old)
+            if old is not None:
+                self._counts = self._counts + Counter({old.status: 1}) - Counter({new.status: 1})
+                came_back |= job_id not in self._active
+                self._active[job_id] = old
+            else:
+                self._active.pop(job_id, None)
+        if came_back:  # an ended job made active again: keep the id order active_jobs() promises
+            self._active = dict(sorted(self._active.items()))
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         """Rows of one query, on a reader of its own (the writer's connection for ``:memory:``)."""
-        if self._readers is None:
+        if self._readers is None or self._in_commit():
             with self._lock:
                 return self._fetch(self._db, sql, args)
         try:
@@ -366,6 +434,10 @@ class SqliteStore:
             return self._fetch(db, sql, args)
         finally:
             self._readers.put(db)
+
+    def _in_commit(self) -> bool:
+        """Whether this thread has a commit open: its reads must see what it wrote, not yet committed."""
+        return self._open_commit is not None and self._commit_thread == threading.get_ident()
 
     def _fetch(self, db: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[tuple]:
         try:
@@ -432,6 +504,8 @@ class SqliteStore:
 
     def add_jobs(self, jobs: Sequence[Job], *, max_queued: int | None,
                  max_queued_per_user: int | None = None, stored: Stored | None = None) -> list[Job]:
+        if self._in_commit():  # the writer thread would wait for this thread's commit, which waits for it
+            raise RuntimeError("a submission cannot be made inside one_commit()")
         submission = _Submission(list(jobs), max_queued, max_queued_per_user, stored)
         with self._submitted:
             if self._closing:
@@ -546,14 +620,7 @@ class SqliteStore:
                         self._insert_event(db, event)
             except sqlite3.IntegrityError as exc:
                 raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs another job holds") from exc
-            old = self._active.get(job.id)
-            if old is not None:  # an ended job's status never changes again
-                self._counts = self._counts + Counter({job.status: 1}) - Counter({old.status: 1})
-            self._waiting.change(old, job)
-            if job.status in ACTIVE:
-                self._active[job.id] = job
-            else:
-                self._active.pop(job.id, None)
+            self._cache(self._active.get(job.id), job)
 
     def get_job(self, job_id: int) -> Job | None:
         job = self._active.get(job_id)
@@ -764,54 +831,6 @@ class _Submission:
         self.error: BaseException | None = None
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception, under the store's lock.
-
-    A database fault (not a refusal such as a constraint) is remembered by the store and raised as
-    ``StorageError``; after a failed ``COMMIT`` the transaction is rolled back, so the connection is
-    never left inside one and the next transaction can work."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, store: SqliteStore) -> None:
-        self._db, self._lock, self._store = db, lock, store
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        try:
-            if self._db.in_transaction:  # left over by a rollback that failed too
-                self._db.execute("ROLLBACK")
-            self._db.execute("BEGIN IMMEDIATE")
-        except (sqlite3.Error, OSError) as exc:
-            self._lock.release()
-            raise self._store._failed("write", exc) from exc
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._db
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                try:
-                    self._db.execute("COMMIT")
-                except (sqlite3.Error, OSError) as failed:
-                    self._rollback()
-                    raise self._store._failed("write", failed) from failed
-                self._store.fault = None
-                return
-            self._rollback()
-            if isinstance(exc, (sqlite3.Error, OSError)) and not isinstance(exc, sqlite3.IntegrityError):
-                raise self._store._failed("write", exc) from exc
-        finally:
-            self._lock.release()
-
-    def _rollback(self) -> None:
-        try:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-        except (sqlite3.Error, OSError):
-            pass  # the next transaction tries again
-
-
 def _job(data: str) -> Job:
     """A stored job: valid when it was stored, so limits added since are not applied to it again."""
     return Job.model_validate_json(data, context=STORED)
@@ -856,6 +875,12 @@ def _submitted(job: Job) -> Event:
         job_id=job.id,
         message=f"{job.user} submitted {job.display_name}: {job.gpu_count} GPU(s), priority {job.priority}",
     )
+
+
+class Unchanged:
+    """What ``MemoryStore.one_commit`` hands out: it never fails, so no job is ever put back."""
+
+    before: Mapping[int, Job | None] = {}
 
 
 class MemoryStore:
@@ -908,6 +933,11 @@ class MemoryStore:
         if stored is not None:
             stored(added)
         return added
+
+    @contextlib.contextmanager
+    def one_commit(self) -> Iterator[Unchanged]:
+        """Nothing to commit here, and nothing can fail: writes are kept as they are made."""
+        yield Unchanged()
 
     def save_job(self, job: Job, event: Event | None) -> None:
         old = self._jobs[job.id]

@@ -13,7 +13,7 @@ import pytest
 
 from tools.executor import JobExit, StartError
 from tools.models import Allocation, Job
-from tools.tmux_executor import TmuxExecutor
+from tools.tmux_executor import TmuxExecutor, _plain_words
 
 from tests.helpers import tmux_executors, wait_until
 
@@ -256,3 +256,55 @@ def test_a_job_knows_who_runs_it_where_the_service_was_started_without_user(make
     assert wait_exit(ex, 1).exit_code == 0
     me = pwd.getpwuid(os.geteuid())
     assert Path(log).read_text() == f"{me.pw_name} {me.pw_name} {me.pw_dir}\n"
+
+
+# -- a plain command runs without a bash; the pane shows the log once someone watches ------------------
+def test_plain_words_only_where_bash_would_do_nothing_else(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("tool", "#!/bin/sh\necho tool\n"), ("no-shebang", "echo hi\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    assert _plain_words("tool --flag=1 a/b.txt\n", env, str(tmp_path)) == ["tool", "--flag=1", "a/b.txt"]
+    assert _plain_words("true", env, str(tmp_path)) == ["true"]  # the program does what the builtin does
+    assert _plain_words("bin/tool", env, str(tmp_path)) == ["bin/tool"]  # a path, from the job's cwd
+    for command in ("exit 3", "cd /tmp", "echo hi", "tool $HOME", "tool 'a b'", "tool | cat", "tool > out",
+                    "tool; tool", "tool\ntool", "FOO=1 tool", "tool *", "no-shebang", "missing-program", "bin",
+                    "tool # comment", ""):
+        assert _plain_words(command, env, str(tmp_path)) is None, command
+    assert _plain_words("tool", {}, str(tmp_path)) is None  # no PATH: bash's own default would differ
+
+
+def test_a_plain_command_is_the_job_itself_and_bash_runs_the_rest(ex, tmp_path):
+    ex.start(job(command="sleep 30", cwd=str(tmp_path)), ALLOC, time.time())
+    pgid = int(wait_file(ex.job_dir(1) / "pgid").split()[0])
+    assert Path(f"/proc/{pgid}/comm").read_text().strip() == "sleep"
+    ex.stop(1, time.time(), 5.0)
+    assert wait_exit(ex, 1).exit_code == 143
+    ex.forget(1)
+    log = ex.start(job(id=2, command="printenv PWD", cwd=str(tmp_path)), ALLOC, time.time())
+    assert wait_exit(ex, 2).exit_code == 0
+    assert Path(log).read_text() == f"{tmp_path}\n"  # as bash would have given it
+    ex.start(job(id=3, command="sleep 30; true"), ALLOC, time.time())
+    pgid = int(wait_file(ex.job_dir(3) / "pgid").split()[0])
+    assert Path(f"/proc/{pgid}/comm").read_text().strip() == "bash"
+    ex.stop(3, time.time(), 5.0)
+    assert wait_exit(ex, 3).exit_code == 143
+
+
+def test_the_window_shows_the_log_from_when_someone_asks(ex):
+    log = ex.start(job(command="echo hello-from-the-job; sleep 30"), ALLOC, time.time())
+    wait_until(lambda: "hello-from-the-job" in Path(log).read_text(), 10, 0.02, what="the job's output")
+    wait_file(ex.job_dir(1) / "pgid")
+
+    def pane() -> str:
+        return subprocess.run(["tmux", "-L", ex.socket_name, "capture-pane", "-p", "-t", f"={ex.session_name}:=job-1"],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    assert "hello-from-the-job" not in pane()  # nobody watched: no tail ran
+    assert ex.window(1) is not None
+    wait_until(lambda: "hello-from-the-job" in pane(), 10, 0.05, what="the pane to show the log")
+    assert ex.window(1) is not None  # asked again: still one view, the job runs on
+    ex.stop(1, time.time(), 5.0)
+    assert wait_exit(ex, 1).exit_code == 143

@@ -274,6 +274,7 @@ def test_plain_words_only_where_bash_would_do_nothing_else(tmp_path):
                     "tool # comment", ""):
         assert _plain_words(command, env, str(tmp_path)) is None, command
     assert _plain_words("tool", {}, str(tmp_path)) is None  # no PATH: bash's own default would differ
+    assert _plain_words("tool", {"PATH": f"bin:{bin_dir}"}, str(tmp_path)) is None  # searched from the job's cwd
 
 
 def test_a_plain_command_is_the_job_itself_and_bash_runs_the_rest(ex, tmp_path):

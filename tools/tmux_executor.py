@@ -252,8 +252,11 @@ def _plain_words(command: str, env: dict[str, str], cwd: str) -> list[str] | Non
         if not os.access(found, os.X_OK) or os.path.isdir(found):
             return None
     else:
+        # Searched here as env will search it in the job's cwd: only where no entry is relative.
         path = env.get("PATH")
-        found = shutil.which(first, path=path) if path else None
+        if not path or not all(os.path.isabs(entry) for entry in path.split(os.pathsep)):
+            return None
+        found = shutil.which(first, path=path)
         if found is None:
             return None
     try:

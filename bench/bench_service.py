@@ -336,6 +336,16 @@ def run_parts(parts: set[str], scale: float) -> dict:
 
 # The figures the summary compares: (label, path into a run's figures).
 SUMMARY = (
+    ("submit, 1 client, p50 ms", ("submit", 0, "p50_ms")),
+    ("submit, 1 client, p99 ms", ("submit", 0, "p99_ms")),
+    ("submit, 1 client, per s", ("submit", 0, "throughput")),
+    ("submit, 10 clients, p50 ms", ("submit", 1, "p50_ms")),
+    ("submit, 10 clients, per s", ("submit", 1, "throughput")),
+    ("submit, 50 clients, p50 ms", ("submit", 2, "p50_ms")),
+    ("submit, 50 clients, p99 ms", ("submit", 2, "p99_ms")),
+    ("submit, 50 clients, per s", ("submit", 2, "throughput")),
+    ("submit, 50 clients paced, p50 ms", ("submit_paced", 0, "p50_ms")),
+    ("submit, 50 clients paced, p99 ms", ("submit_paced", 0, "p99_ms")),
     ("submit-to-start p50, ms", ("submit_to_start_ms", "p50")),
     ("turnover, s", ("turnover", "total_s")),
     ("turnover overhead per job per GPU, ms", ("turnover", "overhead_per_job_ms")),
@@ -346,7 +356,7 @@ SUMMARY = (
 )
 
 
-def summarize(runs: dict[str, list[dict]], summary: tuple[tuple[str, tuple[str, ...]], ...] = SUMMARY) -> None:
+def summarize(runs: dict[str, list[dict]], summary: tuple[tuple[str, tuple[str | int, ...]], ...] = SUMMARY) -> None:
     """Each figure of ``summary`` (label, path in a run's figures): its median over the runs (with its
     range), per side, and this tree's over the other's."""
     names = list(runs)
@@ -365,11 +375,14 @@ def summarize(runs: dict[str, list[dict]], summary: tuple[tuple[str, tuple[str, 
             print(f"| {label} | " + " | ".join(cells) + " |" + ratio)
 
 
-def _dig(figures: dict, path: tuple[str, ...]) -> float | None:
-    for key in path:
-        if not isinstance(figures, dict) or key not in figures:
+def _dig(figures: dict, path: tuple[str | int, ...]) -> float | None:
+    for key in path:  # a name in a dict, or a place in a list (the submit part's levels)
+        if isinstance(key, int) and isinstance(figures, list) and key < len(figures):
+            figures = figures[key]
+        elif isinstance(key, str) and isinstance(figures, dict) and key in figures:
+            figures = figures[key]
+        else:
             return None
-        figures = figures[key]
     return figures
 
 

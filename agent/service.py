@@ -40,7 +40,8 @@ log = logging.getLogger("gpuherd")
 # an idle cluster starts without delay); under a stream of submissions one pass serves many of them
 # instead of one pass per request competing with the requests for the CPU.
 MIN_PASS_GAP_S = 0.01
-# An executor whose wait() returns at once (the simulator) must not make its watcher spin.
+# An executor whose wait() returns at once (the simulator) must not make its watcher spin: it waits for
+# the next pass to begin, at most this long.
 MIN_WAIT_GAP_S = 0.02
 # A tick that keeps failing is retried, but not in a tight loop that floods the log.
 ERROR_BACKOFF_S = 1.0
@@ -74,6 +75,7 @@ class Service:
         self.ticks = 0
         self.last_error: str | None = None
         self._wake = threading.Event()
+        self._pass_began = threading.Event()  # set by the tick loop as a pass begins
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -166,6 +168,7 @@ class Service:
             self._wake.wait(self.settings.tick_interval_s if limit is None else min(limit, self.settings.tick_interval_s))
             self._stopping.wait(last_pass + MIN_PASS_GAP_S - time.monotonic())  # returns at once if <= 0
             self._wake.clear()
+            self._pass_began.set()
             last_pass = time.monotonic()
             if self._stopping.is_set():
                 break
@@ -198,6 +201,10 @@ class Service:
         while not self._stopping.is_set():
             began = time.monotonic()
             self.executor.wait(self.settings.tick_interval_s)
+            self._pass_began.clear()
             self._wake.set()  # a job's end (or a SIGKILL that is due) is seen by the pass at once
-            if time.monotonic() - began < MIN_WAIT_GAP_S / 10:  # it did not wait: do not spin
-                self._stopping.wait(MIN_WAIT_GAP_S)
+            if time.monotonic() - began < MIN_WAIT_GAP_S / 10:
+                # It did not wait (another end came meanwhile, or an executor that never waits): so as
+                # not to spin, wait again only once the pass it woke has begun, not a fixed time, or
+                # ends that come in between would wait for this sleep rather than for the next pass.
+                self._pass_began.wait(MIN_WAIT_GAP_S)

@@ -29,6 +29,7 @@ from tools.models import (
     JobStatus,
     PendingReason,
     StopReason,
+    assembled,
     parse_array,
 )
 from tools.timespec import local_time
@@ -67,24 +68,14 @@ def new_job(spec: JobSpec, **fields: Any) -> Job:
     job a second time was a fifth of a submission. ``Job.model_construct`` does the same, but looks
     up every field's aliases and default on each call."""
     values = {**_NEW_JOB, **spec.__dict__, **fields}
-    return _job(Job, values, set(values))
+    return assembled(Job, values, set(values))
 
 
 def changed(job: Job, fields: Mapping[str, Any]) -> Job:
     """``job.model_copy(update=fields)`` (no check of ``fields``, as there), in half the time: a job
     is copied on each of its five or so saves, and ``model_copy`` goes through ``copy.copy`` thrice."""
     given = job.__pydantic_fields_set__  # never changed in place (a job is frozen): shared if it holds ``fields``
-    return _job(type(job), {**job.__dict__, **fields}, given if fields.keys() <= given else given | fields.keys())
-
-
-def _job(cls: type[Job], values: dict[str, Any], fields_set: set[str]) -> Job:
-    """A ``cls`` of ``values`` (every field), as ``BaseModel.model_construct`` makes one."""
-    job = cls.__new__(cls)
-    object.__setattr__(job, "__dict__", values)
-    object.__setattr__(job, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(job, "__pydantic_extra__", None)
-    object.__setattr__(job, "__pydantic_private__", None)
-    return job
+    return assembled(type(job), {**job.__dict__, **fields}, given if fields.keys() <= given else given | fields.keys())
 
 
 class JobNotFound(LookupError):

@@ -7,9 +7,10 @@ rounded once, so it does not drift however many jobs come and go. It is the same
 ``Snapshot.running_usage`` (a sum over every running job each pass, which was a fifth of a
 multifactor pass on the whole Philly trace), rounded differently.
 
-What changed since the last pass is found without reading every running job: the queue index gives
-each node's held GPUs as a set that is replaced whenever a job takes or frees GPUs there, so the nodes
-whose set is another object are the only ones to look at. There the jobs known to hold GPUs are looked
+What changed since the last pass is found without reading every running job: the queue index logs
+the nodes where a job took or freed GPUs (``ActiveJobs.held_since``), and gives each node's held GPUs
+as a set replaced whenever that happens (the nodes whose set is another object, where the log was
+begun anew), so those nodes are the only ones to look at. There the jobs known to hold GPUs are looked
 up again (ended, requeued or another version), and GPUs held by no known job must be those of the jobs
 the policy started in the last pass (``expect``); anything else (a job started by someone else, two
 jobs on one GPU, a snapshot not from the index) is counted afresh from every running job. A job
@@ -67,6 +68,7 @@ class RunningUsage:
         self._now = -math.inf
         self._version = -1  # the queue index's version at the last pass
         self._held: Mapping[str, frozenset[int]] | None = None  # the held GPUs of the last pass; None: count afresh
+        self._mark: tuple[list[str], int] | None = None  # the index's log of changed nodes at the last pass
         self._jobs: dict[int, Job] = {}  # job id -> the version known to hold GPUs
         self._counted: set[int] = set()  # those of them in the sums (started by now)
         self._held_by: dict[str, int] = {}  # user -> GPUs its known jobs hold (the index's ``user_gpus``)
@@ -99,6 +101,7 @@ class RunningUsage:
                 except _Unexplained:
                     self._recount(snapshot)
                 self._held, self._tangled = (None if self._tangled else held), False
+                self._mark = snapshot.jobs.held_mark  # type: ignore[attr-defined]
             if self._watched:
                 self._look_again(snapshot, now)
             since = self._since_s
@@ -109,8 +112,11 @@ class RunningUsage:
     def _follow(self, snapshot: Snapshot, held: Mapping[str, frozenset[int]]) -> None:
         before = self._held
         assert before is not None
-        changed = [node for node, gpus in held.items() if before.get(node) is not gpus]
-        changed += before.keys() - held.keys()  # nodes gone from the inventory
+        view = snapshot.jobs
+        changed = view.held_since(self._mark) if self._mark is not None else None  # type: ignore[attr-defined]
+        if changed is None:  # the index's log was begun anew: the sets that are other objects
+            changed = {node for node, gpus in held.items() if before.get(node) is not gpus}
+            changed |= before.keys() - held.keys()  # no GPU held there any more
         jobs = snapshot.jobs_by_id
         for node in changed:
             for job_id in set(self._on.get(node, {}).values()):

@@ -56,6 +56,22 @@ def test_released_gpus_can_be_taken_again(store):
     assert store.count_by_status()[JobStatus.COMPLETED] == 1
 
 
+def test_gpus_kept_across_saves_and_moved_are_let_go(store):
+    """A save that keeps a job's GPUs (scheduled, then running) changes no holder; one that moves it to
+    other GPUs lets the old ones go, and only those."""
+    a, b = store.add_job(new_job(gpus=2), max_queued=None), store.add_job(new_job(gpus=2), max_queued=None)
+    first, moved = Allocation(node="n", gpus=(0, 1)), Allocation(node="n", gpus=(2, 3))
+    store.save_job(a.model_copy(update={"status": JobStatus.SCHEDULED, "allocation": first}), None)
+    store.save_job(store.get_job(a.id).model_copy(update={"status": JobStatus.RUNNING}), None)
+    with pytest.raises(GpuConflict):
+        store.save_job(b.model_copy(update={"status": JobStatus.SCHEDULED, "allocation": first}), None)
+    store.save_job(store.get_job(a.id).model_copy(update={"allocation": moved}), None)
+    store.save_job(b.model_copy(update={"status": JobStatus.SCHEDULED, "allocation": first}), None)
+    with pytest.raises(GpuConflict):
+        store.save_job(store.get_job(b.id).model_copy(update={"allocation": moved}), None)
+    assert store.get_job(b.id).allocation == first and store.get_job(a.id).allocation == moved
+
+
 def test_settings_and_usage(store):
     assert store.get_setting("policy") is None
     store.set_setting("policy", "fcfs")

@@ -10,7 +10,7 @@ import math
 import re
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, computed_field, field_validator,
                       model_validator)
@@ -468,6 +468,13 @@ def assembled(cls: type[M], values: dict[str, Any], fields_set: set[str]) -> M:
     object.__setattr__(model, "__pydantic_extra__", None)
     object.__setattr__(model, "__pydantic_private__", None)
     return model
+
+
+def changed(model: M, fields: Mapping[str, Any]) -> M:
+    """``model.model_copy(update=fields)`` (no check of ``fields``, as there), in half the time: a job
+    is copied on each of its five or so saves, and ``model_copy`` goes through ``copy.copy`` thrice."""
+    given = model.__pydantic_fields_set__  # never changed in place (frozen): shared if it holds ``fields``
+    return assembled(type(model), {**model.__dict__, **fields}, given if fields.keys() <= given else given | fields.keys())
 
 
 class Reservation(BaseModel):

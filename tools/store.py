@@ -42,6 +42,7 @@ from tools.models import (
     JobUsage,
     Node,
     Reservation,
+    changed,
 )
 from tools.store_tx import Commit, Transaction
 
@@ -299,8 +300,8 @@ class _Waiting:
 
 def _with_array(job: Job, first_id: int, index: int) -> Job:
     """A task with the ids the store assigned: its own, and the array's (its first task's)."""
-    return job.model_copy(update={"id": first_id + index, "idempotency": None,
-                                  **({"array_id": first_id} if job.array_index is not None else {})})
+    return changed(job, {"id": first_id + index, "idempotency": None,
+                         **({"array_id": first_id} if job.array_index is not None else {})})
 
 
 class SqliteStore:
@@ -951,6 +952,20 @@ class MemoryStore:
 
     def save_job(self, job: Job, event: Event | None) -> None:
         old = self._jobs[job.id]
+        held, holds = self._holds(old), self._holds(job)
+        if held != holds or (holds and old.allocation != job.allocation):  # else the same GPUs, or none
+            self._hand_over(old, job)
+        self._waiting.change(old, job)
+        self._jobs[job.id] = job
+        if job.status in ACTIVE:
+            self._active[job.id] = job
+        else:
+            self._active.pop(job.id, None)
+        if event is not None:
+            self.add_event(event)
+
+    def _hand_over(self, old: Job, job: Job) -> None:
+        """The GPUs ``old`` held are let go and those ``job`` holds taken, unless another job holds one."""
         held = self._held(old)
         wanted = self._held(job)
         for key in wanted - held:
@@ -961,14 +976,10 @@ class MemoryStore:
             del self._holders[key]
         for key in wanted:
             self._holders[key] = job.id
-        self._waiting.change(old, job)
-        self._jobs[job.id] = job
-        if job.status in ACTIVE:
-            self._active[job.id] = job
-        else:
-            self._active.pop(job.id, None)
-        if event is not None:
-            self.add_event(event)
+
+    @staticmethod
+    def _holds(job: Job) -> bool:
+        return job.status in HOLDS_GPUS and job.allocation is not None
 
     @staticmethod
     def _held(job: Job) -> set[tuple[str, int]]:

@@ -77,14 +77,23 @@ class Verdict:
     rejected: tuple[Rejection, ...]
 
 
+_NOTHING = Verdict((), ())
+
+
 def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal]) -> Verdict:
+    if not proposals:
+        return _NOTHING  # most passes start nothing
     taken: dict[tuple[str, int], int] = {}  # GPUs given to earlier proposals of this batch
     seen_jobs: set[int] = set()
-    user_use, group_use = (dict(m) for m in snapshot.in_use)  # GPUs in use, with this batch's
-    array_use = dict(snapshot.array_tasks)  # array id -> its tasks holding GPUs, with this batch's
+    # GPUs in use per user and group, and array id -> its tasks holding GPUs; this batch's accepted jobs
+    # are added to copies, made only when a later proposal is checked against them
+    user_use, group_use = snapshot.in_use
+    array_use = snapshot.array_tasks
+    copied = False
+    last = len(proposals) - 1
     accepted: list[Accepted] = []
     rejected: list[Rejection] = []
-    for proposal in proposals:
+    for i, proposal in enumerate(proposals):
         problems = _check(snapshot, proposal, taken, seen_jobs)
         job = snapshot.jobs_by_id.get(proposal.job_id)
         if job is not None:
@@ -92,17 +101,28 @@ def validate(snapshot: Snapshot, proposals: tuple[Proposal, ...] | list[Proposal
         if problems:
             rejected.append(Rejection(proposal, tuple(problems)))
             continue
+        accepted.append(Accepted(proposal, _allocation(proposal)))
+        if i == last:
+            break
         seen_jobs.add(proposal.job_id)
         for ref in proposal.gpus:
             taken[ref] = proposal.job_id
-        user_use[job.user] = user_use.get(job.user, 0) + job.gpu_count
-        if job.array_id is not None:
-            array_use[job.array_id] = array_use.get(job.array_id, 0) + 1
-        group = snapshot.rules.group_of(job.user)
-        if group is not None:
-            group_use[group] = group_use.get(group, 0) + job.gpu_count
-        accepted.append(Accepted(proposal, _allocation(proposal)))
+        if not copied:
+            user_use, group_use, array_use = dict(user_use), dict(group_use), dict(array_use)
+            copied = True
+        _count(snapshot, job, user_use, group_use, array_use)
     return Verdict(tuple(accepted), tuple(rejected))
+
+
+def _count(snapshot: Snapshot, job: Job, user_use: dict[str, int], group_use: dict[str, int],
+           array_use: dict[int, int]) -> None:
+    """Add an accepted job to the GPUs in use its batch's later proposals are checked against."""
+    user_use[job.user] = user_use.get(job.user, 0) + job.gpu_count
+    if job.array_id is not None:
+        array_use[job.array_id] = array_use.get(job.array_id, 0) + 1
+    group = snapshot.rules.group_of(job.user)
+    if group is not None:
+        group_use[group] = group_use.get(group, 0) + job.gpu_count
 
 
 # The admission rules a proposal must also meet, and the violation each reason is reported as.

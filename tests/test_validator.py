@@ -2,9 +2,10 @@
 
 import pytest
 
+from policies.rules import Rules
 from policies.snapshot import Proposal
 from policies.validator import Violation as V
-from policies.validator import validate
+from policies.validator import Verdict, validate
 from tools.models import JobStatus
 
 from tests.builders import job, node, running, snap
@@ -75,6 +76,23 @@ def test_a_batch_cannot_place_a_job_twice():
     assert len(verdict.accepted) == 1
     assert verdict.rejected[0].codes == (V.DUPLICATE_JOB,)
 
+
+
+def test_a_batch_counts_its_accepted_jobs_against_quotas_and_leaves_the_snapshot_alone():
+    """Each proposal is checked against the GPUs in use with the batch's earlier accepted ones (user and
+    group quota); a rejected one adds nothing; the snapshot's own counts are not written to."""
+    rules = Rules(user_quota={"alice": 3}, groups={"alice": "vision", "bob": "vision"}, group_quota={"vision": 5})
+    s = snap(running(9, "n", (0,), user="alice"), job(1, gpus=2, user="alice"), job(2, gpus=1, user="alice"),
+             job(3, gpus=1, user="bob"), job(4, gpus=2, user="bob"), job(5, gpus=1, user="bob"),
+             rules=rules, nodes=(node("n", 8),))
+    before = tuple(dict(m) for m in s.in_use)
+    verdict = validate(s, [on(1, ("n", 1), ("n", 2)), on(2, ("n", 3)), on(3, ("n", 1)), on(4, ("n", 4), ("n", 5)),
+                           on(5, ("n", 6))])
+    assert [a.proposal.job_id for a in verdict.accepted] == [1, 4]
+    assert {r.proposal.job_id: r.codes for r in verdict.rejected} == {
+        2: (V.QUOTA_EXCEEDED,), 3: (V.GPU_BUSY,), 5: (V.QUOTA_EXCEEDED,)}
+    assert tuple(dict(m) for m in s.in_use) == before == ({"alice": 1}, {"vision": 1})
+    assert validate(s, []) == validate(s, ()) == Verdict((), ())
 
 # Multi-node jobs (eval replays): only where the snapshot allows it, only for a job no one node can hold,
 # only on whole free nodes, all but one used whole.

@@ -32,6 +32,7 @@ import heapq
 import threading
 from bisect import bisect_left
 from enum import Enum
+from functools import cached_property
 from typing import Iterable, Iterator, Mapping
 
 from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
@@ -74,7 +75,6 @@ class Placer:
         self._count: dict[str, int] | None = None  # free GPUs per node
         self._by_free: list[set[str]] = []  # nodes by their number of free GPUs (not 0), once one is taken
         self._free: dict[str, list[int]] = {}  # free GPU indices, of the nodes this pass took from
-        self._free_total = snapshot.free_total
         self._whole: set[str] | None = None  # whole nodes with nothing held (for multi-node jobs)
         self._whole_gpus = 0
         most = layout.largest_usable_node
@@ -83,9 +83,6 @@ class Placer:
         cap = snapshot.max_gpus_per_job
         self.limit = most if cap is None else min(most, cap)  # a job asking for more can never start
         self._blocked_by: int | None = None
-        self._user_use, self._group_use = (dict(m) for m in snapshot.in_use)
-        self._array_use = dict(snapshot.array_tasks)  # array id -> its tasks holding GPUs
-        self._reservations = tuple(r for r in snapshot.reservations if r.end > snapshot.now)
         self._refused_around: dict[frozenset[int], int] = {}  # reservation ids -> smallest size that did not fit
         self._messages: dict[int, str] = {}  # reservation id -> why a job it keeps out waits
         self._user_full: dict[tuple[str, int], Wait] = {}  # (user, size) that cannot start in this pass, and why
@@ -117,6 +114,28 @@ class Placer:
         self._deferred: dict[int, list[tuple[int, int]]] = {}  # job being offered first -> (victim, starts then)
         for job_id in snapshot.first:
             self._offer_first(job_id)
+
+    # Read from the snapshot on first need, as the buckets are: most passes start nothing, and many
+    # offer no job at all.
+    @cached_property
+    def _free_total(self) -> int:  # taken from as the pass starts jobs
+        return self.snapshot.free_total
+
+    @cached_property
+    def _user_use(self) -> dict[str, int]:
+        return dict(self.snapshot.in_use[0])
+
+    @cached_property
+    def _group_use(self) -> dict[str, int]:
+        return dict(self.snapshot.in_use[1])
+
+    @cached_property
+    def _array_use(self) -> dict[int, int]:  # array id -> its tasks holding GPUs
+        return dict(self.snapshot.array_tasks)
+
+    @cached_property
+    def _reservations(self) -> tuple[Reservation, ...]:
+        return tuple(r for r in self.snapshot.reservations if r.end > self.snapshot.now)
 
     @property
     def done(self) -> bool:

@@ -28,9 +28,13 @@ MAX_WAITING_EXAMINED = 16  # waiting jobs considered per pass; each costs a sear
 def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait],
                        free_on: Callable[[str], Iterable[int]], started: frozenset[int]) -> tuple[Preemption, ...]:
     """``free_on(node)``: the GPUs of ``node`` still free after this pass's starts."""
-    out = list(_reservation_preemptions(snapshot))
+    out = list(_reservation_preemptions(snapshot)) if snapshot.reservations else []
     gap = snapshot.rules.preempt_priority_gap
     if gap is None:
+        return tuple(out)
+    jobs = snapshot.jobs_by_id
+    needy = [jobs[i] for i, w in waiting.items() if w.reason == PendingReason.RESOURCES and i not in started]
+    if not needy:  # (most passes): the running jobs are not read
         return tuple(out)
     taken = {p.job_id for p in out}
     victims = _candidates(snapshot, taken)
@@ -40,9 +44,7 @@ def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait],
             stopping.setdefault(job.allocation.node, set()).update(job.allocation.gpus)
     if not victims and not stopping:
         return tuple(out)
-    jobs = snapshot.jobs_by_id
     claimed: dict[str, set[int]] = {}  # GPUs promised to an earlier waiting job of this pass
-    needy = [jobs[i] for i, w in waiting.items() if w.reason == PendingReason.RESOURCES and i not in started]
     for job in needy[:MAX_WAITING_EXAMINED]:
         if job.gpu_count > snapshot.layout.largest_usable_node:
             continue  # multi-node jobs wait for whole nodes to free themselves

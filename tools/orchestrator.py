@@ -546,6 +546,7 @@ class Orchestrator:
     def _reserve(self, snapshot: Snapshot, accepted, notes: tuple[tuple[str, str], ...], now: float) -> list[Job]:
         """Reserve the GPUs of the accepted jobs in the store, all in one commit, before any starts."""
         reserved = []
+        told = self.queue.store.keeps_events  # (a message no event keeps is not worth its words)
         with self._committing():
             for kind, message in notes:
                 self.queue.store.add_event(Event(time=snapshot.now, kind=kind, message=message))
@@ -554,7 +555,8 @@ class Orchestrator:
                 try:
                     reserved.append(self.queue.transition(
                         job, JobStatus.SCHEDULED, now=now, allocation=acc.allocation,
-                        message=f"{job.display_name}: reserved {acc.allocation.describe()} ({acc.proposal.by})"))
+                        message=f"{job.display_name}: reserved {acc.allocation.describe()} ({acc.proposal.by})"
+                        if told else ""))
                 except GpuConflict as exc:  # the store's own guard; the validator should have caught it
                     self.queue.store.add_event(Event(time=now, kind="conflict", job_id=job.id, message=str(exc)))
         return reserved
@@ -574,6 +576,7 @@ class Orchestrator:
         commit of the ends (before them: a job may have ended since), the starts of a pass whose commit
         failed, where the job is still reserved."""
         started = []
+        told = self.queue.store.keeps_events
         for launch in launched:
             job = self.queue.store.get_job(launch.job.id)
             if job is None or job.status != JobStatus.SCHEDULED:
@@ -583,7 +586,8 @@ class Orchestrator:
                 self.queue.fail_attempt(job, now=now, exit_code=None, why=launch.why)
                 continue
             started.append(self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=launch.log_path,
-                                                 message=f"{job.display_name}: running on {job.allocation.describe()}"))
+                                                 message=f"{job.display_name}: running on {job.allocation.describe()}"
+                                                 if told else ""))
         return started
 
     def _started(self, started: Sequence[Job]) -> None:

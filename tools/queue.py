@@ -341,46 +341,50 @@ class JobQueue:
         job's failure: unless it exited 0 or was being stopped, it is requeued at once and the attempt
         is not counted, so no retry is used. The job's record is written before its user's fair-share
         usage, so that a failed write (the caller keeps the end and tries again) never charges twice."""
-        code = "no exit code (the job vanished)" if exit_code is None else f"exit code {exit_code}"
         batch = self.history.batch_of(job.id)  # looked up now: a job that ends leaves its batch
-        detail = f"{job.display_name}: {code}" + (f"; {note}" if note else "")
+
+        def detail() -> str:  # built where it is read: a completion's words go only into its event
+            code = "no exit code (the job vanished)" if exit_code is None else f"exit code {exit_code}"
+            return f"{job.display_name}: {code}" + (f"; {note}" if note else "")
+
         if job.stop_reason == StopReason.COMPLETE:
             asked = job.exit_code if job.exit_code is not None else 0
             status = JobStatus.COMPLETED if asked == 0 else JobStatus.FAILED
             new = self.transition(job, status, now=now, exit_code=asked, stop_reason=None,
-                                  message=f"{detail}; marked {status.value} by hand (exit code {asked})")
+                                  message=f"{detail()}; marked {status.value} by hand (exit code {asked})")
         elif job.stop_reason == StopReason.CANCEL:
-            new = self.transition(job, JobStatus.CANCELLED, now=now, message=f"{detail}; cancelled",
+            new = self.transition(job, JobStatus.CANCELLED, now=now, message=f"{detail()}; cancelled",
                                   exit_code=exit_code, stop_reason=None)
         elif job.stop_reason == StopReason.PREEMPT:
             new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, preemptions=job.preemptions + 1,
-                                  message=f"{detail}; preempted and requeued (attempt {job.attempts} counted, "
+                                  message=f"{detail()}; preempted and requeued (attempt {job.attempts} counted, "
                                   "no retry used)")
         elif job.stop_reason == StopReason.TIME_LIMIT:
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, stop_reason=None,
                                   end_reason=EndReason.TIMEOUT,
-                                  message=f"{detail}; stopped at its time limit of {job.time_limit_s:g} s (TIMEOUT)")
+                                  message=f"{detail()}; stopped at its time limit of {job.time_limit_s:g} s (TIMEOUT)")
         elif exit_code == 0:
-            new = self.transition(job, JobStatus.COMPLETED, now=now, message=detail, exit_code=0)
+            new = self.transition(job, JobStatus.COMPLETED, now=now, exit_code=0,
+                                  message=detail() if self.store.keeps_events else "")
             with self._history_lock:
                 if self.history.record_job(new, batch):  # a run that ended by itself: what estimates learn from
                     self._reestimate(batch, now)
         elif lost and job.interactive:  # its window was its terminal: nothing to start again
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code,
-                                  message=f"{detail}; its window went away, and an interactive job ends with it")
+                                  message=f"{detail()}; its window went away, and an interactive job ends with it")
         elif lost and job.losses + 1 >= MAX_LOSSES:
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, losses=job.losses + 1,
-                                  message=f"{detail}; lost by the executor {job.losses + 1} times (its tmux server or "
+                                  message=f"{detail()}; lost by the executor {job.losses + 1} times (its tmux server or "
                                   "window went away): failed rather than started again; a job that kills its own "
                                   "wrapper, window or tmux server ends this way")
         elif lost:
             new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, attempts=max(0, job.attempts - 1),
                                   losses=job.losses + 1,
-                                  message=f"{detail}; lost by the executor (its tmux server or window went away), "
+                                  message=f"{detail()}; lost by the executor (its tmux server or window went away), "
                                   f"not by the job: requeued, attempt not counted, no retry used "
                                   f"(loss {job.losses + 1} of {MAX_LOSSES})")
         else:
-            new = self.fail_attempt(job, now=now, exit_code=exit_code, why=detail)
+            new = self.fail_attempt(job, now=now, exit_code=exit_code, why=detail())
         self._charge_usage(job, now)
         return new
 

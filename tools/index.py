@@ -88,7 +88,9 @@ class TableWriter:
         c, i = divmod(job_id, JobTable.CHUNK)
         return self._chunks[c][i] if 0 <= c < len(self._chunks) else None
 
-    def set(self, job_id: int, job: Job | None) -> None:
+    def set(self, job_id: int, job: Job | None) -> Job | None:
+        """Write ``job`` (None: clear the entry); returns what the entry held, so that a change reads it
+        without a second lookup."""
         c, i = divmod(job_id, JobTable.CHUNK)
         chunks = self._chunks
         if c not in self._own:
@@ -98,8 +100,10 @@ class TableWriter:
                 chunks.append([None] * JobTable.CHUNK)
             chunks[c] = list(chunks[c])  # a frozen table may hold it: copied once
             self._own.add(c)
-        chunks[c][i] = job
+        chunk = chunks[c]
+        old, chunk[i] = chunk[i], job
         self._frozen = None
+        return old
 
     def frozen(self) -> JobTable:
         if self._frozen is None:
@@ -390,9 +394,8 @@ class JobIndex:
         with self._lock:
             self.version += 1
             job_id = job.id
-            old = self._table.get(job_id)
+            old = self._table.set(job_id, job if holds or is_queued else None)
             old_status = None if old is None else old.status
-            self._table.set(job_id, job if holds or is_queued else None)
             held_before = old_status in HOLDS_GPUS
             if (held_before or holds) and not (held_before and holds and _holds_alike(old, job)):
                 # (scheduled -> running keeps the same GPUs: the table has the new version, no total moves)

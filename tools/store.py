@@ -953,7 +953,9 @@ class MemoryStore:
     def save_job(self, job: Job, event: Event | None) -> None:
         old = self._jobs[job.id]
         held, holds = self._holds(old), self._holds(job)
-        if held != holds or (holds and old.allocation != job.allocation):  # else the same GPUs, or none
+        # Handed over unless the same GPUs, or none, are held before and after (``is`` first: scheduled ->
+        # running keeps the very allocation, and a model's ``!=`` is slow).
+        if held != holds or (holds and old.allocation is not job.allocation and old.allocation != job.allocation):
             self._hand_over(old, job)
         self._waiting.change(old, job)
         self._jobs[job.id] = job

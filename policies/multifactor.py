@@ -149,6 +149,8 @@ class MultifactorPolicy:
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, backfill=True)
+        if not snapshot.queued_count:  # fair share is not read, and the last pass's starts stay expected
+            return placer.decisions()
         self._offer_starving(snapshot, placer)
         offer_in_order(placer, self._streams(snapshot, placer), per_user=True)
         expect(snapshot, (p.job_id for p in placer.starts))  # so the next pass's usage need not read every running job

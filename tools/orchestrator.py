@@ -428,21 +428,16 @@ class Orchestrator:
         if not ends and not self._launched:
             return ()
         recorded: list[tuple[int, Job | None]] = []
-        store = self.queue.store
-        commit = None
         try:
-            with store.one_commit() as commit:
+            with self._committing():
                 again = self._record_starts(list(self._launched.values()))
                 for end in ends:
-                    one = None
                     try:
-                        with store.one_commit() as one:
+                        with self._committing():
                             recorded.append((end.job_id, self._store_end(end)))
                     except Exception as exc:  # this end alone: the others are recorded
-                        self._put_back(one.before if one is not None else {})
                         self._unrecordable(end.job_id, exc)
         except Exception as exc:  # the commit failed: none of it is stored, nor kept in memory
-            self._put_back(commit.before if commit is not None else {})
             for end in ends:
                 self._unrecordable(end.job_id, exc)
             return ()
@@ -470,12 +465,10 @@ class Orchestrator:
     def _record(self, end: JobExit, note: str = "") -> Job | None:
         """Store the end of a job (in a commit of its own), then let the executor forget it. If the write
         fails, the executor keeps the end (and the job its GPUs) for the next pass, and the pass reports it."""
-        commit = None
         try:
-            with self.queue.store.one_commit() as commit:
+            with self._committing():
                 job = self._store_end(end, note)
         except Exception as exc:  # a failed write (disk full, read-only, locked): keep the end
-            self._put_back(commit.before if commit is not None else {})
             self._unrecordable(end.job_id, exc)
             return None
         self._deadlines.pop(end.job_id, None)

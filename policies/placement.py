@@ -101,6 +101,11 @@ class Placer:
         self._plan_starts: list[float] = []  # from when each plan closes its GPUs (its start; now if starving)
         self._closed_before: list[dict[str, frozenset[int]]] = []  # [i]: GPUs of the first i + 1 plans
         self._refused_behind_plans: dict[int, int] = {}  # plans run into -> the fewest GPUs that did not fit around them
+        # (user, GPUs) whose last job got as far as the plans (within quota, fitting the free GPUs, no
+        # reservation), since the last start or plan; and the reason given for running into ``before``
+        # plans. A later such job that runs into the plans is refused without the checks between.
+        self._up_to_plans: set[tuple[str, int]] = set()
+        self._behind_waits: dict[int, Wait] = {}
         self._after_head = 0  # jobs examined since the head was planned
         self._started_jobs: list[tuple[Job, tuple[tuple[str, int], ...]]] = []
         self._started_ids: set[int] = set()
@@ -227,6 +232,8 @@ class Placer:
             return Offer.WAITS if first == Offer.SIZE_FULL else first  # its size may still fit others
         if self._has_plan:
             self._after_head += 1
+            if (job.user, job.gpu_count) in self._up_to_plans and self._refused_again(job):
+                return Offer.WAITS
         wait = (begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job) or self._made_room_wait(job)
                 or array_limit_wait(job, self._array_use))
         if wait is not None:
@@ -282,18 +289,45 @@ class Placer:
             assert before, "only a plan closes GPUs that fit it"
             if only_plans:
                 self._refused_behind_plans[before] = min(count, self._refused_behind_plans.get(before, count))
+                if not self.head_of_line and not self._may_plan() and not self._reservations:
+                    self._up_to_plans.add((job.user, count))
+            self.waiting[job.id] = self._behind_wait(before)
+            self._must_wait(job)
+            return Offer.WAITS
+        return Offer.STARTED
+
+    def _refused_again(self, job: Job) -> bool:
+        """Refuse ``job`` as ``offer`` would, if it is sure to run into the plans as the last job of its
+        user and size did: nothing started and nothing was planned since (so its quota and the free GPUs
+        answer alike), there is no reservation, it waits for nothing of its own (begin time,
+        dependencies, a job it was stopped for, its array's limit), and as large or smaller a job was
+        refused around as few or fewer plans as it runs into. Most offers of a multifactor pass with a
+        plan are such jobs: each user's next job of each size, read up to ``rules.backfill_depth``."""
+        now = self.snapshot.now
+        if ((job.not_before is not None and job.not_before > now) or job.after or job.after_any
+                or job.preempted_for is not None or job.array_limit is not None):
+            return False
+        before = bisect_left(self._plan_starts, now + self._rules.runtime(job))
+        if not before or not self._refused_behind(before, job.gpu_count):
+            return False
+        self.waiting[job.id] = self._behind_wait(before)
+        return True
+
+    def _behind_wait(self, before: int) -> Wait:
+        """Why a job that runs into the first ``before`` plans waits; the same words for each such job
+        until the plans change."""
+        wait = self._behind_waits.get(before)
+        if wait is None:
             first = self._plans[0][1]
             where = ", first in line," if first is self.head else ""
-            self.waiting[job.id] = Wait(
+            wait = self._behind_waits[before] = Wait(
                 PendingReason.PRIORITY,
                 f"the GPUs it would fit on are planned for job {first.id}{where} and it would not end "
                 "before that job's planned start" if before == 1 else
                 f"the GPUs it would fit on are planned for {before} jobs ahead of it, and it would not end "
                 "before their planned starts",
             )
-            self._must_wait(job)
-            return Offer.WAITS
-        return Offer.STARTED
+        return wait
 
     def _refused_behind(self, before: int, count: int) -> bool:
         """Whether a job of ``count`` GPUs is sure not to fit around the GPUs of the first ``before``
@@ -359,6 +393,8 @@ class Placer:
         assert self._timeline is not None
         self._timeline.book(slot)
         self._refused_behind_plans.clear()  # the first ``before`` plans are others now
+        self._up_to_plans.clear()
+        self._behind_waits.clear()
         # A job that has waited ``rules.starve_after_s`` drains its planned GPUs: no job may start on
         # them, however short its estimate. Its plan rests on the expected ends of running jobs, and
         # those of jobs that overran their estimates (or were let start before it, and will) slide
@@ -511,6 +547,7 @@ class Placer:
         self._started(job, Allocation(node=node, gpus=gpus, more=tuple(more)))
 
     def _started(self, job: Job, allocation: Allocation) -> None:
+        self._up_to_plans.clear()  # fewer free GPUs, more of the user's quota in use
         proposal = Proposal.on(job.id, allocation)
         self.starts.append(proposal)
         self._started_ids.add(job.id)

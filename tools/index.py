@@ -162,13 +162,13 @@ class SortedRuns:
         i = bisect.bisect_left(run, entry)
         if i == len(run) or run[i] != entry:
             raise KeyError(entry)
-        rest = run[:i] + run[i + 1 :]
+        rest = run[1:] if i == 0 else run[:i] + run[i + 1 :]  # (the first: a waiting job that starts)
         return self._replace(r, (rest,) if rest else (), self._len - 1)
 
     def _replace(self, r: int, parts: tuple[tuple, ...], length: int) -> SortedRuns:
-        runs = self._runs[:r] + parts + self._runs[r + 1 :]
-        maxes = self._maxes[:r] + tuple(p[-1] for p in parts) + self._maxes[r + 1 :]
-        return SortedRuns(runs, maxes, length)
+        runs, maxes = self._runs, self._maxes
+        tops = (parts[0][-1],) if len(parts) == 1 else tuple(p[-1] for p in parts)  # (one part: most changes)
+        return SortedRuns(runs[:r] + parts + runs[r + 1 :], maxes[:r] + tops + maxes[r + 1 :], length)
 
 
 @dataclass(frozen=True)
@@ -307,6 +307,7 @@ class JobIndex:
         self._queued = 0
         self._queued_gpus = 0
         self._orders: dict[Ordering, dict[Hashable, SortedRuns]] = {BY_ID: {}}
+        self._orders_shared = False  # whether a view holds ``_orders``: copied before the next change
         self._explained: set[int] = set()  # waiting jobs whose reason is their own (see ``explained``)
         self._timed: set[int] = set()  # running jobs with a time limit
         self._dependent: set[int] = set()  # waiting jobs that run after other jobs
@@ -363,13 +364,14 @@ class JobIndex:
     def view(self) -> ActiveJobs:
         with self._lock:
             self._shared = True  # the view keeps ``_held`` and the totals: copy them before the next change
+            self._orders_shared = True  # and the orders (most passes change none of them)
             return ActiveJobs(
                 table=self._table.frozen(),
                 holding=self._holding,
                 held=self._held,
                 held_mark=(self._held_log, len(self._held_log)),
                 queued_count=self._queued,
-                orders={o: dict(groups) for o, groups in self._orders.items()},
+                orders=self._orders,
                 version=self.version,
                 user_gpus=self._user_gpus,
                 array_tasks=self._array_tasks,
@@ -383,12 +385,11 @@ class JobIndex:
         with self._lock:
             if ordering not in self._orders:
                 queued = (self._table.get(i) for _, i in self._orders[BY_ID].get(None, ()))
-                self._orders[ordering] = ordering.build(queued)
+                self._orders = {**self._orders, ordering: ordering.build(queued)}  # (a view may hold the old)
 
-    def put(self, job: Job, *, same_place: bool = False) -> None:
-        """Record the new version of ``job`` (inserted, changed, or ended). ``same_place``: it differs
-        from the version the index holds only in fields no order reads (its pending reason and
-        message), so the orders are left as they are."""
+    def put(self, job: Job) -> None:
+        """Record the new version of ``job`` (inserted, changed, or ended); ``put_reason`` where only its
+        pending reason changed."""
         status = job.status
         holds, is_queued = status in HOLDS_GPUS, status is JobStatus.QUEUED
         with self._lock:
@@ -412,8 +413,7 @@ class JobIndex:
             if was_queued or is_queued:
                 self._queued += is_queued - was_queued
                 self._queued_gpus += (job.gpu_count if is_queued else 0) - (old.gpu_count if was_queued else 0)
-                if not (same_place and was_queued and is_queued):
-                    self._reorder(old if was_queued else None, job if is_queued else None)
+                self._reorder(old if was_queued else None, job if is_queued else None)
             if is_queued and (job.after or job.after_any):
                 self._dependent.add(job_id)
             elif self._dependent:
@@ -427,8 +427,23 @@ class JobIndex:
             else:
                 self._explained.discard(job_id)
 
+    def put_reason(self, job: Job) -> None:
+        """Record a waiting job's new version that differs from the one the index holds only in its
+        pending reason and message (``JobQueue.set_pending``, a pass's most frequent save): no order,
+        count or total moves, so only the table and the jobs with a reason of their own change."""
+        with self._lock:
+            self.version += 1
+            self._table.set(job.id, job)
+            if job.pending_message != IN_LINE_MESSAGE or job.pending_reason != IN_LINE_REASON:
+                self._explained.add(job.id)
+            else:
+                self._explained.discard(job.id)
+
     def _reorder(self, old: Job | None, new: Job | None) -> None:
         """Move a waiting job's entry in every kept order (``old``: its entry before, ``new``: after)."""
+        if self._orders_shared:
+            self._orders = {o: dict(groups) for o, groups in self._orders.items()}
+            self._orders_shared = False
         for ordering, groups in self._orders.items():
             before = (ordering.group_of(old), ordering.entry(old)) if old is not None else None
             after = (ordering.group_of(new), ordering.entry(new)) if new is not None else None
@@ -504,4 +519,6 @@ def _count_down(counts: dict, key: Hashable, n: int) -> None:
 def _by_node(job: Job) -> list[tuple[str, frozenset[int]]]:
     a = job.allocation
     assert a is not None
+    if not a.more:  # (one node: most jobs)
+        return [(a.node, frozenset(a.gpus))]
     return [(a.node, frozenset(a.gpus)), *((n, frozenset(g)) for n, g in a.more)]

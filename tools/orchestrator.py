@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from policies.ordering import Policy
 from policies.rules import DEFAULT_RULES, Rules
@@ -92,6 +91,41 @@ class UnrecordedEnds(RuntimeError):
                          "and are tried again on the next pass")
         self.report = report
         self.errors = dict(errors)
+
+
+class _Committing:
+    """``Orchestrator._committing``'s block. A class rather than ``contextlib.contextmanager``: a pass
+    opens three or more (one per end it records), and a generator's context costs three calls more each."""
+
+    __slots__ = ("_orchestrator", "_launched", "_scope", "_commit")
+
+    def __init__(self, orchestrator: Orchestrator, launched: Sequence[Launch]) -> None:
+        self._orchestrator, self._launched = orchestrator, launched
+        self._scope = orchestrator.queue.store.one_commit()
+        self._commit = None
+
+    def __enter__(self) -> None:
+        try:
+            self._commit = self._scope.__enter__()
+        except Exception:
+            self._failed()
+            raise
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        try:
+            if self._scope.__exit__(kind, exc, tb):
+                return True
+        except Exception:  # the commit failed, or the store raised the block's failure as its own
+            self._failed()
+            raise
+        if kind is not None and issubclass(kind, Exception):  # the block failed: the store rolled it back
+            self._failed()
+        return False
+
+    def _failed(self) -> None:
+        commit, orchestrator = self._commit, self._orchestrator
+        orchestrator._put_back(commit.before if commit is not None else {})
+        orchestrator._launched.update((launch.job.id, launch) for launch in self._launched)
 
 
 class Orchestrator:
@@ -494,18 +528,10 @@ class Orchestrator:
             if job is not None:
                 self.queue.index.put(job)
 
-    @contextmanager
-    def _committing(self, launched: Sequence[Launch] = ()) -> Iterator[None]:
+    def _committing(self, launched: Sequence[Launch] = ()) -> _Committing:
         """The block's writes in one commit; if it fails, the index is put back with the store, and what
         became of the starts of ``launched`` is recorded by the next pass (the executor runs them)."""
-        commit = None
-        try:
-            with self.queue.store.one_commit() as commit:
-                yield
-        except Exception:
-            self._put_back(commit.before if commit is not None else {})
-            self._launched.update((launch.job.id, launch) for launch in launched)
-            raise
+        return _Committing(self, launched)
 
     def _enforce_time_limits(self, now: float) -> None:
         """Stop jobs past their time limit. The deadline is kept on the monotonic clock from the moment

@@ -315,7 +315,10 @@ class JobQueue:
             return job
         new = changed(job, {"pending_reason": reason, "pending_message": message})
         self.store.save_job(new, None)
-        self.index.put(new, same_place=self.index.get(job.id) is job)  # then only the reason differs
+        if self.index.get(job.id) is job:  # then only the reason differs from what the index holds
+            self.index.put_reason(new)
+        else:
+            self.index.put(new)
         return new
 
     def set_priority(self, job_id: int, priority: int, *, now: float) -> Job:

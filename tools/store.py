@@ -271,6 +271,12 @@ class _Waiting:
         return self.singles + len(self.arrays)
 
     def change(self, old: Job | None, new: Job | None) -> None:
+        was = old is not None and old.status == JobStatus.QUEUED
+        if not was and (new is None or new.status != JobStatus.QUEUED):
+            return  # (most saves: a start, an end) nothing counted moves
+        if was and new is not None and new.status == JobStatus.QUEUED and old.user == new.user \
+                and old.array_id == new.array_id:
+            return  # (a waiting job's new reason) the same
         for job, sign in ((old, -1), (new, 1)):
             if job is None or job.status != JobStatus.QUEUED:
                 continue
@@ -970,6 +976,18 @@ class MemoryStore:
         """The GPUs ``old`` held are let go and those ``job`` holds taken, unless another job holds one."""
         held = self._held(old)
         wanted = self._held(job)
+        if not held:  # (a start) take them
+            holders = self._holders
+            for key in wanted:
+                holder = holders.get(key)
+                if holder is not None and holder != job.id:
+                    raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs job {holder} holds")
+            holders.update(dict.fromkeys(wanted, job.id))
+            return
+        if not wanted:  # (an end) let them go
+            for key in held:
+                del self._holders[key]
+            return
         for key in wanted - held:
             holder = self._holders.get(key)
             if holder is not None and holder != job.id:

@@ -304,10 +304,13 @@ class Proposal:
     gpus: tuple[tuple[str, int], ...]
     by: str = "policy"
     reason: str = ""
+    # The allocation it was made from (``on``): the validator hands it on where it names the same GPUs,
+    # rather than building and checking the same allocation again.
+    allocation: Allocation | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def on(cls, job_id: int, allocation: Allocation, *, by: str = "policy", reason: str = "") -> Proposal:
-        return cls(job_id, allocation.pairs(), by=by, reason=reason)
+        return cls(job_id, allocation.pairs(), by, reason, allocation)
 
 
 IN_LINE = Wait(IN_LINE_REASON, IN_LINE_MESSAGE)

@@ -147,13 +147,15 @@ def _rule_problems(snapshot: Snapshot, job: Job, proposal: Proposal, user_use: d
         dependency_wait(job, lambda dep: _status_of(snapshot, dep)),
         array_limit_wait(job, array_use),
     ]
-    group = rules.group_of(job.user)
-    for r in reservations_against(snapshot.reservations, job.user, group, now, now + rules.runtime(job),
-                                  preemptible=job.preemptible):
-        kept = sorted(i for n, i in proposal.gpus if n == r.node and i in r.gpus)
-        if kept:
-            waits.append(Wait(PendingReason.RESERVATION, f"GPU(s) {','.join(map(str, kept))} on {r.node} are reserved "
-                                                          f"for {r.holder()} (reservation {r.id}) while job {job.id} would run"))
+    reservations = snapshot.reservations
+    if reservations:  # (most passes have none: nor is the run time then worked out)
+        group = rules.group_of(job.user)
+        for r in reservations_against(reservations, job.user, group, now, now + rules.runtime(job),
+                                      preemptible=job.preemptible):
+            kept = sorted(i for n, i in proposal.gpus if n == r.node and i in r.gpus)
+            if kept:
+                waits.append(Wait(PendingReason.RESERVATION, f"GPU(s) {','.join(map(str, kept))} on {r.node} are "
+                                  f"reserved for {r.holder()} (reservation {r.id}) while job {job.id} would run"))
     return [Problem(RULE_VIOLATIONS[w.reason], f"job {job.id}: {w.message}") for w in waits if w is not None]
 
 
@@ -190,6 +192,9 @@ def _allocation(proposal: Proposal) -> Allocation:
     for node, index in proposal.gpus:
         by_node.setdefault(node, []).append(index)
     (node, gpus), *more = ((n, tuple(sorted(g))) for n, g in by_node.items())
+    made = proposal.allocation
+    if made is not None and made.node == node and made.gpus == gpus and made.more == tuple(more):
+        return made  # the placer's own, already checked
     return Allocation(node=node, gpus=gpus, more=tuple(more))
 
 
@@ -232,21 +237,24 @@ def _check(
         problems.append(Problem(Violation.DUPLICATE_GPU, "the proposal names a GPU twice"))
     gpus = snapshot.layout.gpus
     for ref in dict.fromkeys(proposal.gpus):
-        name = f"GPU {ref[1]} on {ref[0]}"
         gpu = gpus.get(ref)
         if gpu is None:
-            problems.append(Problem(Violation.UNKNOWN_GPU, f"there is no {name}"))
+            problems.append(Problem(Violation.UNKNOWN_GPU, f"there is no {_gpu_name(ref)}"))
             continue
         if not gpu.healthy:
-            problems.append(Problem(Violation.GPU_UNHEALTHY, f"{name} is unhealthy"))
+            problems.append(Problem(Violation.GPU_UNHEALTHY, f"{_gpu_name(ref)} is unhealthy"))
         if gpu.drained:
-            problems.append(Problem(Violation.GPU_DRAINED, f"{name} is drained"))
+            problems.append(Problem(Violation.GPU_DRAINED, f"{_gpu_name(ref)} is drained"))
         if gpu.foreign:
             problems.append(Problem(Violation.GPU_FOREIGN, describe_foreign([(ref[0], ref[1], gpu.foreign)])))
         holder = _holder(snapshot, taken, ref)
         if holder is not None and holder != job.id:
-            problems.append(Problem(Violation.GPU_BUSY, f"{name} is held by job {holder}"))
+            problems.append(Problem(Violation.GPU_BUSY, f"{_gpu_name(ref)} is held by job {holder}"))
     return problems
+
+
+def _gpu_name(ref: tuple[str, int]) -> str:
+    return f"GPU {ref[1]} on {ref[0]}"  # (made only for a problem: most proposals have none)
 
 
 def _multi_node_problems(

@@ -365,12 +365,15 @@ class Placer:
         return True
 
     def _surely_fits_later(self, job: Job) -> bool:
-        """Whether the plan is sure to find ``job`` a slot, so that working it out may wait: on one
-        node, with no reservation to keep clear of, the job fits once the GPUs of its largest node
-        have come free. The plan is then made only when a later job fits the free GPUs (whether it
-        may take them depends on when the plan starts) or its start is read (``decisions``); in most
-        passes of a full cluster neither happens, and building the timeline is most of a pass."""
-        return not self._reservations and job.gpu_count <= self._layout.largest_usable_node
+        """Whether the plan is sure to find ``job`` a slot, so that working it out may wait: with no
+        reservation to keep clear of, a job of one node fits once the GPUs of its largest node have
+        come free, and a job of whole nodes (``multi_node``) once every whole node has. The plan is
+        then made only when a later job fits the free GPUs (whether it may take them depends on when
+        the plan starts) or its start is read (``decisions``); in most passes of a full cluster
+        neither happens, and building the timeline is most of a pass."""
+        count, layout = job.gpu_count, self._layout
+        return not self._reservations and (
+            count <= layout.largest_usable_node or (self.snapshot.multi_node and count <= layout.whole_gpus))
 
     def _settle(self) -> None:
         """Make the deferred plan, on the timeline as it was when the job was planned: the running jobs

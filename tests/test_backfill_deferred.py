@@ -53,10 +53,12 @@ def decide(policy, snapshot, *, defer: bool, monkeypatch, remember: bool = True)
 
 @settings(max_examples=120, deadline=None)
 @given(st.lists(running_job, max_size=8), st.lists(waiting_job, min_size=1, max_size=12),
-       st.sampled_from(("backfill", "multifactor", "fair_share")), st.sampled_from((1, 2)))
-def test_a_deferred_plan_decides_as_one_made_at_once(running, waiting, policy, plans):
+       st.sampled_from(("backfill", "multifactor", "fair_share")), st.sampled_from((1, 2)), st.booleans())
+def test_a_deferred_plan_decides_as_one_made_at_once(running, waiting, policy, plans, multi_node):
+    # With ``multi_node``, jobs of 8 GPUs take n1 and n2 whole (n3 has a drained GPU).
     with pytest.MonkeyPatch.context() as monkeypatch:
-        s = snap(*build(running, waiting, 9000.0), nodes=NODES, now=9000.0, rules=Rules(backfill_plans=plans))
+        s = snap(*build(running, waiting, 9000.0), nodes=NODES, now=9000.0, rules=Rules(backfill_plans=plans),
+                 multi_node=multi_node)
         assert decide(policy, s, defer=True, monkeypatch=monkeypatch) == decide(
             policy, s, defer=False, monkeypatch=monkeypatch, remember=False)
 

@@ -32,6 +32,8 @@ def choose_preemptions(snapshot: Snapshot, waiting: MutableMapping[int, Wait],
     gap = snapshot.rules.preempt_priority_gap
     if gap is None:
         return tuple(out)
+    if not snapshot.preemption_relevant:  # (most passes): no victim, nothing being stopped, so the
+        return tuple(out)  # waiting jobs need not be read (a backfill pass gives hundreds a reason)
     jobs = snapshot.jobs_by_id
     needy = [jobs[i] for i, w in waiting.items() if w.reason == PendingReason.RESOURCES and i not in started]
     if not needy:  # (most passes): the running jobs are not read

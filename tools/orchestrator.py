@@ -162,6 +162,7 @@ class Orchestrator:
         # The last pass's backfill plan: job id -> planned start, worked out when first read
         self.planned: Mapping[int, float] = {}
         self._layout: Layout | None = None
+        self._kept_for: Policy | None = None  # the policy whose orders the queue's index keeps
         self.last_tick: TickReport | None = None
         # job id -> (the attempt's start time, its time-limit deadline on the monotonic clock)
         self._deadlines: dict[int, tuple[float, float]] = {}
@@ -176,22 +177,29 @@ class Orchestrator:
     def snapshot(self) -> Snapshot:
         """Cheap however long the queue is: the jobs come from the queue's index, already in the
         orders the policy reads, and what the inventory allows is worked out once per inventory."""
-        now = self.clock.now()
-        for ordering in getattr(self.policy, "orderings", ()):
-            self.queue.index.keep(ordering)
+        now, index = self.clock.now(), self.queue.index
+        if self.policy is not self._kept_for:  # (a policy's orders are kept from its first pass on)
+            for ordering in getattr(self.policy, "orderings", ()):
+                index.keep(ordering)
+            self._kept_for = self.policy
+        first = index.preempted_for()
         return Snapshot(
             now=now,
             nodes=self._current_layout().nodes,
-            jobs=self.queue.index.view(),
+            jobs=index.view(),
             usage=self.queue.usage(now),
             max_gpus_per_job=self.max_gpus_per_job,
             multi_node=self.multi_node,
             rules=self.rules,
-            reservations=tuple(r for r in self._reservations if r.end > now),
+            reservations=self._reservations_at(now),
             ended=self._ended_dependencies(),
-            first=tuple(sorted(self.queue.index.preempted_for())),
+            first=tuple(sorted(first)) if first else (),
             known_layout=self._layout,
         )
+
+    def _reservations_at(self, now: float) -> tuple[Reservation, ...]:
+        """The reservations not yet over at ``now``."""
+        return tuple(r for r in self._reservations if r.end > now) if self._reservations else ()
 
     def _ended_dependencies(self) -> dict[int, JobStatus]:
         """How the ended jobs that waiting jobs run after ended (a job that never existed is left out)."""
@@ -215,7 +223,7 @@ class Orchestrator:
             and seen.nodes is self.inventory.nodes()
             and (seen.max_gpus_per_job, seen.multi_node) == (self.max_gpus_per_job, self.multi_node)
             and seen.rules is self.rules
-            and seen.reservations == tuple(r for r in self._reservations if r.end > seen.now)
+            and seen.reservations == self._reservations_at(seen.now)
         )
 
     def _current_layout(self) -> Layout:

@@ -83,6 +83,43 @@ def test_job_sees_only_its_own_environment(make_executor, monkeypatch):
                                                 "FOO"}
 
 
+def _env_of(log: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in Path(log).read_text().splitlines())
+
+
+def test_a_job_gets_its_variables_as_given_whatever_bash_makes_of_their_names(ex):
+    # Names bash gives a meaning of its own (read-only, dynamic): the job's program gets them verbatim.
+    given = {"UID": "12345", "RANDOM": "7", "SHLVL": "9", "BASH_ENV": "/nonexistent", "IFS": "x", "OLDPWD": "/old"}
+    log = ex.start(job(command="env", env=given), ALLOC, time.time())
+    assert wait_exit(ex, 1).exit_code == 0
+    assert {k: _env_of(log).get(k) for k in given} == given
+
+
+@pytest.mark.parametrize("command", ["env", "env; true"])  # a plain command, and one bash runs
+def test_a_jobs_variable_named_like_one_of_the_wrappers_changes_nothing(ex, command):
+    given = {name: "/elsewhere" for name in ("job_dir", "log", "inherited", "job_env", "names", "pgid", "PWD")}
+    log = ex.start(job(command=command, env=given, cwd="/tmp"), ALLOC, time.time())
+    assert wait_exit(ex, 1).exit_code == 0
+    env = _env_of(log)
+    assert {k: env[k] for k in given if k != "PWD"} == {k: v for k, v in given.items() if k != "PWD"}
+    assert env["PWD"] == "/tmp" and env["HERD_JOB_ID"] == "1"
+
+
+def test_nothing_of_the_tmux_servers_environment_reaches_a_job(ex):
+    ex.start(job(command="true"), ALLOC, time.time())  # the server and its session
+    wait_exit(ex, 1)
+    ex.forget(1)
+    # Set by hand on the server: a variable, one whose name is no shell identifier, an exported function.
+    for name, value in (("HERD_LEAK_SENTINEL", "1"), ("not-an-identifier", "1"), ("BASH_FUNC_env%%", "() { echo hijacked; }")):
+        assert ex._tmux("set-environment", "-g", name, value).returncode == 0
+    for job_id, command in ((2, "env"), (3, "env; true")):
+        log = ex.start(job(id=job_id, command=command), ALLOC, time.time())
+        assert wait_exit(ex, job_id).exit_code == 0
+        env = _env_of(log)
+        assert not {"HERD_LEAK_SENTINEL", "not-an-identifier", "BASH_FUNC_env%%", "TMUX", "TMUX_PANE", "TERM"} & set(env), env
+        assert env["HERD_JOB_ID"] == str(job_id)
+
+
 def test_stdout_and_stderr_land_in_the_log(ex):
     log = ex.start(job(command="echo to-out; echo to-err >&2"), ALLOC, time.time())
     wait_exit(ex, 1)

@@ -104,16 +104,33 @@ _GONE = ("no server running", "error connecting to", "can't find session", "serv
          LOST)
 _SHARED_DIR_MODE = 0o711  # jobs/, logs/, jobs/<id>/ when jobs run as their owners: enter, never list or write
 
-# How the wrapper runs the command: as the server's user, or as the job's owner (see the module's doc);
-# {program} is bash reading the command file, or, for a plain command (``_plain_words``), its own words.
-_RUN_AS_SERVER = r'''env -i "${{job_env[@]}}" {program}'''
+# How the wrapper's child becomes the job (the last thing it does is exec it): as the server's user, or as
+# the job's owner (see the module's doc); {program} is bash reading the command file, or, for a plain
+# command (``_plain_words``), its own words.
+_RUN_AS_SERVER = r'''exec env -i "${{job_env[@]}}" {program}'''
+# The same without a process for env: bash un-exports what it inherited (tmux's environment, and what
+# bash exports of its own) and exports the job's variables, then execs the program, which so gets
+# exactly the job's environment. Only where every name is one bash exports as given: the job's are
+# checked by the server (``_bash_exports_verbatim``), the inherited ones here (a name that is no shell
+# identifier cannot be un-exported: then env). The program's words are literal, so that a job's variable
+# named like one of the wrapper's (``job_dir``) changes nothing.
+_RUN_AS_SERVER_BY_BASH = r'''mapfile -d '' -t inherited < "/proc/$$/environ"
+  inherited=("${{inherited[@]%%=*}}")
+  printf -v names '%s=' "${{inherited[@]}}"  # no name holds a '='
+  [[ $names =~ ^([A-Za-z_][A-Za-z0-9_]*=)*$ ]] || exec env -i "${{job_env[@]}}" {env_program}
+  declare +x -- "${{inherited[@]}}" SHLVL PWD OLDPWD
+  set -- "${{job_env[@]}}"{pwd}
+  unset -v job_env inherited names  # arrays cannot be exported: a job's variable may bear their names
+  declare -x -- "$@"
+  exec {program}'''
 # The job's environment is the owner's to choose (LD_PRELOAD, LD_LIBRARY_PATH, ...), so it is given only
 # after setpriv has dropped root: setpriv itself runs with an empty one.
 _RUN_AS_OWNER = (
-    r'''{env_bin} -i {setpriv} --reuid={uid} --regid={gid} --init-groups -- '''
+    r'''exec {env_bin} -i {setpriv} --reuid={uid} --regid={gid} --init-groups -- '''
     r'''{env_bin} -i -C {user_cwd} "${{job_env[@]}}" {program}'''
 )
 _BASH_READS_COMMAND = r'''"$BASH" --noprofile --norc "$job_dir/command"'''
+_BASH_READS_FILE = "{bash} --noprofile --norc {command}"  # the same with literal paths
 # As the owner, the command file reaches bash as an open descriptor (no directory above it is theirs).
 _BASH_READS_COMMAND_AS_OWNER = r'''"$BASH" --noprofile --norc /dev/fd/3 3< "$job_dir/command"'''
 
@@ -208,7 +225,9 @@ show_log() {{
 }}
 trap show_log USR1"""
 _SHOWS_ON_USR1 = "trap show_log USR1"  # how the server tells a wrapper that shows the log on USR1
-_LAUNCH_BATCH = r"""{run} < /dev/null >> "$log" 2>&1 &"""
+_LAUNCH_BATCH = r"""(
+  {run}
+) < /dev/null >> "$log" 2>&1 &"""
 _AWAIT_BATCH = r"""# `wait` also returns when a trapped signal comes or the job is stopped (SIGSTOP): look again until
 # the job has really ended and been reaped.
 while :; do
@@ -225,7 +244,10 @@ done"""
 _LAUNCH_INTERACTIVE = r"""tail_pid=
 trap ':' USR1  # the window is already the job's own terminal: nothing to show
 # stdout is the window's terminal; stderr too (the wrapper's own goes to wrapper.err)
-( kill -STOP "$BASHPID"; exec {run} ) 2>&1 &"""
+(
+  kill -STOP "$BASHPID"
+  {run}
+) 2>&1 &"""
 _AWAIT_INTERACTIVE = r"""code=
 while kill -0 "$pgid" 2>/dev/null; do  # fg returns when the job ends, or is stopped (then it goes on)
   fg %1 > /dev/null 2>/dev/tty  # bash gives the terminal through stderr: the window's, not wrapper.err
@@ -265,6 +287,21 @@ def _plain_words(command: str, env: dict[str, str], cwd: str) -> list[str] | Non
     except OSError:
         return None
     return words if head.startswith((b"#!", b"\x7fELF")) else None
+
+
+# Variables bash itself gives a meaning (read-only, changing by themselves, or changing how bash reads
+# and runs what follows): set by a ``declare -x``, they would not reach the job as given.
+_BASH_OWN_VARIABLES = frozenset(
+    "SHELLOPTS EUID UID PPID GROUPS FUNCNAME RANDOM SRANDOM SECONDS LINENO HISTCMD EPOCHREALTIME EPOCHSECONDS "
+    "DIRSTACK PIPESTATUS COMP_WORDBREAKS OPTIND OPTARG IFS POSIXLY_CORRECT _".split())
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _bash_exports_verbatim(env: dict[str, str]) -> bool:
+    """Whether bash can give a program exactly ``env`` (``declare -x`` of each variable): every name a shell
+    identifier that bash gives no meaning of its own."""
+    return all(_SHELL_NAME.fullmatch(name) and not name.startswith("BASH") and name not in _BASH_OWN_VARIABLES
+               for name in env)
 
 
 def _server_user() -> pwd.struct_passwd | None:
@@ -473,13 +510,15 @@ class TmuxExecutor:
         except (OSError, UnicodeError) as e:
             raise StartError(f"job {job.id}: cannot write its files under {job_dir}: {e}") from e
 
-        # The window runs the wrapper with an empty environment (tmux would hand it TMUX, TERM, the
-        # client's PATH...); the wrapper sets what it needs itself. Given as separate words, the
-        # command is run by tmux directly, without a shell in between.
+        # The window runs the wrapper with tmux's environment (TMUX, TERM, the server's...), which reaches
+        # no job (the wrapper gives it exactly its own); bash's -p keeps that environment from changing
+        # the wrapper itself (no BASH_ENV, SHELLOPTS or functions read from it), and the wrapper sets its
+        # PATH itself. Given as separate words, the command is run by tmux directly, without a shell (or
+        # an env) in between.
         new_window = (
             "new-window", "-d", "-P", "-F", "#{pane_pid}", "-t", f"={self.session_name}:",
             "-n", self.window_name(job.id), "-c", str(self.workdir),
-            self._env_bin, "-i", self._bash, "--noprofile", "--norc", str(wrapper),
+            self._bash, "--noprofile", "--norc", "-p", str(wrapper),
         )
         result = self._tmux(*new_window)
         if result.returncode != 0 and any(g in result.stderr for g in _GONE):
@@ -808,7 +847,12 @@ class TmuxExecutor:
         # bash gives the programs it runs PWD; a program run without it gets it here.
         program = (shlex.join([f"PWD={cwd}", *words]) if words is not None
                    else _BASH_READS_COMMAND if owner is None else _BASH_READS_COMMAND_AS_OWNER)
-        if owner is None:
+        if owner is None and _bash_exports_verbatim(env):
+            run = _RUN_AS_SERVER_BY_BASH.format(
+                env_program=program, pwd="" if words is None else " " + q(f"PWD={cwd}"),
+                program=(shlex.join(words) if words is not None
+                         else _BASH_READS_FILE.format(bash=q(self._bash), command=q(str(job_dir / "command")))))
+        elif owner is None:
             run = _RUN_AS_SERVER.format(program=program)
         else:
             run = _RUN_AS_OWNER.format(setpriv=q(self._setpriv or "setpriv"), uid=owner.pw_uid, gid=owner.pw_gid,

@@ -19,12 +19,14 @@ Files, per job (``<workdir>/jobs/<id>/``) and per log (``<workdir>/logs/job-<id>
 The wrapper protocol, in the order the wrapper does it:
 
 1. ``cd`` to the job's cwd; if that fails, a message goes to the log and exit code 1 is recorded.
-2. With job control on (``set -m``) it starts ``env -i <env file> bash command`` in the background, so the
-   job gets its own process group and exactly the environment in ``env`` (nothing from tmux or the
-   service); as its owner, ``env -i setpriv ... -- env -i <env file> bash command``, so that the job's
-   environment (which may hold LD_PRELOAD) reaches no process that runs as root. A plain command (words
-   bash would only split and run, the first a program on the job's PATH, not a builtin) is exec'd by
-   ``env`` itself, without a bash in between. stdin is /dev/null; stdout and stderr are appended to the
+2. With job control on (``set -m``) it starts, in the background, a child that un-exports what the
+   wrapper inherited, exports the variables in ``env`` and execs ``bash command``, so the job gets its own
+   process group and exactly the environment in ``env`` (nothing from tmux or the service); where bash
+   cannot export them verbatim, the child execs ``env -i <env file> bash command`` instead; as its owner,
+   ``env -i setpriv ... -- env -i <env file> bash command``, so that the job's environment (which may hold
+   LD_PRELOAD) reaches no process that runs as root. A plain command (words bash would only split and
+   run, the first a program on the job's PATH, not a builtin) is exec'd itself, without a bash in
+   between. stdin is /dev/null; stdout and stderr are appended to the
    log. ``$!`` goes to ``pgid``. The pane shows the log (a ``tail``) only from when someone asks to
    watch the job (``window``, which ``herd attach`` calls, sends the wrapper USR1).
 3. It waits for the job. The wrapper is not in the job's group, so the SIGTERM/SIGKILL that ``stop`` sends

@@ -196,3 +196,37 @@ def _every_job_offered(policy, snapshot):
         for queued in policy.order(snapshot):
             placer.offer(queued)
     return tuple(placer.starts)
+
+
+def test_a_new_reason_changes_the_table_and_the_explained_jobs_but_no_order():
+    index = JobIndex()
+    fifo = Ordering(fcfs_key, lambda j: j.gpu_count)
+    index.keep(fifo)
+    for i in (1, 2):
+        index.put(job(i, submit=i))
+    before = index.view()
+    waits = job(1, submit=1).model_copy(update={"pending_reason": PendingReason.RESOURCES, "pending_message": "full"})
+    index.put_reason(waits)
+    after = index.view()
+    assert before.get(1) is not waits and after.get(1) is waits and after.version == before.version + 1
+    assert index.explained_ids() == {1, 2}  # (2 keeps the builder's own reason)
+    assert after.groups(fifo) == before.groups(fifo) and [j.id for j in after.queued] == [1, 2]
+    index.put_reason(waits.model_copy(update={"pending_reason": IN_LINE_REASON, "pending_message": IN_LINE_MESSAGE}))
+    assert index.explained_ids() == {2}
+
+
+def test_views_share_the_orders_until_the_next_change_and_never_see_it():
+    index = JobIndex()
+    fifo = Ordering(fcfs_key, lambda j: j.gpu_count)
+    index.keep(fifo)
+    index.put(job(1, submit=1))
+    first, second = index.view(), index.view()
+    assert first.groups(fifo) is second.groups(fifo)  # nothing changed between them: one copy
+    index.put(job(2, submit=2))
+    index.put(job(1, status=JobStatus.CANCELLED))
+    third = index.view()
+    assert [i for _, i in first.groups(fifo)[1]] == [1] and [i for _, i in second.groups(fifo)[1]] == [1]
+    assert [i for _, i in third.groups(fifo)[1]] == [2]
+    late = Ordering(priority_key)
+    index.keep(late)  # a new order: the views taken before never show it
+    assert [i for _, i in first.groups(late)[None]] == [1] and [i for _, i in index.view().groups(late)[None]] == [2]

@@ -134,3 +134,15 @@ def test_a_batch_cannot_give_a_whole_node_twice():
     verdict = validate(s, [on(1, *A, *B), on(2, *B, *(("c", i) for i in range(4)))])
     assert [a.proposal.job_id for a in verdict.accepted] == [1]
     assert V.NOT_WHOLE_NODES in verdict.rejected[0].codes and V.GPU_BUSY in verdict.rejected[0].codes
+
+
+def test_an_accepted_proposal_keeps_the_allocation_it_was_made_from_only_where_it_names_the_same_gpus():
+    from tools.models import Allocation
+
+    made = Allocation(node="b", gpus=(0, 1))
+    verdict = validate(snapshot(), [Proposal.on(1, made)])
+    assert verdict.accepted[0].allocation is made
+    # A proposal whose GPUs are not those of the allocation it carries: the allocation is made from its GPUs.
+    other = Proposal(1, (("b", 1), ("b", 0)), allocation=Allocation(node="b", gpus=(2, 3)))
+    verdict = validate(snapshot(), [other])
+    assert verdict.accepted[0].allocation == Allocation(node="b", gpus=(0, 1))

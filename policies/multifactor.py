@@ -53,19 +53,20 @@ class Explanation:
 
 
 def fair_share_factors(snapshot: Snapshot, users) -> dict[str, float]:
-    """Per user of ``users`` (those waiting), of recent usage or running, ``(F_user + F_group) / 2`` with ``F = 2 ** -(share of recent GPU-time / fair share)``:
-    1 for no recent use, 1/2 at exactly a fair share, 1/4 at twice it. A user without a group counts
-    as a group of one."""
+    """Per user of ``users`` (those waiting), ``(F_user + F_group) / 2`` with ``F = 2 ** -(share of
+    recent GPU-time / fair share)``, the shares taken among every user of recent usage, running or
+    waiting: 1 for no recent use, 1/2 at exactly a fair share, 1/4 at twice it. A user without a
+    group counts as a group of one."""
     everyone = set(users) | set(snapshot.usage) | snapshot.in_use[0].keys()  # holders, from the index's totals
     # ``snapshot.usage_now`` for each, with its two maps read once rather than once per user
     past, running = snapshot.usage, running_usage(snapshot)
     usage = {u: past.get(u, 0.0) + running.get(u, 0.0) for u in everyone}
     total = sum(usage.values())
     if total <= 0:
-        return dict.fromkeys(everyone, 1.0)
+        return dict.fromkeys(users, 1.0)
     if not snapshot.rules.groups:  # every user a group of one: F_group is F_user, to the last bit
         n_users = len(usage)
-        return {u: 2.0 ** -(used / total * n_users) for u, used in usage.items()}
+        return {u: 2.0 ** -(usage[u] / total * n_users) for u in users}
     group_of = snapshot.rules.group_of
     group_usage: dict[str, float] = {}
     for u, used in usage.items():
@@ -73,7 +74,8 @@ def fair_share_factors(snapshot: Snapshot, users) -> dict[str, float]:
         group_usage[g] = group_usage.get(g, 0.0) + used
     n_users, n_groups = len(usage), len(group_usage)
     out = {}
-    for u, used in usage.items():
+    for u in users:
+        used = usage[u]
         f_user = 2.0 ** -(used / total * n_users)
         f_group = 2.0 ** -(group_usage[group_of(u) or f"user:{u}"] / total * n_groups)
         out[u] = (f_user + f_group) / 2

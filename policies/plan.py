@@ -297,9 +297,15 @@ class _RunningEnds:
                     del self._fixed[node][gpu]
                 placed[key] = (token, None, kept[2])
                 self._moving[key] = jobs[key]
-        free_at = {name: dict.fromkeys(usable, now) for name, usable in self._layout.usable.items()}
-        for node, ends in self._fixed.items():
-            free_at[node].update(ends)
+        free_at, fixed = {}, self._fixed
+        for name, usable in self._layout.usable.items():
+            ends = fixed.get(name)
+            if ends is not None and len(ends) == len(usable):  # a full node (most, when a plan is needed)
+                free_at[name] = ends.copy()
+            else:
+                at = free_at[name] = dict.fromkeys(usable, now)
+                if ends:
+                    at.update(ends)
         expected_end = self._rules.expected_end
         for key, job in self._moving.items():
             start = job.start_time

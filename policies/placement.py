@@ -668,18 +668,20 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
     """Offer jobs from a heap of ``(entry, size, rest of the entries)`` streams in entry order,
     dropping a stream once its size no longer fits (or, for streams of one user's jobs of one size,
     once that user's jobs of that size cannot start) and stopping when the placer is done."""
-    jobs = placer.snapshot.jobs_by_id
-    drop = {Offer.SIZE_FULL, Offer.USER_FULL} if per_user else {Offer.SIZE_FULL}
+    job_of, offer = placer.snapshot.jobs_by_id.__getitem__, placer.offer
+    size_full, user_full = Offer.SIZE_FULL, (Offer.USER_FULL if per_user else Offer.SIZE_FULL)
+    pop, replace = heapq.heappop, heapq.heapreplace  # the loop runs for every job offered: names bound once
     while heap and not placer.done:
         (_, job_id), gpus, it = heap[0]
-        if placer.offer(jobs[job_id]) in drop:
-            heapq.heappop(heap)
+        outcome = offer(job_of(job_id))
+        if outcome is size_full or outcome is user_full:
+            pop(heap)
             continue
         after = next(it, None)
         if after is None:
-            heapq.heappop(heap)
+            pop(heap)
         else:
-            heapq.heapreplace(heap, (after, gpus, it))
+            replace(heap, (after, gpus, it))
 
 
 def _minus(a: Closed, b: Closed) -> dict[str, frozenset[int]]:

@@ -255,35 +255,30 @@ class JobQueue:
         """Move ``job`` to ``to``; the one function that changes a job's status."""
         if to not in TRANSITIONS[job.status]:
             raise IllegalTransition(f"job {job.id} is {job.status.value}; it cannot become {to.value}")
-        fields: dict[str, Any] = {"status": to}
-        if to == JobStatus.QUEUED:
-            fields |= {
-                "allocation": None,
-                "stop_reason": None,
-                "pending_reason": PendingReason.PRIORITY,
-                "pending_message": WAITING_FOR_PASS,
-            }
+        # (written out field by field, with identity tests: every start and end comes through here)
+        if to is JobStatus.QUEUED:
+            fields: dict[str, Any] = {"status": to, "allocation": None, "stop_reason": None,
+                                      "pending_reason": PendingReason.PRIORITY, "pending_message": WAITING_FOR_PASS,
+                                      "end_reason": None}
         else:
-            fields |= {"pending_reason": None, "pending_message": None}
-        if to == JobStatus.SCHEDULED:
-            if changes.get("allocation") is None:
-                raise ValueError("a job is scheduled onto an allocation")
-            fields["attempts"] = job.attempts + 1
-            fields["preempted_for"] = None
-        if to == JobStatus.RUNNING:
-            fields["start_time"] = now
-            if job.first_start_time is None:
-                fields["first_start_time"] = now
-        if job.status == JobStatus.RUNNING and job.start_time is not None:  # an attempt ends: count its time
+            fields = {"status": to, "pending_reason": None, "pending_message": None}
+            if to is JobStatus.SCHEDULED:
+                if changes.get("allocation") is None:
+                    raise ValueError("a job is scheduled onto an allocation")
+                fields["attempts"] = job.attempts + 1
+                fields["preempted_for"] = None
+            elif to is JobStatus.RUNNING:
+                fields["start_time"] = now
+                if job.first_start_time is None:
+                    fields["first_start_time"] = now
+        if job.status is JobStatus.RUNNING and job.start_time is not None:  # an attempt ends: count its time
             fields["run_s"] = job.run_s + max(0.0, now - job.start_time)
         if to in TERMINAL:
             fields["end_time"] = now
             with self._history_lock:
                 self.history.leave(job.id)
             fields["end_reason"] = _END_REASONS[to]
-        elif to == JobStatus.QUEUED:
-            fields["end_reason"] = None
-        fields |= changes
+        fields.update(changes)
         new = changed(job, fields)
         event = Event(
             time=now,

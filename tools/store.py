@@ -958,14 +958,17 @@ class MemoryStore:
 
     def save_job(self, job: Job, event: Event | None) -> None:
         old = self._jobs[job.id]
-        held, holds = self._holds(old), self._holds(job)
+        status, old_status = job.status, old.status
+        held = old_status in HOLDS_GPUS and old.allocation is not None
+        holds = status in HOLDS_GPUS and job.allocation is not None
         # Handed over unless the same GPUs, or none, are held before and after (``is`` first: scheduled ->
         # running keeps the very allocation, and a model's ``!=`` is slow).
         if held != holds or (holds and old.allocation is not job.allocation and old.allocation != job.allocation):
             self._hand_over(old, job)
-        self._waiting.change(old, job)
+        if status is JobStatus.QUEUED or old_status is JobStatus.QUEUED:  # (else nothing counted moves)
+            self._waiting.change(old, job)
         self._jobs[job.id] = job
-        if job.status in ACTIVE:
+        if status in ACTIVE:
             self._active[job.id] = job
         else:
             self._active.pop(job.id, None)
@@ -996,10 +999,6 @@ class MemoryStore:
             del self._holders[key]
         for key in wanted:
             self._holders[key] = job.id
-
-    @staticmethod
-    def _holds(job: Job) -> bool:
-        return job.status in HOLDS_GPUS and job.allocation is not None
 
     @staticmethod
     def _held(job: Job) -> set[tuple[str, int]]:

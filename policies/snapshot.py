@@ -92,7 +92,7 @@ class Layout:
         return sum(self.size[name] for name in self.whole)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Snapshot:
     now: float
     nodes: tuple[Node, ...]
@@ -105,6 +105,19 @@ class Snapshot:
     ended: Mapping[int, JobStatus] = field(default_factory=dict)  # how the ended jobs that waiting jobs depend on ended
     first: tuple[int, ...] = ()  # waiting jobs others were preempted for: offered before the policy's order
     known_layout: Layout | None = field(default=None, compare=False, repr=False)  # reused if it is of ``nodes``
+
+    def __init__(self, now: float, nodes: tuple[Node, ...], jobs: Sequence[Job], usage: Mapping[str, float] | None = None,
+                 max_gpus_per_job: int | None = None, multi_node: bool = False, rules: Rules = DEFAULT_RULES,
+                 reservations: tuple[Reservation, ...] = (), ended: Mapping[int, JobStatus] | None = None,
+                 first: tuple[int, ...] = (), known_layout: Layout | None = None) -> None:
+        # Every field in one write, where the generated ``__init__`` of a frozen dataclass makes a call per
+        # field (half a snapshot's making, once a pass). The fields above, in their order.
+        object.__setattr__(self, "__dict__", {
+            "now": now, "nodes": nodes, "jobs": jobs, "usage": {} if usage is None else usage,
+            "max_gpus_per_job": max_gpus_per_job, "multi_node": multi_node, "rules": rules,
+            "reservations": reservations, "ended": {} if ended is None else ended, "first": first,
+            "known_layout": known_layout,
+        })
 
     @once
     def layout(self) -> Layout:

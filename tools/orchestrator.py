@@ -55,7 +55,7 @@ class InvalidJob(ValueError):
 HELD_MESSAGE = "the scheduler is stopped; nothing new starts until it is started again"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class TickReport:
     time: float
     duration_s: float
@@ -68,6 +68,16 @@ class TickReport:
     # Jobs whose end the executor reported but the store could not record (a failed write): they stay
     # running, with their GPUs, and the executor keeps reporting them until a later pass records them.
     unrecorded: tuple[int, ...] = ()
+
+    def __init__(self, time: float, duration_s: float, policy: str, finished: tuple[int, ...] = (),
+                 started: tuple[int, ...] = (), rejected: tuple[Rejection, ...] = (), waiting: int = 0,
+                 phases_s: dict[str, float] | None = None, unrecorded: tuple[int, ...] = ()) -> None:
+        # Every field in one write (one report a pass; see ``Snapshot.__init__``). The fields above, in their order.
+        object.__setattr__(self, "__dict__", {
+            "time": time, "duration_s": duration_s, "policy": policy, "finished": finished, "started": started,
+            "rejected": rejected, "waiting": waiting, "phases_s": {} if phases_s is None else phases_s,
+            "unrecorded": unrecorded,
+        })
 
 
 @dataclass(frozen=True)

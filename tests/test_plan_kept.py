@@ -37,11 +37,16 @@ def ends(timeline: Timeline) -> list:
     return [(name, list(at.items())) for name, at in timeline._free_at.items()]
 
 
-def plan_both(index: JobIndex, now: float, layout) -> None:
+def plan_both(index: JobIndex, now: float, layout, nodes=NODES) -> Timeline:
+    """Plan from the kept ends and afresh; the two timelines agree. The kept one, returned, is then
+    changed by a start on every GPU, which the next plan must not see."""
     view = index.view()
-    kept = Snapshot(now=now, nodes=NODES, jobs=view, multi_node=True, known_layout=layout)
-    fresh = Snapshot(now=now, nodes=NODES, jobs=tuple(view), multi_node=True, known_layout=layout)
-    assert ends(Timeline(kept)) == ends(Timeline(fresh))
+    kept = Timeline(Snapshot(now=now, nodes=nodes, jobs=view, multi_node=True, known_layout=layout))
+    fresh = Timeline(Snapshot(now=now, nodes=nodes, jobs=tuple(view), multi_node=True, known_layout=layout))
+    assert ends(kept) == ends(fresh)
+    assert kept._times == fresh._times
+    kept.occupy([(name, gpu) for name, at in kept._free_at.items() for gpu in at], now + 1000.0)
+    return kept
 
 
 @settings(max_examples=150, deadline=None)
@@ -79,3 +84,21 @@ def test_the_kept_ends_outlive_an_inventory_read_afresh_but_not_a_drained_gpu():
     timeline = Timeline(Snapshot(now=now + 2, nodes=drained, jobs=index.view(), multi_node=True))
     assert view.carried[_RunningEnds] is not kept
     assert 0 not in timeline._free_at["n1"] and timeline._free_at["n1"][1] == 140.0
+
+
+def test_a_full_node_s_kept_ends_are_not_changed_by_a_plan_that_books_on_it():
+    small = (node("m1", 2), node("m2", 2))
+    index, now = JobIndex(), 100.0
+    layout = Snapshot(now=now, nodes=small, jobs=()).layout
+    index.put(job(1, gpus=2, status=JobStatus.RUNNING, est=50.0, on=("m1", (0, 1)), start=90.0))
+    index.put(job(2, gpus=1, status=JobStatus.RUNNING, est=50.0, on=("m2", (0,)), start=90.0))
+    first = plan_both(index, now, layout, small)  # m1 full: its ends come from the keeper, then are booked over
+    assert first._free_at["m1"] == {0: 1100.0, 1: 1100.0}
+    second = plan_both(index, now + 1, layout, small)
+    assert first._free_at["m1"] == {0: 1100.0, 1: 1100.0}
+    index.put(job(3, gpus=1, status=JobStatus.RUNNING, est=5.0, on=("m2", (1,)), start=101.0))
+    started = Timeline(Snapshot(now=now + 2, nodes=small, jobs=index.view(), multi_node=True, known_layout=layout),
+                       [(job(4, gpus=2, est=7.0), (("m1", 0),))])
+    assert started._free_at["m1"] == {0: 109.0, 1: 140.0} and started._times["m1"] == [109.0, 140.0]
+    assert second._free_at["m1"] == {0: 1101.0, 1: 1101.0}
+    plan_both(index, now + 3, layout, small)  # m2 full now too, m1 still as the keeper read it

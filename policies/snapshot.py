@@ -106,8 +106,9 @@ class Snapshot:
     first: tuple[int, ...] = ()  # waiting jobs others were preempted for: offered before the policy's order
     known_layout: Layout | None = field(default=None, compare=False, repr=False)  # reused if it is of ``nodes``
 
-    def __init__(self, now: float, nodes: tuple[Node, ...], jobs: Sequence[Job], usage: Mapping[str, float] | None = None,
-                 max_gpus_per_job: int | None = None, multi_node: bool = False, rules: Rules = DEFAULT_RULES,
+    def __init__(self, now: float, nodes: tuple[Node, ...], jobs: Sequence[Job],
+                 usage: Mapping[str, float] | None = None, max_gpus_per_job: int | None = None,
+                 multi_node: bool = False, rules: Rules = DEFAULT_RULES,
                  reservations: tuple[Reservation, ...] = (), ended: Mapping[int, JobStatus] | None = None,
                  first: tuple[int, ...] = (), known_layout: Layout | None = None) -> None:
         # Every field in one write, where the generated ``__init__`` of a frozen dataclass makes a call per

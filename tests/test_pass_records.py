@@ -9,7 +9,10 @@ import pytest
 from policies.snapshot import Snapshot
 from tools.orchestrator import TickReport
 
-REQUIRED = {Snapshot: {"now": 1.0, "nodes": (), "jobs": ()}, TickReport: {"time": 1.0, "duration_s": 0.0, "policy": "p"}}
+REQUIRED = {
+    Snapshot: {"now": 1.0, "nodes": (), "jobs": ()},
+    TickReport: {"time": 1.0, "duration_s": 0.0, "policy": "p"},
+}
 
 
 @pytest.mark.parametrize("cls", [Snapshot, TickReport])

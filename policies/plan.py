@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 from tools.models import Job, JobStatus, PendingReason, Reservation
 
 
-from policies.rules import OVERRUN_FACTOR
+from policies.rules import overrun_end
 from policies.snapshot import Snapshot
 
 NEVER = float("inf")
@@ -309,14 +309,10 @@ class _RunningEnds:
         expected_end = self._rules.expected_end
         for key, job in self._moving.items():
             start = job.start_time
-            if start is not None and job.stop_reason is None:
-                # ``rules.expected_end`` of a job past start + run time (a moving job that is neither
-                # stopped nor waiting to start), written out: most moving jobs, some 70 a plan.
-                end = now + OVERRUN_FACTOR * (now - start)
-                if job.time_limit_s is not None:
-                    end = min(end, max(now, start + job.time_limit_s))
-            else:
-                end = expected_end(job, now)
+            # A moving job neither stopped nor waiting to start is past start + run time (most of some
+            # 70 a plan): its end needs no run time worked out.
+            end = (overrun_end(job, start, now) if start is not None and job.stop_reason is None
+                   else expected_end(job, now))
             for node, gpu in placed[key][2]:
                 free_at[node][gpu] = end
         return free_at

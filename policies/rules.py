@@ -86,12 +86,15 @@ class Rules:
         if job.start_time is None:
             return now + self.runtime(job)
         end = job.start_time + self.runtime(job)
-        if end > now:
-            return end
-        end = now + OVERRUN_FACTOR * (now - job.start_time)
-        if job.time_limit_s is not None:
-            end = min(end, max(now, job.start_time + job.time_limit_s))
-        return end
+        return end if end > now else overrun_end(job, job.start_time, now)
+
+
+def overrun_end(job: Job, start: float, now: float) -> float:
+    """``Rules.expected_end`` of a job that started at ``start`` and has run past its expected run time."""
+    end = now + OVERRUN_FACTOR * (now - start)
+    if job.time_limit_s is not None:
+        end = min(end, max(now, start + job.time_limit_s))
+    return end
 
 
 DEFAULT_RULES = Rules()

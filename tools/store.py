@@ -958,15 +958,14 @@ class MemoryStore:
 
     def save_job(self, job: Job, event: Event | None) -> None:
         old = self._jobs[job.id]
-        status, old_status = job.status, old.status
-        held = old_status in HOLDS_GPUS and old.allocation is not None
+        status = job.status
+        held = old.status in HOLDS_GPUS and old.allocation is not None
         holds = status in HOLDS_GPUS and job.allocation is not None
         # Handed over unless the same GPUs, or none, are held before and after (``is`` first: scheduled ->
         # running keeps the very allocation, and a model's ``!=`` is slow).
         if held != holds or (holds and old.allocation is not job.allocation and old.allocation != job.allocation):
             self._hand_over(old, job)
-        if status is JobStatus.QUEUED or old_status is JobStatus.QUEUED:  # (else nothing counted moves)
-            self._waiting.change(old, job)
+        self._waiting.change(old, job)
         self._jobs[job.id] = job
         if status in ACTIVE:
             self._active[job.id] = job
@@ -977,28 +976,15 @@ class MemoryStore:
 
     def _hand_over(self, old: Job, job: Job) -> None:
         """The GPUs ``old`` held are let go and those ``job`` holds taken, unless another job holds one."""
-        held = self._held(old)
-        wanted = self._held(job)
-        if not held:  # (a start) take them
-            holders = self._holders
-            for key in wanted:
-                holder = holders.get(key)
-                if holder is not None and holder != job.id:
-                    raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs job {holder} holds")
-            holders.update(dict.fromkeys(wanted, job.id))
-            return
-        if not wanted:  # (an end) let them go
-            for key in held:
-                del self._holders[key]
-            return
-        for key in wanted - held:
-            holder = self._holders.get(key)
+        held, wanted, holders = self._held(old), self._held(job), self._holders
+        # (a start holds nothing before, an end nothing after: no set difference for either)
+        for key in wanted - held if held else wanted:
+            holder = holders.get(key)
             if holder is not None and holder != job.id:
                 raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs job {holder} holds")
-        for key in held - wanted:
-            del self._holders[key]
-        for key in wanted:
-            self._holders[key] = job.id
+        for key in held - wanted if wanted else held:
+            del holders[key]
+        holders.update(dict.fromkeys(wanted, job.id))
 
     @staticmethod
     def _held(job: Job) -> set[tuple[str, int]]:

@@ -111,7 +111,10 @@ class MultifactorPolicy:
 
     def _streams(self, snapshot: Snapshot, placer: Placer | None) -> list:
         groups = snapshot.queued_groups(self.ordering)
-        shares = fair_share_factors(snapshot, {user for user, _ in groups})
+        users = {user for user, _ in groups}
+        # One user's jobs keep their order whatever that user's share: most passes of a busy queue
+        # are of one user's new job, and fair share reads every recent user.
+        shares = fair_share_factors(snapshot, users) if len(users) > 1 else dict.fromkeys(users, 0.0)
         jobs = snapshot.jobs_by_id
         heap = []
         for (user, gpus), entries in groups.items():
@@ -151,7 +154,7 @@ class MultifactorPolicy:
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         placer = Placer(snapshot, backfill=True)
-        if not snapshot.queued_count:  # fair share is not read, and the last pass's starts stay expected
+        if not snapshot.queued_count:  # fair share is not read
             return placer.decisions()
         self._offer_starving(snapshot, placer)
         offer_in_order(placer, self._streams(snapshot, placer), per_user=True)

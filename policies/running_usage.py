@@ -7,15 +7,15 @@ rounded once, so it does not drift however many jobs come and go. It is the same
 ``Snapshot.running_usage`` (a sum over every running job each pass, which was a fifth of a
 multifactor pass on the whole Philly trace), rounded differently.
 
-What changed since the last pass is found without reading every running job: the queue index logs
+What changed since the last read is found without reading every running job: the queue index logs
 the nodes where a job took or freed GPUs (``ActiveJobs.held_since``), and gives each node's held GPUs
 as a set replaced whenever that happens (the nodes whose set is another object, where the log was
 begun anew), so those nodes are the only ones to look at. There the jobs known to hold GPUs are looked
 up again (ended, requeued or another version), and GPUs held by no known job must be those of the jobs
-the policy started in the last pass (``expect``); anything else (a job started by someone else, two
-jobs on one GPU, a snapshot not from the index) is counted afresh from every running job. A job
+the policy proposed to start since the last read (``expect``); anything else (a job started by someone
+else, two jobs on one GPU, a snapshot not from the index) is counted afresh from every running job. A job
 holding GPUs changes its start only when it begins to run (``JobQueue.transition``), on the GPUs it
-was scheduled on, so the scheduled jobs, and those not counted yet, are looked up every pass.
+was scheduled on, so the scheduled jobs, and those not counted yet, are looked up every read.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from tools.models import HOLDS_GPUS, Job, JobStatus
 from policies.snapshot import Snapshot
 
 UNITS = 2 ** 60  # of a second: the kept sums of starts are whole numbers of these
+MOST_EXPECTED = 10_000  # proposed starts kept for the next read of the usage, at most
 
 
 def running_usage(snapshot: Snapshot) -> Mapping[str, float]:
@@ -39,10 +40,11 @@ def running_usage(snapshot: Snapshot) -> Mapping[str, float]:
 
 
 def expect(snapshot: Snapshot, job_ids: Iterable[int]) -> None:
-    """The jobs a pass on ``snapshot`` proposed to start: the next pass finds them holding GPUs."""
+    """The jobs a pass on ``snapshot`` proposed to start: the next pass that reads the usage finds
+    them holding GPUs."""
     kept = _kept(snapshot)
     if kept is not None:
-        kept.expected = tuple(job_ids)
+        kept.expect(job_ids)
 
 
 def _kept(snapshot: Snapshot) -> RunningUsage | None:
@@ -79,8 +81,15 @@ class RunningUsage:
         self._gpus: dict[str, int] = {}  # user -> GPUs of its counted jobs
         self._since: dict[str, int] = {}  # user -> sum of GPUs x start of its counted jobs, in units
         self._since_s: dict[str, float] = {}  # the same, in seconds, rounded
-        self.expected: tuple[int, ...] = ()  # the jobs the last pass proposed to start
+        # The jobs proposed to start by the passes since the usage was last read (many passes read none).
+        self._expected: list[int] = []
         self._tangled = False  # two known jobs on one GPU: the next pass counts afresh too
+
+    def expect(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            self._expected.extend(job_ids)
+            if len(self._expected) > MOST_EXPECTED:  # long unread: counting afresh is cheaper than following
+                self._held, self._expected = None, []
 
     def usage(self, snapshot: Snapshot) -> dict[str, float] | None:
         if not self._lock.acquire(blocking=False):
@@ -102,6 +111,7 @@ class RunningUsage:
                     self._recount(snapshot)
                 self._held, self._tangled = (None if self._tangled else held), False
                 self._mark = snapshot.jobs.held_mark  # type: ignore[attr-defined]
+            self._expected = []
             if self._watched:
                 self._look_again(snapshot, now)
             since = self._since_s
@@ -125,7 +135,7 @@ class RunningUsage:
                     self._drop(job_id)
                     if job is not None and job.status in HOLDS_GPUS:
                         self._add(job, snapshot.now)
-        for job_id in self.expected:
+        for job_id in self._expected:
             job = jobs.get(job_id)
             if job is not None and job_id not in self._jobs and job.status in HOLDS_GPUS:
                 self._add(job, snapshot.now)

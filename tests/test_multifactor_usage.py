@@ -131,3 +131,35 @@ def test_a_job_ending_and_another_of_the_same_size_starting_between_two_passes_a
     index.put(job(2, gpus=1, status=JobStatus.RUNNING, user="ann", on=("n2", (3,)), start=50.0))
     kept, fresh, _ = kept_and_fresh(index, 60.0)
     assert kept == fresh == {"ann": 10.0}
+
+
+def test_starts_proposed_by_several_passes_unread_are_followed_without_counting_afresh(monkeypatch):
+    # A pass with one user's jobs waiting reads no usage, yet proposes starts: the next read finds them.
+    index = JobIndex()
+    index.put(job(1, gpus=1, status=JobStatus.RUNNING, user="ann", on=("n1", (0,)), start=10.0))
+    assert kept_and_fresh(index, 20.0)[0] == {"ann": 10.0}
+    recounts = []
+    monkeypatch.setattr(RunningUsage, "_recount", lambda self, snapshot: recounts.append(snapshot))
+    for job_id, gpu, now in ((2, 1, 30.0), (3, 2, 40.0), (4, 3, 50.0)):
+        expect(Snapshot(now=now, nodes=NODES, jobs=index.view()), [job_id])
+        index.put(job(job_id, gpus=1, status=JobStatus.RUNNING, user="bob", on=("n2", (gpu,)), start=now))
+    kept, fresh, _ = kept_and_fresh(index, 60.0)
+    assert kept == fresh == {"ann": 50.0, "bob": 30.0 + 20.0 + 10.0}
+    assert recounts == []
+
+
+def test_too_many_unread_proposed_starts_are_dropped_and_counted_afresh(monkeypatch):
+    monkeypatch.setattr("policies.running_usage.MOST_EXPECTED", 2)
+    index = JobIndex()
+    index.put(job(1, gpus=1, status=JobStatus.RUNNING, user="ann", on=("n1", (0,)), start=10.0))
+    kept_and_fresh(index, 20.0)
+    tracker = index.view().carried[RunningUsage]
+    recounts = []
+    recount = RunningUsage._recount
+    monkeypatch.setattr(RunningUsage, "_recount", lambda self, s: (recounts.append(s), recount(self, s)))
+    for job_id, gpu, now in ((2, 1, 30.0), (3, 2, 40.0), (4, 3, 50.0)):
+        expect(Snapshot(now=now, nodes=NODES, jobs=index.view()), [job_id])
+        index.put(job(job_id, gpus=1, status=JobStatus.RUNNING, user="bob", on=("n2", (gpu,)), start=now))
+    kept, fresh, view = kept_and_fresh(index, 60.0)
+    assert kept == fresh == {"ann": 50.0, "bob": 60.0}
+    assert len(recounts) == 1 and view.carried[RunningUsage] is tracker

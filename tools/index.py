@@ -445,15 +445,22 @@ class JobIndex:
             self._orders = {o: dict(groups) for o, groups in self._orders.items()}
             self._orders_shared = False
         for ordering, groups in self._orders.items():
-            before = (ordering.group_of(old), ordering.entry(old)) if old is not None else None
-            after = (ordering.group_of(new), ordering.entry(new)) if new is not None else None
-            if before == after:
-                continue  # the order is unchanged: the entry holds only the key and the id
-            if before is not None:
-                self._drop(groups, *before)
-            if after is not None:
+            # (``Ordering.group_of`` and ``entry``, written out: this runs on every save of a waiting job)
+            key, group_of = ordering.key, ordering.group
+            if old is not None:
+                group, entry = None if group_of is None else group_of(old), (key(old), old.id)
+                if new is not None:
+                    after = None if group_of is None else group_of(new), (key(new), new.id)
+                    if after == (group, entry):
+                        continue  # the order is unchanged: the entry holds only the key and the id
+                self._drop(groups, group, entry)
+                if new is None:
+                    continue
                 group, entry = after
-                groups[group] = groups.get(group, SortedRuns()).add(entry)
+            else:
+                group, entry = None if group_of is None else group_of(new), (key(new), new.id)  # type: ignore[union-attr]
+            runs = groups.get(group)
+            groups[group] = SortedRuns(((entry,),), (entry,), 1) if runs is None else runs.add(entry)
 
     @staticmethod
     def _drop(groups: dict[Hashable, SortedRuns], group: Hashable, entry: tuple) -> None:

@@ -450,8 +450,9 @@ class Orchestrator:
                 self.planned = decisions.planned
                 t = lap("explain", t)
             self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                        started=tuple(j.id for j in started), rejected=verdict.rejected,
-                                        waiting=waiting, phases_s=phases, unrecorded=tuple(sorted(self._unrecorded)))
+                                        started=tuple([j.id for j in started]), rejected=verdict.rejected,
+                                        waiting=waiting, phases_s=phases,
+                                        unrecorded=tuple(sorted(self._unrecorded)) if self._unrecorded else ())
             return self._reported(self.last_tick)
 
     def _held(self, t0: float, phases: dict[str, float], finished: tuple[int, ...]) -> TickReport:
@@ -582,7 +583,9 @@ class Orchestrator:
 
     def _reserve(self, snapshot: Snapshot, accepted, notes: tuple[tuple[str, str], ...], now: float) -> list[Job]:
         """Reserve the GPUs of the accepted jobs in the store, all in one commit, before any starts."""
-        reserved = []
+        reserved: list[Job] = []
+        if not accepted and not notes:
+            return reserved  # (most passes start nothing) nothing to write, so no commit
         told = self.queue.store.keeps_events  # (a message no event keeps is not worth its words)
         with self._committing():
             for kind, message in notes:

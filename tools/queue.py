@@ -345,28 +345,29 @@ class JobQueue:
             code = "no exit code (the job vanished)" if exit_code is None else f"exit code {exit_code}"
             return f"{job.display_name}: {code}" + (f"; {note}" if note else "")
 
-        if job.stop_reason == StopReason.COMPLETE:
+        stop = job.stop_reason
+        if stop is None and exit_code == 0:  # (first: most ends) a run that ended by itself, and well
+            new = self.transition(job, JobStatus.COMPLETED, now=now, exit_code=0,
+                                  message=detail() if self.store.keeps_events else "")
+            with self._history_lock:
+                if self.history.record_job(new, batch):  # what estimates learn from
+                    self._reestimate(batch, now)
+        elif stop == StopReason.COMPLETE:
             asked = job.exit_code if job.exit_code is not None else 0
             status = JobStatus.COMPLETED if asked == 0 else JobStatus.FAILED
             new = self.transition(job, status, now=now, exit_code=asked, stop_reason=None,
                                   message=f"{detail()}; marked {status.value} by hand (exit code {asked})")
-        elif job.stop_reason == StopReason.CANCEL:
+        elif stop == StopReason.CANCEL:
             new = self.transition(job, JobStatus.CANCELLED, now=now, message=f"{detail()}; cancelled",
                                   exit_code=exit_code, stop_reason=None)
-        elif job.stop_reason == StopReason.PREEMPT:
+        elif stop == StopReason.PREEMPT:
             new = self.transition(job, JobStatus.QUEUED, now=now, exit_code=exit_code, preemptions=job.preemptions + 1,
                                   message=f"{detail()}; preempted and requeued (attempt {job.attempts} counted, "
                                   "no retry used)")
-        elif job.stop_reason == StopReason.TIME_LIMIT:
+        elif stop == StopReason.TIME_LIMIT:
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code, stop_reason=None,
                                   end_reason=EndReason.TIMEOUT,
                                   message=f"{detail()}; stopped at its time limit of {job.time_limit_s:g} s (TIMEOUT)")
-        elif exit_code == 0:
-            new = self.transition(job, JobStatus.COMPLETED, now=now, exit_code=0,
-                                  message=detail() if self.store.keeps_events else "")
-            with self._history_lock:
-                if self.history.record_job(new, batch):  # a run that ended by itself: what estimates learn from
-                    self._reestimate(batch, now)
         elif lost and job.interactive:  # its window was its terminal: nothing to start again
             new = self.transition(job, JobStatus.FAILED, now=now, exit_code=exit_code,
                                   message=f"{detail()}; its window went away, and an interactive job ends with it")

@@ -65,12 +65,15 @@ class SimExecutor:
         return self._ends[0][0] if self._ends else None
 
     def poll(self, now: float) -> list[JobExit]:
-        while (t := self.next_end()) is not None and t <= now:
-            t, _, job_id, code = heapq.heappop(self._ends)
-            del self._planned[job_id]
+        ends, planned = self._ends, self._planned
+        while ends and ends[0][0] <= now:
+            t, seq, job_id, code = heapq.heappop(ends)
+            if planned.get(job_id) != seq:
+                continue  # superseded by a later finish/stop of the same job
+            del planned[job_id]
             del self._running[job_id]
             self._ended[job_id] = JobExit(job_id=job_id, exit_code=code, end_time=t)
-        return list(self._ended.values())
+        return list(self._ended.values()) if self._ended else []
 
     def forget(self, job_id: int) -> None:
         self._ended.pop(job_id, None)

@@ -957,40 +957,42 @@ class MemoryStore:
         return UNCHANGED
 
     def save_job(self, job: Job, event: Event | None) -> None:
-        old = self._jobs[job.id]
-        status = job.status
-        held = old.status in HOLDS_GPUS and old.allocation is not None
+        job_id, status = job.id, job.status
+        old = self._jobs[job_id]
+        old_status = old.status
+        held = old_status in HOLDS_GPUS and old.allocation is not None
         holds = status in HOLDS_GPUS and job.allocation is not None
         # Handed over unless the same GPUs, or none, are held before and after (``is`` first: scheduled ->
         # running keeps the very allocation, and a model's ``!=`` is slow).
         if held != holds or (holds and old.allocation is not job.allocation and old.allocation != job.allocation):
-            self._hand_over(old, job)
-        self._waiting.change(old, job)
-        self._jobs[job.id] = job
+            self._hand_over(old, job, held, holds)
+        if old_status is JobStatus.QUEUED or status is JobStatus.QUEUED:  # (a start or an end counts no waiting job)
+            self._waiting.change(old, job)
+        self._jobs[job_id] = job
         if status in ACTIVE:
-            self._active[job.id] = job
+            self._active[job_id] = job
         else:
-            self._active.pop(job.id, None)
+            self._active.pop(job_id, None)
         if event is not None:
             self.add_event(event)
 
-    def _hand_over(self, old: Job, job: Job) -> None:
-        """The GPUs ``old`` held are let go and those ``job`` holds taken, unless another job holds one."""
-        held, wanted, holders = self._held(old), self._held(job), self._holders
-        # (a start holds nothing before, an end nothing after: no set difference for either)
-        for key in wanted - held if held else wanted:
+    def _hand_over(self, old: Job, job: Job, held: bool, holds: bool) -> None:
+        """The GPUs ``old`` held are let go and those ``job`` holds taken, unless another job holds one
+        (``held``, ``holds``: whether ``old`` and ``job`` hold GPUs)."""
+        holders = self._holders
+        if not holds:  # an end (or a requeue): nothing to take, so nothing to check
+            for key in dict.fromkeys(old.allocation.pairs()):  # type: ignore[union-attr]
+                del holders[key]
+            return
+        wanted = set(job.allocation.pairs())  # type: ignore[union-attr]
+        before = set(old.allocation.pairs()) if held else set()  # type: ignore[union-attr]
+        for key in wanted - before if before else wanted:  # (a start holds nothing before: no difference)
             holder = holders.get(key)
             if holder is not None and holder != job.id:
                 raise GpuConflict(f"job {job.id}: {job.allocation} overlaps GPUs job {holder} holds")
-        for key in held - wanted if wanted else held:
+        for key in before - wanted:
             del holders[key]
         holders.update(dict.fromkeys(wanted, job.id))
-
-    @staticmethod
-    def _held(job: Job) -> set[tuple[str, int]]:
-        if job.status not in HOLDS_GPUS or job.allocation is None:
-            return set()
-        return set(job.allocation.pairs())
 
     def get_job(self, job_id: int) -> Job | None:
         return self._jobs.get(job_id)

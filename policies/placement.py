@@ -39,6 +39,7 @@ from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
 from tools.timespec import local_time
 
 from policies.plan import Slot, Timeline
+from policies.rules import expected_runtime
 from policies.preemption import choose_preemptions
 from policies.admission import (
     Wait,
@@ -73,7 +74,7 @@ class Placer:
         self._rules = snapshot.rules
         # Built on first need (a pass over an empty queue or a full cluster needs none of it):
         self._count: dict[str, int] | None = None  # free GPUs per node
-        self._by_free: list[set[str]] = []  # nodes by their number of free GPUs (not 0), once one is taken
+        self._by_free: list[frozenset[str]] = []  # nodes by their number of free GPUs (not 0), once one is taken
         self._free: dict[str, list[int]] = {}  # free GPU indices, of the nodes this pass took from
         self._whole: set[str] | None = None  # whole nodes with nothing held (for multi-node jobs)
         self._whole_gpus = 0
@@ -147,8 +148,8 @@ class Placer:
         """Whether no later job of the pass may start: strict order is blocked, or backfill has
         examined as many jobs past its plan as the rules allow."""
         return self._blocked_by is not None or (
-            self._has_plan and self._after_head >= self._rules.backfill_depth
-        )
+            (bool(self._plans) or self._unmade is not None) and self._after_head >= self._rules.backfill_depth
+        )  # (``_has_plan`` written out: read once per job offered)
 
     @property
     def _has_plan(self) -> bool:
@@ -178,12 +179,9 @@ class Placer:
             self._count = dict(self.snapshot.free_count)
         return self._count
 
-    def _buckets(self) -> list[set[str]]:
-        if not self._by_free:
-            self._by_free = [set() for _ in range(self._layout.width + 1)]
-            for name, count in self._counts().items():
-                if count:  # a full node is never a candidate
-                    self._by_free[count].add(name)
+    def _buckets(self) -> list[frozenset[str]]:
+        if not self._by_free:  # kept by the queue from pass to pass: a take replaces the two it changes
+            self._by_free = list(self.snapshot.by_free)
         return self._by_free
 
     def _free_on(self, node: str) -> list[int]:
@@ -230,7 +228,7 @@ class Placer:
         first = self._first.get(job.id)
         if first is not None:
             return Offer.WAITS if first == Offer.SIZE_FULL else first  # its size may still fit others
-        if self._has_plan:
+        if self._plans or self._unmade is not None:  # ``_has_plan``, without a call per job offered
             self._after_head += 1
             if (job.user, job.gpu_count) in self._up_to_plans and self._refused_again(job):
                 return Offer.WAITS
@@ -307,10 +305,10 @@ class Placer:
         if ((job.not_before is not None and job.not_before > now) or job.after or job.after_any
                 or job.preempted_for is not None or job.array_limit is not None):
             return False
-        before = bisect_left(self._plan_starts, now + self._rules.runtime(job))
+        before = bisect_left(self._plan_starts, now + expected_runtime(job, self._rules.default_runtime_s))
         if not before or not self._refused_behind(before, job.gpu_count):
             return False
-        self.waiting[job.id] = self._behind_wait(before)
+        self.waiting[job.id] = self._behind_waits.get(before) or self._behind_wait(before)
         return True
 
     def _behind_wait(self, before: int) -> Wait:
@@ -334,7 +332,10 @@ class Placer:
         plans: one as large or smaller did not fit around as few or fewer. Free GPUs only shrink during
         a pass, and the GPUs of more plans include those of fewer, so many waiting jobs kept out by the
         plans cost one try (a multifactor pass offers each user's next job of a size)."""
-        return any(b <= before and c <= count for b, c in self._refused_behind_plans.items())
+        for b, c in self._refused_behind_plans.items():  # (a loop, not ``any``: asked once per job refused)
+            if b <= before and c <= count:
+                return True
+        return False
 
     def _may_plan(self) -> bool:
         return self.backfill and self._planned_jobs < self._rules.backfill_plans
@@ -623,12 +624,12 @@ class Placer:
     def _take_from(self, node: str, count: int, shut: frozenset[int]) -> tuple[int, ...]:
         by_free, counts = self._buckets(), self._counts()
         free = self._free_on(node)
-        by_free[len(free)].discard(node)
+        by_free[len(free)] = by_free[len(free)] - {node}
         taken = [g for g in free if g not in shut][:count]
         self._free[node] = [g for g in free if g not in taken]
         counts[node] = len(free) - count
         if counts[node]:
-            by_free[counts[node]].add(node)
+            by_free[counts[node]] = by_free[counts[node]] | {node}
         self._free_total -= count
         if self._whole is not None and node in self._whole:
             self._whole.discard(node)

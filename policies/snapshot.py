@@ -22,6 +22,7 @@ from policies.rules import DEFAULT_RULES, Rules
 
 
 _FREE_COUNT = "free_count"  # its entry in ``ActiveJobs.carried``: (layout, held mark, counts then)
+_BY_FREE = "by_free"  # its entry: (layout, held mark, counts then, nodes by free count then)
 
 
 @dataclass(frozen=True, eq=False)
@@ -215,6 +216,31 @@ class Snapshot:
         return counts
 
     @once
+    def by_free(self) -> tuple[frozenset[str], ...]:
+        """[c]: the nodes with c free GPUs, for c up to the widest node's size ([0]: none; a full node is
+        never a candidate). From the index, kept from the last view that asked, as ``free_count`` is:
+        only the nodes whose held GPUs changed since move."""
+        counts, index, layout = self.free_count, self._index, self.layout
+        if index is None or layout.unusable:
+            return _by_free(counts, layout.width)
+        kept = index.carried.get(_BY_FREE)
+        changed = index.held_since(kept[1]) if kept is not None and kept[0] is layout else None
+        if changed is None:
+            buckets = _by_free(counts, layout.width)
+        else:
+            then, moved = kept[2], list(kept[3])
+            for name in changed:
+                old, new = then.get(name, 0), counts.get(name, 0)
+                if old != new:
+                    if old:
+                        moved[old] = moved[old] - {name}
+                    if new:
+                        moved[new] = moved[new] | {name}
+            buckets = tuple(moved)
+        index.carried[_BY_FREE] = (layout, index.held_mark, counts, buckets)
+        return buckets
+
+    @once
     def free_total(self) -> int:
         """How many GPUs are free in all."""
         layout, held = self.layout, self.held
@@ -287,6 +313,14 @@ class Snapshot:
             if start is not None:  # ``gpu_count * max(0.0, now - start)``, without a call per job
                 used[j.user] = get(j.user, 0.0) + (j.gpu_count * (now - start) if now > start else 0.0)
         return used
+
+
+def _by_free(counts: Mapping[str, int], width: int) -> tuple[frozenset[str], ...]:
+    nodes: list[set[str]] = [set() for _ in range(width + 1)]
+    for name, count in counts.items():
+        if count:
+            nodes[count].add(name)
+    return tuple(map(frozenset, nodes))
 
 
 class _JobsById(Mapping[int, Job]):

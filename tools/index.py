@@ -167,7 +167,13 @@ class SortedRuns:
 
     def _replace(self, r: int, parts: tuple[tuple, ...], length: int) -> SortedRuns:
         runs, maxes = self._runs, self._maxes
-        tops = (parts[0][-1],) if len(parts) == 1 else tuple(p[-1] for p in parts)  # (one part: most changes)
+        if len(parts) == 1:  # (most changes)
+            top = parts[0][-1]
+            if top is maxes[r]:  # (an entry removed before a run's last: the maxes stay as they were)
+                return SortedRuns(runs[:r] + parts + runs[r + 1 :], maxes, length)
+            tops: tuple = (top,)
+        else:
+            tops = tuple(p[-1] for p in parts)
         return SortedRuns(runs[:r] + parts + runs[r + 1 :], maxes[:r] + tops + maxes[r + 1 :], length)
 
 
@@ -348,16 +354,22 @@ class JobIndex:
 
     def timed(self) -> list[Job]:
         """Jobs holding GPUs under a time limit."""
+        if not self._timed:
+            return []  # (most queues: none)
         with self._lock:
             return [self._table.get(i) for i in self._timed]
 
     def dependent(self) -> list[Job]:
         """Waiting jobs that run after other jobs."""
+        if not self._dependent:
+            return []  # (most queues: none; a set's emptiness is read whole, without the lock)
         with self._lock:
             return [self._table.get(i) for i in self._dependent]
 
     def preempted_for(self) -> set[int]:
         """The jobs that active jobs were stopped (or are being stopped) to make room for."""
+        if not self._preempted_for:
+            return set()  # (most passes: none)
         with self._lock:
             return set(self._preempted_for.values())
 
@@ -482,7 +494,7 @@ class JobIndex:
             self._preemption_ids = tuple(sorted(self._preemption))
         if job.allocation is not None:
             for node, gpus in _by_node(job):
-                self._held[node] = self._held.get(node, frozenset()) | gpus
+                self._held[node] = self._held.get(node, _NO_GPUS) | gpus
                 self._held_log.append(node)
 
     def _release(self, job: Job) -> None:
@@ -502,6 +514,9 @@ class JobIndex:
                     self._held[node] = left
                 else:
                     del self._held[node]
+
+
+_NO_GPUS: frozenset[int] = frozenset()
 
 
 def _read_by_preemption(job: Job) -> bool:

@@ -292,7 +292,7 @@ class Orchestrator:
     def _move_reservations(self, now: float) -> None:
         """A reservation made for a count of GPUs whose window has begun on GPUs another job still holds takes
         free GPUs of its node in their place (``move_off_busy_gpus``), before the pass would stop that job."""
-        if not any(r.movable and r.start <= now < r.end for r in self._reservations):
+        if not self._reservations or not any(r.movable and r.start <= now < r.end for r in self._reservations):
             return
         snapshot = self.snapshot()
         jobs, holders, group_of = snapshot.jobs_by_id, snapshot.holders, self.rules.group_of
@@ -556,10 +556,13 @@ class Orchestrator:
         """Stop jobs past their time limit. The deadline is kept on the monotonic clock from the moment
         the job started (or, for a job adopted after a restart, from its wall-clock start once), so
         that a step of the system clock neither shortens nor extends it."""
+        timed = self.queue.index.timed()
+        self._next_limit = None
+        if not timed and not self._deadlines:
+            return  # (no job has a time limit: most passes of most queues)
         mono = self.clock.monotonic()
         deadlines: dict[int, tuple[float, float]] = {}
-        self._next_limit = None
-        for job in self.queue.index.timed():
+        for job in timed:
             if job.status != JobStatus.RUNNING or job.time_limit_s is None or job.start_time is None:
                 continue
             deadline = self._deadlines.get(job.id)

@@ -271,22 +271,25 @@ class _Waiting:
         return self.singles + len(self.arrays)
 
     def change(self, old: Job | None, new: Job | None) -> None:
-        was = old is not None and old.status == JobStatus.QUEUED
-        if not was and (new is None or new.status != JobStatus.QUEUED):
+        is_queued = new is not None and new.status == JobStatus.QUEUED
+        if old is None or old.status != JobStatus.QUEUED:
+            if is_queued:  # (a submission, or a requeue)
+                self._count(new, 1)  # type: ignore[arg-type]
             return  # (most saves: a start, an end) nothing counted moves
-        if was and new is not None and new.status == JobStatus.QUEUED and old.user == new.user \
-                and old.array_id == new.array_id:
+        if is_queued and old.user == new.user and old.array_id == new.array_id:  # type: ignore[union-attr]
             return  # (a waiting job's new reason) the same
-        for job, sign in ((old, -1), (new, 1)):
-            if job is None or job.status != JobStatus.QUEUED:
-                continue
-            self.by_user[job.user] += sign
-            if job.array_id is None:
-                self.singles += sign
-            else:
-                self.arrays[job.array_id] += sign
-                if not self.arrays[job.array_id]:
-                    del self.arrays[job.array_id]
+        self._count(old, -1)
+        if is_queued:
+            self._count(new, 1)  # type: ignore[arg-type]
+
+    def _count(self, job: Job, sign: int) -> None:
+        self.by_user[job.user] += sign
+        if job.array_id is None:
+            self.singles += sign
+        else:
+            self.arrays[job.array_id] += sign
+            if not self.arrays[job.array_id]:
+                del self.arrays[job.array_id]
 
     def check(self, jobs: Sequence[Job], max_queued: int | None, max_queued_per_user: int | None) -> None:
         """Refuse (``QueueFull``) one submission of ``jobs`` (a job, or an array's tasks) of one user."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, NamedTuple, Protocol, Sequence
 
 from policies.ordering import Policy
 from policies.rules import DEFAULT_RULES, Rules
@@ -80,9 +80,9 @@ class TickReport:
         })
 
 
-@dataclass(frozen=True)
-class Launch:
-    """A reserved job handed to the executor at ``time``: its log, or why it could not start."""
+class Launch(NamedTuple):
+    """A reserved job handed to the executor at ``time``: its log, or why it could not start. (A named
+    tuple: one is made for every start, and a frozen dataclass's fields cost a call each.)"""
 
     job: Job
     time: float
@@ -533,7 +533,8 @@ class Orchestrator:
         job = self.queue.store.get_job(end.job_id)
         if job is None or job.status != JobStatus.RUNNING:
             return None  # already recorded, or not this core's job: the executor forgets it
-        note = "; ".join(n for n in (end.why, note) if n)
+        why = end.why
+        note = f"{why}; {note}" if why and note else why or note  # (the two, either, or neither)
         return self.queue.finish(job, end.exit_code, now=end.end_time, lost=end.lost, note=note)
 
     def _unrecordable(self, job_id: int, exc: BaseException) -> None:

@@ -32,9 +32,9 @@ import heapq
 import threading
 from bisect import bisect_left
 from enum import Enum
-from functools import cached_property
 from typing import Iterable, Iterator, Mapping
 
+from tools.index import once
 from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
 from tools.timespec import local_time
 
@@ -73,7 +73,7 @@ class Placer:
         layout = self._layout = snapshot.layout
         self._rules = snapshot.rules
         # Built on first need (a pass over an empty queue or a full cluster needs none of it):
-        self._count: dict[str, int] | None = None  # free GPUs per node
+        self._count: dict[str, int] | None = None  # free GPUs per node, once this pass took any
         self._by_free: list[frozenset[str]] = []  # nodes by their number of free GPUs (not 0), once one is taken
         self._free: dict[str, list[int]] = {}  # free GPU indices, of the nodes this pass took from
         self._whole: set[str] | None = None  # whole nodes with nothing held (for multi-node jobs)
@@ -123,23 +123,23 @@ class Placer:
 
     # Read from the snapshot on first need, as the buckets are: most passes start nothing, and many
     # offer no job at all.
-    @cached_property
+    @once
     def _free_total(self) -> int:  # taken from as the pass starts jobs
         return self.snapshot.free_total
 
-    @cached_property
+    @once
     def _user_use(self) -> dict[str, int]:
         return dict(self.snapshot.in_use[0])
 
-    @cached_property
+    @once
     def _group_use(self) -> dict[str, int]:
         return dict(self.snapshot.in_use[1])
 
-    @cached_property
+    @once
     def _array_use(self) -> dict[int, int]:  # array id -> its tasks holding GPUs
         return dict(self.snapshot.array_tasks)
 
-    @cached_property
+    @once
     def _reservations(self) -> tuple[Reservation, ...]:
         return tuple(r for r in self.snapshot.reservations if r.end > self.snapshot.now)
 
@@ -174,10 +174,9 @@ class Placer:
             self._whole_gpus = sum(self._layout.size[name] for name in self._whole)
         return self._whole, self._whole_gpus
 
-    def _counts(self) -> dict[str, int]:
-        if self._count is None:
-            self._count = dict(self.snapshot.free_count)
-        return self._count
+    def _counts(self) -> Mapping[str, int]:
+        """Free GPUs per node: the snapshot's until this pass takes some (then a copy, ``_take_from``)."""
+        return self.snapshot.free_count if self._count is None else self._count
 
     def _buckets(self) -> list[frozenset[str]]:
         if not self._by_free:  # kept by the queue from pass to pass: a take replaces the two it changes
@@ -622,7 +621,10 @@ class Placer:
         return f"needs {count} free GPU(s) on one node; the most free on any node is {most}"
 
     def _take_from(self, node: str, count: int, shut: frozenset[int]) -> tuple[int, ...]:
-        by_free, counts = self._buckets(), self._counts()
+        by_free = self._buckets()
+        if self._count is None:
+            self._count = dict(self.snapshot.free_count)
+        counts = self._count
         free = self._free_on(node)
         by_free[len(free)] = by_free[len(free)] - {node}
         taken = [g for g in free if g not in shut][:count]

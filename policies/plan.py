@@ -63,13 +63,25 @@ class Timeline:
         for r in snapshot.reservations:
             if r.end > now:
                 self._blocks.setdefault(r.node, []).append(Block(frozenset(r.gpus), r.start, r.end, r))
-        free_at = _running_ends(snapshot)
+        free_at, kept_times = _running_ends(snapshot)
+        self._free_at = free_at
+        # Full nodes' ends and their order as the keeper of the running ends holds them, shared with it
+        # and read only: copied before a change (``_own``).
+        self._kept = set(kept_times)
         for job, gpus in started:
             end = now + rules.runtime(job)
             for node, gpu in gpus:
-                free_at[node][gpu] = end
-        self._free_at = free_at
-        self._times = {name: sorted(at.values()) for name, at in free_at.items()}  # each node's, in order
+                self._own(node)[gpu] = end
+        kept = self._kept
+        self._times = {name: kept_times[name] if name in kept else sorted(at.values())  # each node's, in order
+                       for name, at in free_at.items()}
+
+    def _own(self, node: str) -> dict[int, float]:
+        """``node``'s ends, to change."""
+        if node in self._kept:
+            self._kept.discard(node)
+            self._free_at[node] = dict(self._free_at[node])
+        return self._free_at[node]
 
     def earliest(self, job: Job, *, not_before: float | None = None) -> Slot | None:
         """The first slot where ``job`` fits, or None if it never does (e.g. too large)."""
@@ -127,7 +139,7 @@ class Timeline:
         for name in self._layout.whole:
             if any(b.against(job.user, group) for b in self._blocks.get(name, ())):
                 continue
-            nodes.append((max(start, *self._free_at[name].values()), name))
+            nodes.append((max(start, self._times[name][-1]), name))  # its last GPU to come free
         nodes.sort()
         size, total, chosen = self._layout.size, 0, []
         for t, name in nodes:
@@ -143,7 +155,7 @@ class Timeline:
         booked until that plan's end (the job was let start there only because it ends before)."""
         nodes = set()
         for node, gpu in gpus:
-            at = self._free_at[node]
+            at = self._own(node)
             at[gpu] = max(at[gpu], end)
             nodes.add(node)
         for node in nodes:
@@ -159,16 +171,17 @@ class Timeline:
             if keep_gap and self._free_at[node][gpu] < slot.start:
                 later.setdefault(node, set()).add(gpu)
             else:
-                self._free_at[node][gpu] = slot.end
+                self._own(node)[gpu] = slot.end
         for node, gpus in later.items():
             self._blocks.setdefault(node, []).append(Block(frozenset(gpus), slot.start, slot.end, None))
         for node in {node for node, _ in slot.gpus}:
             self._times[node] = sorted(self._free_at[node].values())
 
 
-def _running_ends(snapshot: Snapshot) -> dict[str, dict[int, float]]:
+def _running_ends(snapshot: Snapshot) -> tuple[dict[str, dict[int, float]], dict[str, list[float]]]:
     """Per node, when each usable GPU is expected to come free: now, or the expected end of the job
-    holding it. From the running jobs kept since the last plan of the same queue where there is one."""
+    holding it. From the running jobs kept since the last plan of the same queue where there is one;
+    then, with them, the full nodes' ends in order, and those nodes' ends are the keeper's (read only)."""
     carried = snapshot.carried
     if carried is not None:
         kept = carried.get(_RunningEnds)
@@ -177,7 +190,7 @@ def _running_ends(snapshot: Snapshot) -> dict[str, dict[int, float]]:
         ends = kept.ends(snapshot)
         if ends is not None:
             return ends
-    return _count_ends(snapshot)
+    return _count_ends(snapshot), {}
 
 
 def _count_ends(snapshot: Snapshot) -> dict[str, dict[int, float]]:
@@ -244,8 +257,12 @@ class _RunningEnds:
         self._ids: set[int] = set()  # their id()s
         self._placed: dict[int, tuple[int, float | None, tuple[tuple[str, int], ...]]] = {}  # id() -> (token, fixed end or None, usable GPUs)
         self._owner: dict[tuple[str, int], int] = {}  # (node, GPU) -> id() of the job holding it
-        self._fixed: dict[str, dict[int, float]] = {}  # node -> GPU -> end, of fixed jobs
-        self._moving: dict[int, Job] = {}  # id() -> job whose end moves with now
+        # node -> GPU -> end, of fixed jobs. A node's dict is handed to the timelines of a plan while the
+        # node is full, so it is replaced, never changed (``_changing``), and so is its order of ends:
+        self._fixed: dict[str, dict[int, float]] = {}
+        self._changed: set[str] = set()  # nodes whose dict was replaced in this plan: changed in place
+        self._sorted: dict[str, list[float]] = {}  # full node -> its ends in order
+        self._moving: dict[int, tuple[Job, tuple[tuple[str, int], ...]]] = {}  # id() -> (job whose end moves with now, its GPUs)
         self._due: list[tuple[float, int, int]] = []  # (fixed end, token, id()): when a fixed job turns moving
         self._tokens = count()
 
@@ -256,7 +273,7 @@ class _RunningEnds:
         return ((layout is self._layout or layout.usable == self._layout.usable)
                 and (rules is self._rules or rules == self._rules) and snapshot.now >= self._now)
 
-    def ends(self, snapshot: Snapshot) -> dict[str, dict[int, float]] | None:
+    def ends(self, snapshot: Snapshot) -> tuple[dict[str, dict[int, float]], dict[str, list[float]]] | None:
         """As ``_count_ends``; None if it cannot tell (the caller counts)."""
         if not self._lock.acquire(blocking=False):
             return None
@@ -270,8 +287,9 @@ class _RunningEnds:
         finally:
             self._lock.release()
 
-    def _ends(self, snapshot: Snapshot) -> dict[str, dict[int, float]]:
+    def _ends(self, snapshot: Snapshot) -> tuple[dict[str, dict[int, float]], dict[str, list[float]]]:
         now = self._now = snapshot.now
+        self._changed.clear()
         holding = snapshot.holding
         # A couple of jobs start or end between two plans, of some 300: compared as sets of id()s,
         # and only the new ones looked at.
@@ -294,28 +312,41 @@ class _RunningEnds:
             kept = placed.get(key)
             if kept is not None and kept[0] == token:  # still the same job, still fixed
                 for node, gpu in kept[2]:
-                    del self._fixed[node][gpu]
+                    del self._changing(node)[gpu]
                 placed[key] = (token, None, kept[2])
-                self._moving[key] = jobs[key]
-        free_at, fixed = {}, self._fixed
+                self._moving[key] = (jobs[key], kept[2])
+        free_at, fixed, full, in_order = {}, self._fixed, {}, self._sorted
         for name, usable in self._layout.usable.items():
             ends = fixed.get(name)
             if ends is not None and len(ends) == len(usable):  # a full node (most, when a plan is needed)
-                free_at[name] = ends.copy()
+                free_at[name] = ends
+                times = in_order.get(name)
+                if times is None:
+                    times = in_order[name] = sorted(ends.values())
+                full[name] = times
             else:
                 at = free_at[name] = dict.fromkeys(usable, now)
                 if ends:
                     at.update(ends)
         expected_end = self._rules.expected_end
-        for key, job in self._moving.items():
+        for job, gpus in self._moving.values():
             start = job.start_time
             # A moving job neither stopped nor waiting to start is past start + run time (most of some
             # 70 a plan): its end needs no run time worked out.
             end = (overrun_end(job, start, now) if start is not None and job.stop_reason is None
                    else expected_end(job, now))
-            for node, gpu in placed[key][2]:
+            for node, gpu in gpus:  # (never on a full node: its GPUs are all fixed jobs')
                 free_at[node][gpu] = end
-        return free_at
+        return free_at, full
+
+    def _changing(self, node: str) -> dict[int, float]:
+        """``node``'s fixed ends, to change: replaced by a copy once a plan, since the timelines of
+        the last plan may hold them."""
+        if node not in self._changed:
+            self._changed.add(node)
+            self._fixed[node] = dict(self._fixed.get(node, ()))
+            self._sorted.pop(node, None)
+        return self._fixed[node]
 
     def _add(self, key: int, job: Job, now: float) -> None:
         a = job.allocation
@@ -335,10 +366,10 @@ class _RunningEnds:
                 end = None
         self._placed[key] = (token, end, gpus)
         if end is None:
-            self._moving[key] = job
+            self._moving[key] = (job, gpus)
         else:
             for node, gpu in gpus:
-                self._fixed.setdefault(node, {})[gpu] = end
+                self._changing(node)[gpu] = end
             heapq.heappush(self._due, (end, token, key))
 
     def _drop(self, key: int) -> None:
@@ -352,11 +383,12 @@ class _RunningEnds:
             del self._moving[key]
         else:
             for node, gpu in gpus:
-                del self._fixed[node][gpu]
+                del self._changing(node)[gpu]
 
     def _forget(self) -> None:
         self._ids = set()
         self._jobs, self._placed, self._owner, self._fixed, self._moving, self._due = {}, {}, {}, {}, {}, []
+        self._sorted = {}
 
 
 def estimate_starts(snapshot: Snapshot, order: Iterable[Job], *, limit: int = 500) -> dict[int, float]:

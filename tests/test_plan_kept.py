@@ -5,7 +5,7 @@ past their estimates, however time moves, and with a GPU held by two jobs."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.plan import Timeline, _RunningEnds
+from policies.plan import Slot, Timeline, _RunningEnds
 from policies.snapshot import Snapshot
 from tools.index import JobIndex
 from tools.models import JobStatus, StopReason
@@ -45,7 +45,12 @@ def plan_both(index: JobIndex, now: float, layout, nodes=NODES) -> Timeline:
     fresh = Timeline(Snapshot(now=now, nodes=nodes, jobs=tuple(view), multi_node=True, known_layout=layout))
     assert ends(kept) == ends(fresh)
     assert kept._times == fresh._times
-    kept.occupy([(name, gpu) for name, at in kept._free_at.items() for gpu in at], now + 1000.0)
+    every = [(name, gpu) for name, at in kept._free_at.items() for gpu in at]
+    kept.occupy(every, now + 1000.0)
+    # A booking too (full nodes' ends are the keeper's, shared with each timeline until it changes them).
+    booked = Timeline(Snapshot(now=now, nodes=nodes, jobs=view, multi_node=True, known_layout=layout))
+    booked.book(Slot(now, now + 2000.0, tuple(every)))
+    assert all(t == [now + 2000.0] * len(t) for t in booked._times.values())
     return kept
 
 
@@ -102,3 +107,16 @@ def test_a_full_node_s_kept_ends_are_not_changed_by_a_plan_that_books_on_it():
     assert started._free_at["m1"] == {0: 109.0, 1: 140.0} and started._times["m1"] == [109.0, 140.0]
     assert second._free_at["m1"] == {0: 1101.0, 1: 1101.0}
     plan_both(index, now + 3, layout, small)  # m2 full now too, m1 still as the keeper read it
+
+
+def test_a_timeline_keeps_a_full_node_s_ends_while_a_later_plan_changes_the_kept_ones():
+    small = (node("m1", 2), node("m2", 2))
+    index, now = JobIndex(), 100.0
+    layout = Snapshot(now=now, nodes=small, jobs=()).layout
+    index.put(job(1, gpus=2, status=JobStatus.RUNNING, est=50.0, on=("m1", (0, 1)), start=90.0))
+    first = Timeline(Snapshot(now=now, nodes=small, jobs=index.view(), multi_node=True, known_layout=layout))
+    index.put(job(1, gpus=2, status=JobStatus.COMPLETED, est=50.0, start=90.0))
+    index.put(job(2, gpus=2, status=JobStatus.RUNNING, est=30.0, on=("m1", (0, 1)), start=101.0))
+    second = Timeline(Snapshot(now=now + 1, nodes=small, jobs=index.view(), multi_node=True, known_layout=layout))
+    assert second._free_at["m1"] == {0: 131.0, 1: 131.0} and second._times["m1"] == [131.0, 131.0]
+    assert first._free_at["m1"] == {0: 140.0, 1: 140.0} and first._times["m1"] == [140.0, 140.0]

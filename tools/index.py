@@ -29,6 +29,10 @@ HELD_LOG = 4096
 IN_LINE_REASON = PendingReason.PRIORITY
 IN_LINE_MESSAGE = "waits for its turn: jobs ahead of it in the policy's order go first"
 
+# Members read on every save, bound once: reading one through its enum class costs as much as the
+# rest of a status test.
+_QUEUED = JobStatus.QUEUED
+
 
 class once:
     """``functools.cached_property`` without its lock: Python 3.11 takes a lock on every first read,
@@ -403,7 +407,7 @@ class JobIndex:
         """Record the new version of ``job`` (inserted, changed, or ended); ``put_reason`` where only its
         pending reason changed."""
         status = job.status
-        holds, is_queued = status in HOLDS_GPUS, status is JobStatus.QUEUED
+        holds, is_queued = status in HOLDS_GPUS, status is _QUEUED
         with self._lock:
             self.version += 1
             job_id = job.id
@@ -421,7 +425,7 @@ class JobIndex:
                     self._release(old)
                 if holds:
                     self._hold(job)
-            was_queued = old_status is JobStatus.QUEUED
+            was_queued = old_status is _QUEUED
             if was_queued or is_queued:
                 self._queued += is_queued - was_queued
                 self._queued_gpus += (job.gpu_count if is_queued else 0) - (old.gpu_count if was_queued else 0)

@@ -41,6 +41,10 @@ from tools.store import GpuConflict
 
 log = logging.getLogger(__name__)
 
+# Members read on every save, bound once: reading one through its enum class costs as much as the
+# rest of a status test.
+_QUEUED, _SCHEDULED, _RUNNING = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING
+
 class Inventory(Protocol):
     def nodes(self) -> tuple[Node, ...]: ...
 
@@ -531,7 +535,7 @@ class Orchestrator:
     def _store_end(self, end: JobExit, note: str = "") -> Job | None:
         """The job's end, written (not yet committed); None if it is not this core's running job."""
         job = self.queue.store.get_job(end.job_id)
-        if job is None or job.status != JobStatus.RUNNING:
+        if job is None or job.status != _RUNNING:
             return None  # already recorded, or not this core's job: the executor forgets it
         why = end.why
         note = f"{why}; {note}" if why and note else why or note  # (the two, either, or neither)
@@ -564,7 +568,7 @@ class Orchestrator:
         mono = self.clock.monotonic()
         deadlines: dict[int, tuple[float, float]] = {}
         for job in timed:
-            if job.status != JobStatus.RUNNING or job.time_limit_s is None or job.start_time is None:
+            if job.status != _RUNNING or job.time_limit_s is None or job.start_time is None:
                 continue
             deadline = self._deadlines.get(job.id)
             if deadline is None or deadline[0] != job.start_time:
@@ -598,7 +602,7 @@ class Orchestrator:
                 job = snapshot.jobs_by_id[acc.proposal.job_id]
                 try:
                     reserved.append(self.queue.transition(
-                        job, JobStatus.SCHEDULED, now=now, allocation=acc.allocation,
+                        job, _SCHEDULED, now=now, allocation=acc.allocation,
                         message=f"{job.display_name}: reserved {acc.allocation.describe()} ({acc.proposal.by})"
                         if told else ""))
                 except GpuConflict as exc:  # the store's own guard; the validator should have caught it
@@ -623,13 +627,13 @@ class Orchestrator:
         told = self.queue.store.keeps_events
         for launch in launched:
             job = self.queue.store.get_job(launch.job.id)
-            if job is None or job.status != JobStatus.SCHEDULED:
+            if job is None or job.status != _SCHEDULED:
                 continue
             now = launch.time
             if launch.log_path is None:
                 self.queue.fail_attempt(job, now=now, exit_code=None, why=launch.why)
                 continue
-            started.append(self.queue.transition(job, JobStatus.RUNNING, now=now, log_path=launch.log_path,
+            started.append(self.queue.transition(job, _RUNNING, now=now, log_path=launch.log_path,
                                                  message=f"{job.display_name}: running on {job.allocation.describe()}"
                                                  if told else ""))
         return started
@@ -677,11 +681,11 @@ class Orchestrator:
         index = self.queue.index
         for job_id in index.explained_ids() - reasons.keys():
             looked = seen.jobs_by_id.get(job_id)
-            if looked is not None and looked.status == JobStatus.QUEUED:
+            if looked is not None and looked.status == _QUEUED:
                 reasons[job_id] = standing_wait(seen, looked)
         for job_id, wait in reasons.items():
             job = index.get(job_id)
-            if job is None or job.status != JobStatus.QUEUED or job_id in accepted:
+            if job is None or job.status != _QUEUED or job_id in accepted:
                 continue
             wait = begin_time_wait(job, now) or wait
             self.queue.set_pending(job, wait.reason, wait.message)

@@ -38,6 +38,10 @@ from tools.store import Store
 
 log = logging.getLogger(__name__)
 
+# Members read on every save, bound once: reading one through its enum class costs as much as the
+# rest of a status test.
+_QUEUED, _SCHEDULED, _RUNNING, _COMPLETED = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.COMPLETED
+
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
 # A job lost by the executor this many times fails rather than starting again: the losses are then
 # more likely the job's own doing (killing its wrapper, its window or the tmux server) than the
@@ -256,22 +260,22 @@ class JobQueue:
         if to not in TRANSITIONS[job.status]:
             raise IllegalTransition(f"job {job.id} is {job.status.value}; it cannot become {to.value}")
         # (written out field by field, with identity tests: every start and end comes through here)
-        if to is JobStatus.QUEUED:
+        if to is _QUEUED:
             fields: dict[str, Any] = {"status": to, "allocation": None, "stop_reason": None,
                                       "pending_reason": PendingReason.PRIORITY, "pending_message": WAITING_FOR_PASS,
                                       "end_reason": None}
         else:
             fields = {"status": to, "pending_reason": None, "pending_message": None}
-            if to is JobStatus.SCHEDULED:
+            if to is _SCHEDULED:
                 if changes.get("allocation") is None:
                     raise ValueError("a job is scheduled onto an allocation")
                 fields["attempts"] = job.attempts + 1
                 fields["preempted_for"] = None
-            elif to is JobStatus.RUNNING:
+            elif to is _RUNNING:
                 fields["start_time"] = now
                 if job.first_start_time is None:
                     fields["first_start_time"] = now
-        if job.status is JobStatus.RUNNING and job.start_time is not None:  # an attempt ends: count its time
+        if job.status is _RUNNING and job.start_time is not None:  # an attempt ends: count its time
             fields["run_s"] = job.run_s + max(0.0, now - job.start_time)
         if to in TERMINAL:
             fields["end_time"] = now
@@ -304,7 +308,7 @@ class JobQueue:
 
     def set_pending(self, job: Job, reason: PendingReason, message: str) -> Job:
         """Record why a queued job waits. Not an event: it is re-derived on every pass."""
-        if job.status != JobStatus.QUEUED:
+        if job.status != _QUEUED:
             raise IllegalTransition(f"job {job.id} is {job.status.value}; only queued jobs wait")
         if (job.pending_reason, job.pending_message) == (reason, message):
             return job
@@ -347,7 +351,7 @@ class JobQueue:
 
         stop = job.stop_reason
         if stop is None and exit_code == 0:  # (first: most ends) a run that ended by itself, and well
-            new = self.transition(job, JobStatus.COMPLETED, now=now, exit_code=0,
+            new = self.transition(job, _COMPLETED, now=now, exit_code=0,
                                   message=detail() if self.store.keeps_events else "")
             with self._history_lock:
                 if self.history.record_job(new, batch):  # what estimates learn from

@@ -49,6 +49,10 @@ from tools.store_tx import Commit, Transaction
 
 log = logging.getLogger(__name__)
 
+# Members read on every save, bound once: reading one through its enum class costs as much as the
+# rest of a status test.
+_QUEUED = JobStatus.QUEUED
+
 # Told of a submission's jobs once they are stored (the queue's index and batches, kept in step).
 Stored = Callable[[list[Job]], None]
 # Ended jobs read at once by ``ended_since``: a report's memory does not grow with the history.
@@ -271,8 +275,8 @@ class _Waiting:
         return self.singles + len(self.arrays)
 
     def change(self, old: Job | None, new: Job | None) -> None:
-        is_queued = new is not None and new.status == JobStatus.QUEUED
-        if old is None or old.status != JobStatus.QUEUED:
+        is_queued = new is not None and new.status == _QUEUED
+        if old is None or old.status != _QUEUED:
             if is_queued:  # (a submission, or a requeue)
                 self._count(new, 1)  # type: ignore[arg-type]
             return  # (most saves: a start, an end) nothing counted moves
@@ -969,7 +973,7 @@ class MemoryStore:
         # running keeps the very allocation, and a model's ``!=`` is slow).
         if held != holds or (holds and old.allocation is not job.allocation and old.allocation != job.allocation):
             self._hand_over(old, job, held, holds)
-        if old_status is JobStatus.QUEUED or status is JobStatus.QUEUED:  # (a start or an end counts no waiting job)
+        if old_status is _QUEUED or status is _QUEUED:  # (a start or an end counts no waiting job)
             self._waiting.change(old, job)
         self._jobs[job_id] = job
         if status in ACTIVE:

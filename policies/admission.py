@@ -18,10 +18,15 @@ if TYPE_CHECKING:
     from policies.snapshot import Layout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Wait:
     reason: PendingReason
     message: str
+
+    def __init__(self, reason: PendingReason, message: str) -> None:
+        # Both fields in one write (a frozen dataclass's ``__init__`` makes a call per field): a pass
+        # makes one for most jobs it reads.
+        object.__setattr__(self, "__dict__", {"reason": reason, "message": message})
 
 
 def begin_time_wait(job: Job, now: float) -> Wait | None:

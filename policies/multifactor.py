@@ -88,9 +88,11 @@ class MultifactorPolicy:
     weights: Weights = field(default_factory=Weights)
     default_runtime_s: float = DEFAULT_RUNTIME_S  # the size of a job with no time limit nor estimate
 
-    @property
-    def ordering(self) -> Ordering:
-        return Ordering(self._fixed_key, _by_user_and_gpus)
+    # Its order of the waiting jobs, made once (a pass reads it, and the index finds it by equality).
+    ordering: Ordering = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ordering", Ordering(self._fixed_key, _by_user_and_gpus))
 
     @property
     def orderings(self) -> tuple[Ordering, ...]:

@@ -344,7 +344,7 @@ class _JobsById(Mapping[int, Job]):
         return len(self._index)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Proposal:
     """A claim that ``job_id`` should start now on ``gpus`` ((node, index) pairs), and who says so."""
 
@@ -355,6 +355,12 @@ class Proposal:
     # The allocation it was made from (``on``): the validator hands it on where it names the same GPUs,
     # rather than building and checking the same allocation again.
     allocation: Allocation | None = field(default=None, compare=False, repr=False)
+
+    def __init__(self, job_id: int, gpus: tuple[tuple[str, int], ...], by: str = "policy", reason: str = "",
+                 allocation: Allocation | None = None) -> None:
+        # Every field in one write, as ``Snapshot``'s: a pass makes one per start.
+        object.__setattr__(self, "__dict__", {"job_id": job_id, "gpus": gpus, "by": by, "reason": reason,
+                                              "allocation": allocation})
 
     @classmethod
     def on(cls, job_id: int, allocation: Allocation, *, by: str = "policy", reason: str = "") -> Proposal:
@@ -418,10 +424,16 @@ class Preemption:
     for_job: int | None = None  # the waiting job it makes room for; None when a reservation begins
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Decisions:
     starts: tuple[Proposal, ...]
     waiting: Mapping[int, Wait]  # a reason for every queued job that does not start (often ``Reasons``)
     notes: tuple[tuple[str, str], ...] = ()  # (event kind, message) for the audit log, e.g. a fallback
     preemptions: tuple[Preemption, ...] = ()
     planned: Mapping[int, float] = field(default_factory=dict)  # job id -> planned start (the backfill plan)
+
+    def __init__(self, starts: tuple[Proposal, ...], waiting: Mapping[int, Wait], notes: tuple[tuple[str, str], ...] = (),
+                 preemptions: tuple[Preemption, ...] = (), planned: Mapping[int, float] | None = None) -> None:
+        # Every field in one write, as ``Snapshot``'s: one a pass.
+        object.__setattr__(self, "__dict__", {"starts": starts, "waiting": waiting, "notes": notes,
+                                              "preemptions": preemptions, "planned": {} if planned is None else planned})

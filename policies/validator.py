@@ -65,16 +65,23 @@ class Rejection:
         return "; ".join(p.message for p in self.problems)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Accepted:
     proposal: Proposal
     allocation: Allocation
 
+    def __init__(self, proposal: Proposal, allocation: Allocation) -> None:
+        # Both fields in one write (a frozen dataclass's ``__init__`` makes a call per field): one a start.
+        object.__setattr__(self, "__dict__", {"proposal": proposal, "allocation": allocation})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class Verdict:
     accepted: tuple[Accepted, ...]
     rejected: tuple[Rejection, ...]
+
+    def __init__(self, accepted: tuple[Accepted, ...], rejected: tuple[Rejection, ...]) -> None:
+        object.__setattr__(self, "__dict__", {"accepted": accepted, "rejected": rejected})  # (as ``Accepted``'s)
 
 
 _NOTHING = Verdict((), ())

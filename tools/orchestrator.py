@@ -444,7 +444,8 @@ class Orchestrator:
                 # starts with the reasons the others wait.
                 reserved = self._reserve(snapshot, verdict.accepted, decisions.notes, t)
                 launched = self._launch(reserved, t)
-                accepted = {acc.proposal.job_id for acc in verdict.accepted}
+                # (most passes start nothing: no comprehension, which costs a call even when empty)
+                accepted = {acc.proposal.job_id for acc in verdict.accepted} if verdict.accepted else set()
                 with self._committing(launched):
                     started = self._record_starts(launched)
                     t = lap("apply", t)
@@ -454,8 +455,8 @@ class Orchestrator:
                 self.planned = decisions.planned
                 t = lap("explain", t)
             self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                        started=tuple([j.id for j in started]), rejected=verdict.rejected,
-                                        waiting=waiting, phases_s=phases,
+                                        started=tuple([j.id for j in started]) if started else (),
+                                        rejected=verdict.rejected, waiting=waiting, phases_s=phases,
                                         unrecorded=tuple(sorted(self._unrecorded)) if self._unrecorded else ())
             return self._reported(self.last_tick)
 

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 # Members read on every save, bound once: reading one through its enum class costs as much as the
 # rest of a status test.
-_QUEUED, _SCHEDULED, _RUNNING, _COMPLETED = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING, JobStatus.COMPLETED
+_QUEUED, _SCHEDULED, _RUNNING = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING
+_COMPLETED = JobStatus.COMPLETED
 
 WAITING_FOR_PASS = "waiting for the scheduler's next pass"
 # A job lost by the executor this many times fails rather than starting again: the losses are then

@@ -90,6 +90,9 @@ class Timeline:
         count = job.gpu_count
         if count > self._layout.largest_usable_node:
             return self._earliest_whole_nodes(job, start, duration) if self.multi_node else None
+        if not self._blocks:
+            node, t = self._first_free(count, start)
+            return Slot(t, t + duration, self._pick(node, self._free_at[node], t, count, ()))
         group = self.rules.group_of(job.user)
         best: tuple[float, str] | None = None
         kept_best: Slot | None = None
@@ -112,6 +115,21 @@ class Timeline:
             return kept_best
         t, node = best
         return Slot(t, t + duration, self._pick(node, self._free_at[node], t, count, ()))
+
+    def _first_free(self, count: int, start: float) -> tuple[str, float]:
+        """With no blocks: the first node in inventory order where ``count`` GPUs are free earliest
+        (from ``start`` on), and when. ``earliest``'s loop without blocks, in C loops: a plan is made
+        in most passes that start a job while one waits, and reads every node."""
+        times = self._times
+        if count <= min(map(len, times.values())):
+            names = list(times)
+        else:  # (count is at most the largest node's: some node has enough)
+            names = [name for name, at in times.items() if len(at) >= count]
+        ends = [times[name][count - 1] for name in names]  # the count-th GPU to come free decides
+        first = min(ends)
+        if first <= start:  # it fits from ``start`` on the first node where it does
+            return names[next(i for i, end in enumerate(ends) if end <= start)], start
+        return names[ends.index(first)], first
 
     def _earliest_around(self, node: str, job: Job, group: str | None, start: float, duration: float) -> Slot | None:
         """On a node with blocks: the first time enough GPUs are free and kept by no block against

@@ -66,38 +66,44 @@ class Offer(Enum):
 
 
 class Placer:
+    # What a pass starts from, where it is a value a pass replaces rather than changes: read from the
+    # class until then (a placer is made every pass, and most passes change few of them).
+    _count: dict[str, int] | None = None  # free GPUs per node, once this pass took any
+    _by_free: list[frozenset[str]] | tuple[()] = ()  # nodes by their number of free GPUs (not 0), once one is taken
+    _whole: set[str] | None = None  # whole nodes with nothing held (for multi-node jobs), once read
+    _whole_gpus = 0
+    _blocked_by: int | None = None
+    _most_free: int | None = None  # most free GPUs on one node, until this pass takes any
+    head: Job | None = None  # the first job that must wait for GPUs (backfill, below)
+    _timeline: Timeline | None = None
+    # The first plan, not made until a later job or a reader needs its start (``_surely_fits_later``):
+    # the job, and how many jobs of this pass had started before it.
+    _unmade: tuple[Job, int] | None = None
+    _planned_jobs = 0  # jobs planned, including those that fit nowhere ever (no slot)
+    _after_head = 0  # jobs examined since the head was planned
+
     def __init__(self, snapshot: Snapshot, *, head_of_line: bool = False, backfill: bool = False) -> None:
         self.snapshot = snapshot
         self.head_of_line = head_of_line  # strict order: once a job waits for GPUs, all later jobs wait
         self.backfill = backfill  # EASY: plan the first job that must wait; later ones may not delay it
         layout = self._layout = snapshot.layout
         self._rules = snapshot.rules
-        # Built on first need (a pass over an empty queue or a full cluster needs none of it):
-        self._count: dict[str, int] | None = None  # free GPUs per node, once this pass took any
-        self._by_free: list[frozenset[str]] = []  # nodes by their number of free GPUs (not 0), once one is taken
+        # Built on first need (a pass over an empty queue or a full cluster needs none of it), as the
+        # free counts, the buckets and the whole nodes above:
         self._free: dict[str, list[int]] = {}  # free GPU indices, of the nodes this pass took from
-        self._whole: set[str] | None = None  # whole nodes with nothing held (for multi-node jobs)
-        self._whole_gpus = 0
         most = layout.largest_usable_node
         if snapshot.multi_node:
             most = max(most, layout.whole_gpus)
         cap = snapshot.max_gpus_per_job
         self.limit = most if cap is None else min(most, cap)  # a job asking for more can never start
-        self._blocked_by: int | None = None
         self._refused_around: dict[frozenset[int], int] = {}  # reservation ids -> smallest size that did not fit
         self._messages: dict[int, str] = {}  # reservation id -> why a job it keeps out waits
         self._user_full: dict[tuple[str, int], Wait] = {}  # (user, size) that cannot start in this pass, and why
-        self._most_free: int | None = None  # most free GPUs on one node, until this pass takes any
         # Backfill: the jobs that must wait, planned in the order they were offered (at most
         # ``rules.backfill_plans``), each on a timeline holding the running jobs, those started in this
         # pass and the plans before it. Kept by planned start, with the GPUs closed by the plans that
         # start before a time (a prefix union), since a job may start only if it ends before them.
-        self.head: Job | None = None  # the first job that must wait for GPUs
-        self._timeline: Timeline | None = None
-        # The first plan, not made until a later job or a reader needs its start (``_surely_fits_later``):
-        # the job, and how many jobs of this pass had started before it.
-        self._unmade: tuple[Job, int] | None = None
-        self._planned_jobs = 0  # jobs planned, including those that fit nowhere ever (no slot)
+        # (``head``, ``_timeline``, ``_unmade`` and ``_planned_jobs`` above.)
         self._plans: list[tuple[float, Job, tuple[tuple[str, int], ...]]] = []  # (start, job, its GPUs)
         self._plan_starts: list[float] = []  # from when each plan closes its GPUs (its start; now if starving)
         self._closed_before: list[dict[str, frozenset[int]]] = []  # [i]: GPUs of the first i + 1 plans
@@ -107,9 +113,7 @@ class Placer:
         # plans. A later such job that runs into the plans is refused without the checks between.
         self._up_to_plans: set[tuple[str, int]] = set()
         self._behind_waits: dict[int, Wait] = {}
-        self._after_head = 0  # jobs examined since the head was planned
         self._started_jobs: list[tuple[Job, tuple[tuple[str, int], ...]]] = []
-        self._started_ids: set[int] = set()
         self.starts: list[Proposal] = []
         self.waiting: dict[int, Wait] = {}
         # Jobs others were preempted for go first, whatever the policy's order, so that the GPUs
@@ -553,7 +557,6 @@ class Placer:
         self._up_to_plans.clear()  # fewer free GPUs, more of the user's quota in use
         proposal = Proposal.on(job.id, allocation)
         self.starts.append(proposal)
-        self._started_ids.add(job.id)
         self._started_jobs.append((job, proposal.gpus))
         if self._timeline is not None:
             self._timeline.occupy(proposal.gpus, self.snapshot.now + self._rules.runtime(job))
@@ -674,7 +677,10 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
     job_of, offer = placer.snapshot.jobs_by_id.__getitem__, placer.offer
     size_full, user_full = Offer.SIZE_FULL, (Offer.USER_FULL if per_user else Offer.SIZE_FULL)
     pop, replace = heapq.heappop, heapq.heapreplace  # the loop runs for every job offered: names bound once
-    while heap and not placer.done:
+    depth = placer._rules.backfill_depth
+    # ``placer.done`` written out: read once per job offered.
+    while heap and placer._blocked_by is None and not (
+            (placer._plans or placer._unmade is not None) and placer._after_head >= depth):
         (_, job_id), gpus, it = heap[0]
         outcome = offer(job_of(job_id))
         if outcome is size_full or outcome is user_full:

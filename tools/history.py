@@ -47,7 +47,10 @@ def task_key(name: str | None, command: str) -> str:
 
 def keys_of(user: str, name: str | None, command: str, gpus: int) -> tuple[Key, ...]:
     """The general keys a run of this job is filed under, most specific first."""
-    task = task_key(name, command)
+    return _general_keys(user, task_key(name, command), gpus)
+
+
+def _general_keys(user: str, task: str, gpus: int) -> tuple[Key, ...]:
     return (("task", user, task, gpus), ("task", user, task), ("user", user, gpus), ("user", user),
             ("lab", gpus), ("lab",))
 
@@ -128,15 +131,17 @@ class RunHistory:
 
     def record(self, user: str, name: str | None, command: str, gpus: int, run_s: float,
                batch: Batch | None = None) -> bool:
-        """One finished run of ``run_s`` seconds, of a job of ``batch`` (if known). Returns whether the
-        batch just reached 1, 2, 4, 8, ... finished runs: its waiting members should be re-estimated."""
+        """One finished run of ``run_s`` seconds, of a job of ``batch`` (if known: the batch's key then
+        names the task, as ``batch_for`` found it for this job). Returns whether the batch just reached
+        1, 2, 4, 8, ... finished runs: its waiting members should be re-estimated."""
         run_s = max(0.0, float(run_s))
         if batch is None:
             self._add(keys_of(user, name, command, gpus), run_s)
             return False
         batch.finished += 1
         milestone = _power_of_two(batch.finished)
-        self._add((batch.key, *keys_of(user, name, command, gpus)) if milestone else (batch.key,), run_s)
+        _, user, task, gpus, _ = batch.key
+        self._add((batch.key, *_general_keys(user, task, gpus)) if milestone else (batch.key,), run_s)
         return milestone
 
     def record_job(self, job: Job, batch: Batch | None = None) -> bool:

@@ -39,7 +39,7 @@ from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
 from tools.timespec import local_time
 
 from policies.plan import Slot, Timeline
-from policies.rules import expected_runtime
+from policies.rules import Rules, expected_runtime
 from policies.preemption import choose_preemptions
 from policies.admission import (
     Wait,
@@ -235,8 +235,15 @@ class Placer:
             self._after_head += 1
             if (job.user, job.gpu_count) in self._up_to_plans and self._refused_again(job):
                 return Offer.WAITS
-        wait = (begin_time_wait(job, self.snapshot.now) or self._dependency_wait(job) or self._made_room_wait(job)
-                or array_limit_wait(job, self._array_use))
+        # Each check asked only of a job it may concern: most have no begin time, dependency, preemption
+        # or array limit, and the array counts are not copied for them.
+        wait = begin_time_wait(job, self.snapshot.now) if job.not_before is not None else None
+        if wait is None and (job.after or job.after_any):
+            wait = self._dependency_wait(job)
+        if wait is None and job.preempted_for is not None:
+            wait = self._made_room_wait(job)
+        if wait is None and job.array_limit is not None:
+            wait = array_limit_wait(job, self._array_use)
         if wait is not None:
             self.waiting[job.id] = wait
             return Offer.WAITS
@@ -255,7 +262,8 @@ class Placer:
         if full is not None:  # an earlier job of this user and size could not start, and nor can this one
             self.waiting[job.id] = full
             return Offer.USER_FULL
-        over = quota_wait(self._rules, job.user, count, self._user_use, self._group_use)
+        over = (quota_wait(self._rules, job.user, count, self._user_use, self._group_use)
+                if _has_quotas(self._rules) else None)
         if over is not None:  # the user's and group's use only grow during a pass
             self.waiting[job.id] = self._user_full[(job.user, count)] = over
             return Offer.USER_FULL
@@ -560,12 +568,13 @@ class Placer:
         self._started_jobs.append((job, proposal.gpus))
         if self._timeline is not None:
             self._timeline.occupy(proposal.gpus, self.snapshot.now + self._rules.runtime(job))
-        self._user_use[job.user] = self._user_use.get(job.user, 0) + job.gpu_count
         if job.array_id is not None:
             self._array_use[job.array_id] = self._array_use.get(job.array_id, 0) + 1
-        group = self._rules.group_of(job.user)
-        if group is not None:
-            self._group_use[group] = self._group_use.get(group, 0) + job.gpu_count
+        if _has_quotas(self._rules):  # (the GPUs in use are read only against quotas)
+            self._user_use[job.user] = self._user_use.get(job.user, 0) + job.gpu_count
+            group = self._rules.group_of(job.user)
+            if group is not None:
+                self._group_use[group] = self._group_use.get(group, 0) + job.gpu_count
 
     def offer_groups(self, groups: Mapping[int, Entries]) -> None:
         """Offer waiting jobs in the order of their entries, merged across groups (one per GPU count).
@@ -691,6 +700,12 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
             pop(heap)
         else:
             replace(heap, (after, gpus, it))
+
+
+def _has_quotas(rules: Rules) -> bool:
+    """Whether any user or group has a quota of GPUs at once (without, as in most labs' rules and every
+    replay's, a pass neither copies nor counts the GPUs in use)."""
+    return bool(rules.user_quota or rules.group_quota) or rules.default_user_quota is not None
 
 
 def _minus(a: Closed, b: Closed) -> dict[str, frozenset[int]]:

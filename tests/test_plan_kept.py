@@ -120,3 +120,16 @@ def test_a_timeline_keeps_a_full_node_s_ends_while_a_later_plan_changes_the_kept
     second = Timeline(Snapshot(now=now + 1, nodes=small, jobs=index.view(), multi_node=True, known_layout=layout))
     assert second._free_at["m1"] == {0: 131.0, 1: 131.0} and second._times["m1"] == [131.0, 131.0]
     assert first._free_at["m1"] == {0: 140.0, 1: 140.0} and first._times["m1"] == [140.0, 140.0]
+
+
+def test_many_jobs_started_between_two_plans_are_all_kept():
+    many = tuple(node(f"k{i}", 4) for i in range(6))
+    index, now = JobIndex(), 100.0
+    layout = Snapshot(now=now, nodes=many, jobs=()).layout
+    plan_both(index, now, layout, many)
+    for i in range(1, 21):  # more than a plan looks up one by one
+        index.put(job(i, gpus=1, status=JobStatus.RUNNING, est=10.0 * i, on=(f"k{i % 6}", (i // 6,)), start=now))
+    index.put(job(2, gpus=1, status=JobStatus.RUNNING, est=5.0, on=("k2", (0,)), start=now))  # another version
+    plan_both(index, now + 1, layout, many)
+    index.put(job(21, gpus=1, status=JobStatus.RUNNING, est=3.0, on=("k3", (3,)), start=now + 1))
+    plan_both(index, now + 2, layout, many)

@@ -201,6 +201,6 @@ def _shifted(entries: Entries, bonus: float) -> Iterator[tuple[tuple, int]]:
     if not bonus:
         yield from entries
         return
-    for (first, *rest), job_id in entries:
-        yield ((first - bonus, *rest), job_id)
+    for (first, submit, tie), job_id in entries:  # ``_fixed_key``'s three parts, unpacked by name (read per job offered)
+        yield ((first - bonus, submit, tie), job_id)
 

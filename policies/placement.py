@@ -687,19 +687,30 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
     size_full, user_full = Offer.SIZE_FULL, (Offer.USER_FULL if per_user else Offer.SIZE_FULL)
     pop, replace = heapq.heappop, heapq.heapreplace  # the loop runs for every job offered: names bound once
     depth = placer._rules.backfill_depth
-    # ``placer.done`` written out: read once per job offered.
-    while heap and placer._blocked_by is None and not (
-            (placer._plans or placer._unmade is not None) and placer._after_head >= depth):
+    while heap:
         (_, job_id), gpus, it = heap[0]
-        outcome = offer(job_of(job_id))
-        if outcome is size_full or outcome is user_full:
-            pop(heap)
-            continue
-        after = next(it, None)
-        if after is None:
-            pop(heap)
-        else:
-            replace(heap, (after, gpus, it))
+        # The other streams stand still while the first is read: it is read on for as long as its
+        # next entry stays before theirs (the smallest of them is a child of the root), without a
+        # heap step per job. Entries are never equal (each ends with its job's id).
+        n = len(heap)
+        bound = None if n == 1 else heap[1][0] if n == 2 or heap[1][0] < heap[2][0] else heap[2][0]
+        while True:
+            # ``placer.done`` written out: read once per job offered.
+            if placer._blocked_by is not None or (
+                    (placer._plans or placer._unmade is not None) and placer._after_head >= depth):
+                return
+            outcome = offer(job_of(job_id))
+            if outcome is size_full or outcome is user_full:
+                pop(heap)
+                break
+            after = next(it, None)
+            if after is None:
+                pop(heap)
+                break
+            if bound is not None and bound < after:
+                replace(heap, (after, gpus, it))
+                break
+            job_id = after[1]
 
 
 def _has_quotas(rules: Rules) -> bool:

@@ -21,7 +21,7 @@ from tools.models import HOLDS_GPUS, Allocation, Gpu, GpuProcess, Job, JobStatus
 from policies.rules import DEFAULT_RULES, Rules
 
 
-_FREE_COUNT = "free_count"  # its entry in ``ActiveJobs.carried``: (layout, held mark, counts then)
+_FREE_COUNT = "free_count"  # its entry in ``ActiveJobs.carried``: (layout, held mark, counts then, their sum)
 _BY_FREE = "by_free"  # its entry: (layout, held mark, counts then, nodes by free count then)
 
 
@@ -185,24 +185,34 @@ class Snapshot:
 
     @once
     def free_count(self) -> Mapping[str, int]:
-        """Per node, how many GPUs are free; cheaper than ``free`` when the indices are not needed.
+        """Per node, how many GPUs are free; cheaper than ``free`` when the indices are not needed."""
+        return self._free_counted[0]
 
-        From the index, the last count is kept (``carried``) and only the nodes whose held GPUs
-        changed since are counted again: a pass then costs what changed, not the number of nodes."""
+    @once
+    def _free_counted(self) -> tuple[Mapping[str, int], int]:
+        """``free_count`` and its sum. From the index, the last count and sum are kept (``carried``)
+        and only the nodes whose held GPUs changed since are counted again: a pass then costs what
+        changed, not the number of nodes."""
         index, layout = self._index, self.layout
         if index is None or layout.unusable:
-            return self._free_count()
+            counts = self._free_count()
+            return counts, sum(counts.values())
         kept = index.carried.get(_FREE_COUNT)
         changed = index.held_since(kept[1]) if kept is not None and kept[0] is layout else None
         if changed is None:
             counts = self._free_count()
+            total = sum(counts.values())
+        elif not changed:  # (never changed in place: shared with the views that read it)
+            counts, total = kept[2], kept[3]
         else:
-            counts, held, size = dict(kept[2]), self.held, layout.size
+            counts, total, held, size = dict(kept[2]), kept[3], self.held, layout.size
             for name in changed:
                 if name in counts:  # (a node gone from the inventory keeps no count)
-                    counts[name] = size[name] - len(held.get(name, ()))
-        index.carried[_FREE_COUNT] = (layout, index.held_mark, counts)
-        return counts
+                    now_free = size[name] - len(held.get(name, ()))
+                    total += now_free - counts[name]
+                    counts[name] = now_free
+        index.carried[_FREE_COUNT] = (layout, index.held_mark, counts, total)
+        return counts, total
 
     def _free_count(self) -> dict[str, int]:
         layout, held = self.layout, self.held
@@ -246,7 +256,7 @@ class Snapshot:
         layout, held = self.layout, self.held
         if self._index is None and not layout.unusable and held.keys() <= layout.size.keys():
             return layout.usable_total - sum(map(len, held.values()))
-        return sum(self.free_count.values())  # (from the index: the kept count, a pass's changes counted again)
+        return self._free_counted[1]
 
     @property
     def largest_usable_node(self) -> int:

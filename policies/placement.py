@@ -316,11 +316,21 @@ class Placer:
         if ((job.not_before is not None and job.not_before > now) or job.after or job.after_any
                 or job.preempted_for is not None or job.array_limit is not None):
             return False
-        before = bisect_left(self._plan_starts, now + expected_runtime(job, self._rules.default_runtime_s))
-        if not before or not self._refused_behind(before, job.gpu_count):
+        # ``expected_runtime`` and ``_refused_behind`` written out: this runs for most jobs offered.
+        runtime = job.time_limit_s
+        if runtime is None:
+            runtime = job.est_duration_s
+            if runtime is None:
+                runtime = self._rules.default_runtime_s
+        before = bisect_left(self._plan_starts, now + runtime)
+        if not before:
             return False
-        self.waiting[job.id] = self._behind_waits.get(before) or self._behind_wait(before)
-        return True
+        count = job.gpu_count
+        for b, c in self._refused_behind_plans.items():
+            if b <= before and c <= count:
+                self.waiting[job.id] = self._behind_waits.get(before) or self._behind_wait(before)
+                return True
+        return False
 
     def _behind_wait(self, before: int) -> Wait:
         """Why a job that runs into the first ``before`` plans waits; the same words for each such job

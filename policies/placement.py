@@ -170,7 +170,11 @@ class Placer:
             if self._most_free is None:
                 self._most_free = max(self._counts().values(), default=0)
             return self._most_free >= count
-        return any(self._by_free[c] for c in range(count, len(self._by_free)))
+        by_free = self._by_free
+        for c in range(count, len(by_free)):  # (a loop, not ``any``: asked of most jobs offered)
+            if by_free[c]:
+                return True
+        return False
 
     def _whole_free(self) -> tuple[set[str], int]:
         if self._whole is None:  # not the nodes this pass took GPUs from (they are in ``_free``)

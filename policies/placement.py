@@ -320,21 +320,11 @@ class Placer:
         if ((job.not_before is not None and job.not_before > now) or job.after or job.after_any
                 or job.preempted_for is not None or job.array_limit is not None):
             return False
-        # ``expected_runtime`` and ``_refused_behind`` written out: this runs for most jobs offered.
-        runtime = job.time_limit_s
-        if runtime is None:
-            runtime = job.est_duration_s
-            if runtime is None:
-                runtime = self._rules.default_runtime_s
-        before = bisect_left(self._plan_starts, now + runtime)
-        if not before:
+        before = bisect_left(self._plan_starts, now + expected_runtime(job, self._rules.default_runtime_s))
+        if not before or not self._refused_behind(before, job.gpu_count):
             return False
-        count = job.gpu_count
-        for b, c in self._refused_behind_plans.items():
-            if b <= before and c <= count:
-                self.waiting[job.id] = self._behind_waits.get(before) or self._behind_wait(before)
-                return True
-        return False
+        self.waiting[job.id] = self._behind_waits.get(before) or self._behind_wait(before)
+        return True
 
     def _behind_wait(self, before: int) -> Wait:
         """Why a job that runs into the first ``before`` plans waits; the same words for each such job
@@ -701,30 +691,19 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
     size_full, user_full = Offer.SIZE_FULL, (Offer.USER_FULL if per_user else Offer.SIZE_FULL)
     pop, replace = heapq.heappop, heapq.heapreplace  # the loop runs for every job offered: names bound once
     depth = placer._rules.backfill_depth
-    while heap:
+    # ``placer.done`` written out: read once per job offered.
+    while heap and placer._blocked_by is None and not (
+            (placer._plans or placer._unmade is not None) and placer._after_head >= depth):
         (_, job_id), gpus, it = heap[0]
-        # The other streams stand still while the first is read: it is read on for as long as its
-        # next entry stays before theirs (the smallest of them is a child of the root), without a
-        # heap step per job. Entries are never equal (each ends with its job's id).
-        n = len(heap)
-        bound = None if n == 1 else heap[1][0] if n == 2 or heap[1][0] < heap[2][0] else heap[2][0]
-        while True:
-            # ``placer.done`` written out: read once per job offered.
-            if placer._blocked_by is not None or (
-                    (placer._plans or placer._unmade is not None) and placer._after_head >= depth):
-                return
-            outcome = offer(job_of(job_id))
-            if outcome is size_full or outcome is user_full:
-                pop(heap)
-                break
-            after = next(it, None)
-            if after is None:
-                pop(heap)
-                break
-            if bound is not None and bound < after:
-                replace(heap, (after, gpus, it))
-                break
-            job_id = after[1]
+        outcome = offer(job_of(job_id))
+        if outcome is size_full or outcome is user_full:
+            pop(heap)
+            continue
+        after = next(it, None)
+        if after is None:
+            pop(heap)
+        else:
+            replace(heap, (after, gpus, it))
 
 
 def _has_quotas(rules: Rules) -> bool:

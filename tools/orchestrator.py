@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # rest of a status test.
 _QUEUED, _SCHEDULED, _RUNNING = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING
 
+
 class Inventory(Protocol):
     def nodes(self) -> tuple[Node, ...]: ...
 

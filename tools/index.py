@@ -199,10 +199,16 @@ class Ordering:
     def group_of(self, job: Job) -> Hashable:
         return self.group(job) if self.group is not None else None
 
+    def place(self, job: Job) -> tuple[Hashable, tuple[tuple, int]]:
+        """``job``'s group and entry, in one call (the index asks on every save of a waiting job)."""
+        group = self.group
+        return (None if group is None else group(job)), (self.key(job), job.id)
+
     def build(self, jobs: Iterable[Job]) -> dict[Hashable, SortedRuns]:
         grouped: dict[Hashable, list] = {}
         for job in jobs:
-            grouped.setdefault(self.group_of(job), []).append(self.entry(job))
+            group, entry = self.place(job)
+            grouped.setdefault(group, []).append(entry)
         return {g: SortedRuns.of(entries) for g, entries in grouped.items()}
 
 
@@ -461,22 +467,15 @@ class JobIndex:
             self._orders = {o: dict(groups) for o, groups in self._orders.items()}
             self._orders_shared = False
         for ordering, groups in self._orders.items():
-            # (``Ordering.group_of`` and ``entry``, written out: this runs on every save of a waiting job)
-            key, group_of = ordering.key, ordering.group
-            if old is not None:
-                group, entry = None if group_of is None else group_of(old), (key(old), old.id)
-                if new is not None:
-                    after = None if group_of is None else group_of(new), (key(new), new.id)
-                    if after == (group, entry):
-                        continue  # the order is unchanged: the entry holds only the key and the id
-                self._drop(groups, group, entry)
-                if new is None:
-                    continue
+            before = ordering.place(old) if old is not None else None
+            after = ordering.place(new) if new is not None else None
+            if before == after:
+                continue  # the order is unchanged: the entry holds only the key and the id
+            if before is not None:
+                self._drop(groups, *before)
+            if after is not None:
                 group, entry = after
-            else:
-                group, entry = None if group_of is None else group_of(new), (key(new), new.id)  # type: ignore[union-attr]
-            runs = groups.get(group)
-            groups[group] = SortedRuns(((entry,),), (entry,), 1) if runs is None else runs.add(entry)
+                groups[group] = groups.get(group, _NO_RUNS).add(entry)
 
     @staticmethod
     def _drop(groups: dict[Hashable, SortedRuns], group: Hashable, entry: tuple) -> None:
@@ -521,6 +520,7 @@ class JobIndex:
 
 
 _NO_GPUS: frozenset[int] = frozenset()
+_NO_RUNS = SortedRuns()  # (never changes: ``add`` returns a new one)
 
 
 def _read_by_preemption(job: Job) -> bool:

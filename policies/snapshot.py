@@ -21,8 +21,8 @@ from tools.models import HOLDS_GPUS, Allocation, Gpu, GpuProcess, Job, JobStatus
 from policies.rules import DEFAULT_RULES, Rules
 
 
-_FREE_COUNT = "free_count"  # its entry in ``ActiveJobs.carried``: (layout, held mark, counts then, their sum)
-_BY_FREE = "by_free"  # its entry: (layout, held mark, counts then, nodes by free count then)
+# Its entry in ``ActiveJobs.carried``: (layout, held mark, free counts then, their sum, nodes by free count then)
+_FREE_COUNT = "free_count"
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,30 +189,37 @@ class Snapshot:
         return self._free_counted[0]
 
     @once
-    def _free_counted(self) -> tuple[Mapping[str, int], int]:
-        """``free_count`` and its sum. From the index, the last count and sum are kept (``carried``)
-        and only the nodes whose held GPUs changed since are counted again: a pass then costs what
-        changed, not the number of nodes."""
+    def _free_counted(self) -> tuple[Mapping[str, int], int, tuple[frozenset[str], ...] | None]:
+        """``free_count``, its sum, and the nodes by free count (``by_free``; None until asked for, where
+        there is no index). From the index, the last of each are kept (``carried``) and only the nodes
+        whose held GPUs changed since are counted and moved again: a pass then costs what changed, not
+        the number of nodes. None of them is changed in place: the views that read them share them."""
         index, layout = self._index, self.layout
         if index is None or layout.unusable:
             counts = self._free_count()
-            return counts, sum(counts.values())
+            return counts, sum(counts.values()), None
         kept = index.carried.get(_FREE_COUNT)
         changed = index.held_since(kept[1]) if kept is not None and kept[0] is layout else None
         if changed is None:
             counts = self._free_count()
-            total = sum(counts.values())
-        elif not changed:  # (never changed in place: shared with the views that read it)
-            counts, total = kept[2], kept[3]
+            total, buckets = sum(counts.values()), _by_free(counts, layout.width)
+        elif not changed:
+            _, _, counts, total, buckets = kept
         else:
-            counts, total, held, size = dict(kept[2]), kept[3], self.held, layout.size
+            then, total, held, size = kept[2], kept[3], self.held, layout.size
+            counts, moved = dict(then), list(kept[4])
             for name in changed:
                 if name in counts:  # (a node gone from the inventory keeps no count)
-                    now_free = size[name] - len(held.get(name, ()))
-                    total += now_free - counts[name]
-                    counts[name] = now_free
-        index.carried[_FREE_COUNT] = (layout, index.held_mark, counts, total)
-        return counts, total
+                    old, new = then[name], size[name] - len(held.get(name, ()))
+                    if old != new:
+                        counts[name], total = new, total + new - old
+                        if old:
+                            moved[old] = moved[old] - {name}
+                        if new:
+                            moved[new] = moved[new] | {name}
+            buckets = tuple(moved)
+        index.carried[_FREE_COUNT] = (layout, index.held_mark, counts, total, buckets)
+        return counts, total, buckets
 
     def _free_count(self) -> dict[str, int]:
         layout, held = self.layout, self.held
@@ -228,27 +235,9 @@ class Snapshot:
     @once
     def by_free(self) -> tuple[frozenset[str], ...]:
         """[c]: the nodes with c free GPUs, for c up to the widest node's size ([0]: none; a full node is
-        never a candidate). From the index, kept from the last view that asked, as ``free_count`` is:
-        only the nodes whose held GPUs changed since move."""
-        counts, index, layout = self.free_count, self._index, self.layout
-        if index is None or layout.unusable:
-            return _by_free(counts, layout.width)
-        kept = index.carried.get(_BY_FREE)
-        changed = index.held_since(kept[1]) if kept is not None and kept[0] is layout else None
-        if changed is None:
-            buckets = _by_free(counts, layout.width)
-        else:
-            then, moved = kept[2], list(kept[3])
-            for name in changed:
-                old, new = then.get(name, 0), counts.get(name, 0)
-                if old != new:
-                    if old:
-                        moved[old] = moved[old] - {name}
-                    if new:
-                        moved[new] = moved[new] | {name}
-            buckets = tuple(moved)
-        index.carried[_BY_FREE] = (layout, index.held_mark, counts, buckets)
-        return buckets
+        never a candidate). From the index, kept with ``free_count``."""
+        buckets = self._free_counted[2]
+        return _by_free(self.free_count, self.layout.width) if buckets is None else buckets
 
     @once
     def free_total(self) -> int:

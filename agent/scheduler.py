@@ -300,6 +300,12 @@ class AgentPolicy:
         return self.fallback.order(snapshot)
 
     # -- the pass -----------------------------------------------------------------------------------
+    def pending(self) -> bool:
+        """A consultation is under way or answered, or notes wait for the next pass: the pass must ask,
+        even with no job waiting, so that a late answer is accounted for and the notes are logged."""
+        with self._lock:
+            return self._current is not None or bool(self._notes)
+
     def decide(self, snapshot: Snapshot) -> Decisions:
         mono = self.clock.monotonic()
         notes: list[tuple[str, str]] = []

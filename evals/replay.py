@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 from policies.estimates import DEFAULT_PREDICTOR, Predictor
-from policies.ordering import Policy, get_policy
+from policies.ordering import Policy, get_policy, has_pending
 from policies.rules import DEFAULT_RULES, Rules
 from policies.snapshot import Decisions, Snapshot
 from agent.build import build_core
@@ -111,6 +111,9 @@ class _Timed:
 
     def order(self, snapshot: Snapshot) -> list[Job]:
         return self.policy.order(snapshot)
+
+    def pending(self) -> bool:
+        return has_pending(self.policy)
 
     def decide(self, snapshot: Snapshot) -> Decisions:
         t = time.perf_counter()

@@ -33,7 +33,9 @@ from policies.snapshot import Decisions, Snapshot
 
 class Policy(Protocol):
     """A policy may also have ``orderings``: the queue orders it reads, which the orchestrator then
-    asks the queue index to keep up to date (a policy works without, only slower)."""
+    asks the queue index to keep up to date (a policy works without, only slower); and ``pending()``,
+    true while it has something to hand over even in a pass where no job waits (an answer that came
+    in, notes for the log): without, such a pass does not ask it (``has_pending``)."""
 
     name: str
 
@@ -44,6 +46,12 @@ class Policy(Protocol):
     def order(self, snapshot: Snapshot) -> list[Job]:
         """The queued jobs in the order this policy considers them (positions for people)."""
         ...
+
+
+def has_pending(policy: Policy) -> bool:
+    """Whether ``policy`` must be asked even in a pass with nothing to decide (see ``Policy``)."""
+    pending = getattr(policy, "pending", None)
+    return pending is not None and pending()
 
 
 def priority_key(job: Job) -> tuple:

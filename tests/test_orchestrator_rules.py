@@ -138,3 +138,34 @@ def test_the_backfill_plan_of_the_last_pass_is_kept():
     head = orch.submit(spec(4))
     orch.tick()
     assert orch.planned == {head.id: HOUR}
+
+
+class Counting:
+    """A policy that counts the passes that ask it."""
+
+    def __init__(self, policy):
+        self.policy, self.name, self.asked = policy, policy.name, 0
+        self.orderings = policy.orderings
+
+    def order(self, snapshot):
+        return self.policy.order(snapshot)
+
+    def decide(self, snapshot):
+        self.asked += 1
+        return self.policy.decide(snapshot)
+
+
+def test_a_pass_with_nothing_waiting_asks_the_policy_only_while_a_reservation_window_is_open():
+    orch, clock, sim = make()
+    orch.policy = counting = Counting(orch.policy)
+    orch.reserve(Reservation(node="n1", gpus=(0, 1, 2, 3), user="alice", start=HOUR, end=2 * HOUR))
+    bob = orch.submit(spec(4, user="bob", preemptible=True, est_duration_s=3 * HOUR))
+    assert orch.tick().started == (bob.id,) and counting.asked == 1
+    clock.advance(HOUR / 2)
+    report = orch.tick()  # nothing waits, no window is open: nothing to decide
+    assert (counting.asked, report.started, report.waiting, orch.planned) == (1, (), 0, {})
+    clock.advance(HOUR / 2)
+    orch.tick()  # the window opens on bob's GPUs: the policy is asked, and stops him
+    assert counting.asked == 2
+    assert orch.queue.get(bob.id).stop_reason == StopReason.PREEMPT
+    assert "reservation 1 for user alice began" in orch.queue.store.events(job_id=bob.id)[-1].message

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
-from policies.ordering import Policy
+from policies.ordering import Policy, has_pending
 from policies.rules import DEFAULT_RULES, Rules
 from policies.snapshot import Decisions, Layout, Preemption, Reasons, Snapshot, Wait, begin_time_wait, standing_wait
 from policies.admission import dependency_wait, quota_wait, size_wait
@@ -432,6 +432,8 @@ class Orchestrator:
                 if not self.enabled:
                     return self._held(t0, phases, finished)
                 self._move_reservations(t)
+                if self._nothing_to_decide(t):
+                    return self._idle(t0, phases, finished)
                 seen = self.snapshot()
             decisions = self.policy.decide(seen)
             t = lap("decide", t)
@@ -470,6 +472,22 @@ class Orchestrator:
         phases["explain"] = t - since
         self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
                                     waiting=waiting, phases_s=phases, unrecorded=tuple(sorted(self._unrecorded)))
+        return self._reported(self.last_tick)
+
+    def _nothing_to_decide(self, now: float) -> bool:
+        """No job waits, no reservation's window is open and the policy has nothing of its own to hand
+        over: a policy starts only waiting jobs, and stops running ones only to make room for a waiting
+        job or a reservation, so it is not asked (most passes of a busy day end a job while nothing
+        waits)."""
+        return (not self.queue.index.queued_count and not any(r.start <= now < r.end for r in self._reservations)
+                and not has_pending(self.policy))
+
+    def _idle(self, t0: float, phases: dict[str, float], finished: tuple[int, ...]) -> TickReport:
+        """The pass in which there is nothing to decide: nothing starts, waits or is planned."""
+        self.planned = {}
+        self.last_tick = TickReport(time=t0, duration_s=self.clock.now() - t0, policy=self.policy.name,
+                                    finished=finished, phases_s=phases,
+                                    unrecorded=tuple(sorted(self._unrecorded)) if self._unrecorded else ())
         return self._reported(self.last_tick)
 
     def _reported(self, report: TickReport) -> TickReport:

@@ -60,6 +60,12 @@ def size_wait(count: int, layout: Layout, *, max_gpus_per_job: int | None, multi
     return Wait(PendingReason.INFEASIBLE, f"asks for {count} GPUs; the largest node has {largest} usable (healthy, not drained, not used outside gpuherd)")
 
 
+def has_quotas(rules: Rules) -> bool:
+    """Whether any user or group has a quota of GPUs at once (without, as in most labs' rules and every
+    replay's, ``quota_wait`` is never anything but None and the GPUs in use need not be counted)."""
+    return bool(rules.user_quota or rules.group_quota) or rules.default_user_quota is not None
+
+
 def quota_wait(rules: Rules, user: str, count: int, users_in_use: Mapping[str, int],
                groups_in_use: Mapping[str, int]) -> Wait | None:
     """Starting ``count`` more GPUs would take ``user`` or its group over a quota of GPUs held at once."""

@@ -39,13 +39,14 @@ from tools.models import Allocation, Job, JobStatus, PendingReason, Reservation
 from tools.timespec import local_time
 
 from policies.plan import Slot, Timeline
-from policies.rules import Rules, expected_runtime
+from policies.rules import expected_runtime
 from policies.preemption import choose_preemptions
 from policies.admission import (
     Wait,
     array_limit_wait,
     begin_time_wait,
     dependency_wait,
+    has_quotas,
     quota_wait,
     reservations_against,
     reserved_for,
@@ -267,7 +268,7 @@ class Placer:
             self.waiting[job.id] = full
             return Offer.USER_FULL
         over = (quota_wait(self._rules, job.user, count, self._user_use, self._group_use)
-                if _has_quotas(self._rules) else None)
+                if has_quotas(self._rules) else None)
         if over is not None:  # the user's and group's use only grow during a pass
             self.waiting[job.id] = self._user_full[(job.user, count)] = over
             return Offer.USER_FULL
@@ -574,7 +575,7 @@ class Placer:
             self._timeline.occupy(proposal.gpus, self.snapshot.now + self._rules.runtime(job))
         if job.array_id is not None:
             self._array_use[job.array_id] = self._array_use.get(job.array_id, 0) + 1
-        if _has_quotas(self._rules):  # (the GPUs in use are read only against quotas)
+        if has_quotas(self._rules):  # (the GPUs in use are read only against quotas)
             self._user_use[job.user] = self._user_use.get(job.user, 0) + job.gpu_count
             group = self._rules.group_of(job.user)
             if group is not None:
@@ -704,12 +705,6 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
             pop(heap)
         else:
             replace(heap, (after, gpus, it))
-
-
-def _has_quotas(rules: Rules) -> bool:
-    """Whether any user or group has a quota of GPUs at once (without, as in most labs' rules and every
-    replay's, a pass neither copies nor counts the GPUs in use)."""
-    return bool(rules.user_quota or rules.group_quota) or rules.default_user_quota is not None
 
 
 def _minus(a: Closed, b: Closed) -> dict[str, frozenset[int]]:

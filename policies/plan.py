@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Iterable, Mapping
 
-from tools.models import Job, JobStatus, PendingReason, Reservation
+from tools.index import ActiveJobs
+from tools.models import HOLDS_GPUS, Job, JobStatus, PendingReason, Reservation
 
 
 from policies.rules import overrun_end
@@ -261,27 +262,27 @@ class _RunningEnds:
     A running job within its expected run time ends at start + run time whatever the time ("fixed");
     a job stopped, not started, or past that end is expected to end at a time that moves with now
     ("moving", asked of the rules at each plan). A fixed job turns moving once now reaches its end
-    (a heap of ends). Jobs are known by ``id()``: the kept jobs are held, so no other job takes their
-    id while they are known. Time may only go forward, and the layout and the rules must be those it
-    was made for, or equal ones (``fits``); otherwise, and while another thread reads it, a plan
-    counts afresh."""
+    (a heap of ends). The jobs to look at again are those the index logged since the last plan
+    (``ActiveJobs.holders_since``), or, where its log cannot tell, every job holding GPUs. Time may
+    only go forward, and the layout and the rules must be those it was made for, or equal ones
+    (``fits``); otherwise, and while another thread reads it, a plan counts afresh."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         self._lock = threading.Lock()
         self._layout, self._rules = snapshot.layout, snapshot.rules
         self._usable = snapshot.layout.usable_set
         self._now = snapshot.now
-        self._jobs: dict[int, Job] = {}  # id() -> job, the running jobs of the last plan
-        self._ids: set[int] = set()  # their id()s
-        self._placed: dict[int, tuple[int, float | None, tuple[tuple[str, int], ...]]] = {}  # id() -> (token, fixed end or None, usable GPUs)
-        self._owner: dict[tuple[str, int], int] = {}  # (node, GPU) -> id() of the job holding it
+        self._jobs: dict[int, Job] = {}  # job id -> the version holding GPUs at the last plan
+        self._mark: tuple[list[int], int] | None = None  # the index's log of holders at the last plan
+        self._placed: dict[int, tuple[int, float | None, tuple[tuple[str, int], ...]]] = {}  # job id -> (token, fixed end or None, usable GPUs)
+        self._owner: dict[tuple[str, int], int] = {}  # (node, GPU) -> id of the job holding it
         # node -> GPU -> end, of fixed jobs. A node's dict is handed to the timelines of a plan while the
         # node is full, so it is replaced, never changed (``_changing``), and so is its order of ends:
         self._fixed: dict[str, dict[int, float]] = {}
         self._changed: set[str] = set()  # nodes whose dict was replaced in this plan: changed in place
         self._sorted: dict[str, list[float]] = {}  # full node -> its ends in order
-        self._moving: dict[int, tuple[Job, tuple[tuple[str, int], ...]]] = {}  # id() -> (job whose end moves with now, its GPUs)
-        self._due: list[tuple[float, int, int]] = []  # (fixed end, token, id()): when a fixed job turns moving
+        self._moving: dict[int, tuple[Job, tuple[tuple[str, int], ...]]] = {}  # job id -> (job whose end moves with now, its GPUs)
+        self._due: list[tuple[float, int, int]] = []  # (fixed end, token, job id): when a fixed job turns moving
         self._tokens = count()
 
     def fits(self, snapshot: Snapshot) -> bool:
@@ -308,23 +309,27 @@ class _RunningEnds:
     def _ends(self, snapshot: Snapshot) -> tuple[dict[str, dict[int, float]], dict[str, list[float]]]:
         now = self._now = snapshot.now
         self._changed.clear()
-        holding = snapshot.holding
-        # A couple of jobs start or end between two plans, of some 300: compared as sets of id()s,
-        # and only the new ones looked at.
-        keys = list(map(id, holding))
-        ids = set(keys)
-        known, jobs = self._ids, self._jobs
-        for key in known - ids:
-            del jobs[key]
-            self._drop(key)
-        added = ids - known
-        # The new jobs in their order: a few (most plans) found by a search each, in C; many read through.
-        found = sorted(map(keys.index, added)) if len(added) < 16 else [i for i, key in enumerate(keys) if key in added]
-        for at in found:
-            key, job = keys[at], holding[at]
-            jobs[key] = job
-            self._add(key, job, now)
-        self._ids = ids
+        jobs = self._jobs
+        # A couple of jobs start or end between two plans, of some 300: only those are looked at. The
+        # versions gone first, then the new ones in id order (the order a full read adds them in).
+        view = snapshot.jobs
+        assert isinstance(view, ActiveJobs)  # (a snapshot carries work only from the index's view)
+        changed = view.holders_since(self._mark) if self._mark is not None else None
+        self._mark = view.holders_mark
+        if changed is None:
+            current = {job.id: job for job in snapshot.holding}
+            changed = current.keys() | jobs.keys()
+        else:
+            current = {job_id: view.get(job_id) for job_id in changed}
+        for job_id in changed:
+            if job_id in jobs and current.get(job_id) is not jobs[job_id]:
+                del jobs[job_id]
+                self._drop(job_id)
+        for job_id in sorted(changed):
+            job = current.get(job_id)
+            if job is not None and job_id not in jobs and job.status in HOLDS_GPUS:
+                jobs[job_id] = job
+                self._add(job_id, job, now)
         due, placed = self._due, self._placed
         while due and due[0][0] <= now:
             _, token, key = heapq.heappop(due)
@@ -405,7 +410,7 @@ class _RunningEnds:
                 del self._changing(node)[gpu]
 
     def _forget(self) -> None:
-        self._ids = set()
+        self._mark = None
         self._jobs, self._placed, self._owner, self._fixed, self._moving, self._due = {}, {}, {}, {}, {}, []
         self._sorted = {}
 

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from policies.plan import Slot, Timeline, _RunningEnds
 from policies.snapshot import Snapshot
+from tools import index as index_module
 from tools.index import JobIndex
 from tools.models import JobStatus, StopReason
 
@@ -63,6 +64,24 @@ def test_kept_ends_match_a_fresh_count_at_every_plan(steps):
         now += passed
         index.put(version(job_id, status, est, limit, stopping, now))
         plan_both(index, now, layout)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(step, min_size=1, max_size=6), max_size=12), st.sampled_from((3, index_module.HELD_LOG)))
+def test_kept_ends_match_after_many_changes_between_plans_and_a_log_begun_anew(batches, log_size):
+    """Several jobs change between two plans (only those are read again), and the index's log of them
+    may be begun anew meanwhile (then every job holding GPUs is)."""
+    index, now = JobIndex(), 100.0
+    layout = Snapshot(now=now, nodes=NODES, jobs=()).layout
+    default, index_module.HELD_LOG = index_module.HELD_LOG, log_size
+    try:
+        for batch in batches:
+            for job_id, status, est, limit, stopping, passed in batch:
+                now += max(passed, 0)  # (back in time only between plans, as above)
+                index.put(version(job_id, status, est, limit, stopping, now))
+            plan_both(index, now, layout)
+    finally:
+        index_module.HELD_LOG = default
 
 
 def test_a_gpu_held_by_two_jobs_is_counted_afresh_as_before():

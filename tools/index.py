@@ -20,8 +20,8 @@ from typing import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 
 from tools.models import HOLDS_GPUS, Job, JobStatus, PendingReason
 
-# Entries of the log of nodes whose held GPUs changed after which the index begins a new one, so that
-# a service does not keep it for ever.
+# Entries of a log of the index (the nodes whose held GPUs changed, the jobs holding GPUs that changed)
+# after which it begins a new one, so that a service does not keep it for ever.
 HELD_LOG = 4096
 
 # What a waiting job that no policy looked at in the last pass shows (Slurm's "Priority"): a policy
@@ -247,12 +247,14 @@ class ActiveJobs(Sequence[Job]):
         array_tasks: Mapping[int, int] | None = None,
         preemption_ids: tuple[int, ...] = (),
         carried: dict | None = None,
+        holders_mark: tuple[list[int], int] = ([], 0),
     ) -> None:
         self.version = version  # the index's version it was taken at: equal versions, equal views
         self._table = table
         self._holding = holding  # ids of the jobs holding GPUs
         self.held = held  # node -> indices of the GPUs held there
         self.held_mark = held_mark  # (the index's log of nodes whose held GPUs changed, its length then)
+        self.holders_mark = holders_mark  # (its log of the jobs holding GPUs that changed, its length then)
         # Totals over the jobs holding GPUs, kept by the index so that a pass need not read them all:
         self.user_gpus = user_gpus if user_gpus is not None else {}  # user -> GPUs held
         self.array_tasks = array_tasks if array_tasks is not None else {}  # array id -> its tasks holding GPUs
@@ -279,10 +281,12 @@ class ActiveJobs(Sequence[Job]):
     def held_since(self, mark: tuple[list[str], int]) -> set[str] | None:
         """The nodes whose held GPUs changed from the view of ``mark`` (its ``held_mark``) to this one;
         None where the log cannot tell (it was begun anew between them, or that view is the later)."""
-        log, end = self.held_mark
-        if mark[0] is not log or mark[1] > end:
-            return None
-        return set(log[mark[1]:end])
+        return _logged_since(self.held_mark, mark)
+
+    def holders_since(self, mark: tuple[list[int], int]) -> set[int] | None:
+        """The ids of the jobs that held GPUs in either view, or both as other versions, from the view of
+        ``mark`` (its ``holders_mark``) to this one; None where the log cannot tell (as ``held_since``)."""
+        return _logged_since(self.holders_mark, mark)
 
     def groups(self, ordering: Ordering) -> Mapping[Hashable, SortedRuns]:
         """The waiting jobs' (key, id) entries in ``ordering``, by group; built now if not kept."""
@@ -316,6 +320,8 @@ class JobIndex:
         self._holding = SortedRuns()  # ids of scheduled and running jobs
         self._held: dict[str, frozenset[int]] = {}
         self._held_log: list[str] = []  # nodes whose held GPUs changed, in order (``ActiveJobs.held_since``)
+        # Jobs put while holding GPUs or after holding them, in order (``ActiveJobs.holders_since``)
+        self._holders_log: list[int] = []
         self._user_gpus: dict[str, int] = {}  # user -> GPUs its holding jobs hold
         self._array_tasks: dict[int, int] = {}  # array id -> its tasks holding GPUs
         self._preemption: set[int] = set()  # holding jobs that are preemptible or being preempted
@@ -399,6 +405,7 @@ class JobIndex:
                 array_tasks=self._array_tasks,
                 preemption_ids=self._preemption_ids,
                 carried=self._carried,
+                holders_mark=(self._holders_log, len(self._holders_log)),
             )
 
     # -- changing ------------------------------------------------------------------------------
@@ -420,6 +427,10 @@ class JobIndex:
             old = self._table.set(job_id, job if holds or is_queued else None)
             old_status = None if old is None else old.status
             held_before = old_status in HOLDS_GPUS
+            if held_before or holds:
+                if len(self._holders_log) > HELD_LOG:
+                    self._holders_log = []  # as ``_held_log``
+                self._holders_log.append(job_id)
             if (held_before or holds) and not (held_before and holds and _holds_alike(old, job)):
                 # (scheduled -> running keeps the same GPUs: the table has the new version, no total moves)
                 if self._shared:
@@ -520,6 +531,15 @@ class JobIndex:
 
 
 _NO_GPUS: frozenset[int] = frozenset()
+
+
+def _logged_since(now: tuple[list, int], mark: tuple[list, int]):
+    """What a log of the index holds from ``mark`` to ``now`` (two views' marks of it), as a set; None
+    where it cannot tell: the log was begun anew between them, or ``mark`` is the later."""
+    log, end = now
+    if mark[0] is not log or mark[1] > end:
+        return None
+    return set(log[mark[1]:end])
 _NO_RUNS = SortedRuns()  # (never changes: ``add`` returns a new one)
 
 

@@ -100,6 +100,9 @@ class Replay:
 Progress = Callable[[int, int, float], None]  # (jobs submitted, jobs in the trace, simulated time)
 
 
+NOT_ASKED = (0, 0.0)  # ``_Timed.last`` of a pass that did not ask the policy: no job waited
+
+
 class _Timed:
     """The policy, with the wall-clock time of each decision noted beside the queue length it saw."""
 
@@ -219,6 +222,7 @@ def _replay(
             herd = queue_job(door, _request(job, estimate), user=job.tenant)
             duration[herd.id] = job.duration_s
             gpus_of[herd.id] = job.gpus
+        timed.last = NOT_ASKED  # (a pass with nothing to decide does not ask the policy)
         t = perf_counter()
         report = tick()
         took = perf_counter() - t

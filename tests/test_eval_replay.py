@@ -66,6 +66,15 @@ def test_hand_computed_trace(hand_trace, policy):
     assert {k: got[k] for k in WANT_METRICS[policy]} == pytest.approx(WANT_METRICS[policy])
 
 
+def test_the_cost_series_shows_which_passes_asked_the_policy(hand_trace):
+    jobs = load_trace(hand_trace)
+    r = replay(jobs, policy="fcfs", cluster=Cluster(1, 4), estimates=estimates(jobs, "oracle"))
+    assert list(r.timeline["time"]) == [0, 1, 2, 3, 10, 18, 20, 21]
+    assert list(r.costs["queued"]) == [1, 1, 2, 3, 3, 2, 0, 0]  # the waiting jobs each pass's policy saw
+    # The last two passes end D and C with nothing waiting: the policy is not asked, and costs nothing.
+    assert [d > 0 for d in r.costs["decide_s"]] == [True] * 6 + [False] * 2
+
+
 def test_multi_node_job_waits_for_whole_nodes(tmp_path):
     # Two nodes of 2 GPUs. Y holds one GPU of n0 until t=3, so X (4 GPUs) waits for both nodes whole.
     trace = write_csv(tmp_path / "wide.csv", [("Y", "", 0, 3, 1), ("X", "", 1, 5, 4), ("Z", "", 2, 1, 1)])

@@ -23,7 +23,7 @@ from tools.models import Job
 
 from policies.placement import Entries, Placer, offer_in_order
 from policies.rules import Weights, expected_runtime
-from policies.running_usage import expect, running_usage
+from policies.running_usage import running_usage
 from policies.snapshot import Decisions, Snapshot
 
 DEFAULT_RUNTIME_S = 3600.0
@@ -160,7 +160,6 @@ class MultifactorPolicy:
             return placer.decisions()
         self._offer_starving(snapshot, placer)
         offer_in_order(placer, self._streams(snapshot, placer), per_user=True)
-        expect(snapshot, (p.job_id for p in placer.starts))  # so the next pass's usage need not read every running job
         return placer.decisions()
 
     def _offer_starving(self, snapshot: Snapshot, placer: Placer) -> None:

@@ -1,14 +1,15 @@
 """Fair share's usage of running jobs, kept from one pass to the next of the same queue, gives the same
-GPU-seconds as summing every running job afresh: however jobs start (expected by the last pass or
-not), end, get stopped or requeued, however time moves, with two jobs on one GPU, and from a snapshot
-older than the last pass."""
+GPU-seconds as summing every running job afresh: however jobs start, end, get stopped or requeued,
+however many change between two reads, however time moves, with two jobs on one GPU, from a snapshot
+older than the last pass, and after the index's log was begun anew."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.multifactor import fair_share_factors
-from policies.running_usage import RunningUsage, expect, running_usage
+from policies.running_usage import RunningUsage, running_usage
+from tools import index as index_module
 from policies.snapshot import Snapshot
 from tools.index import JobIndex
 from tools.models import JobStatus, StopReason
@@ -24,7 +25,6 @@ step = st.tuples(
     st.sampled_from(("advance", "advance", "stop", "requeue", "end")),
     st.sampled_from((0.0, 0.001, 0.5, 37.25, 1e-9, -20.0)),  # how far back it started (-: after now)
     st.floats(-5.0, 3000.0),  # time passed before the pass (back in time now and then)
-    st.booleans(),  # the last pass expected it to start (when it is scheduled)
     st.booleans(),  # a pass follows (else the next change comes first: several changes per pass)
 )
 USERS = ("ann", "bob", "cy")
@@ -67,27 +67,29 @@ def same(kept, fresh) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(step, max_size=40), st.integers(0, 39))
-def test_kept_usage_matches_a_fresh_sum_at_every_pass(steps, late):
-    index, now, views, view = JobIndex(), 1000.0, [], None
-    for job_id, action, back, passed, expected, look in steps:
-        now += passed
-        new = next_version(index.get(job_id), job_id, action, back, now)
-        if new is None:
-            continue
-        if expected and view is not None and new.status == JobStatus.SCHEDULED:
-            expect(Snapshot(now=now, nodes=NODES, jobs=view), [job_id])
-        index.put(new)
-        if not look:
-            continue
-        kept, fresh, view = kept_and_fresh(index, now)
-        same(kept, fresh)
-        views.append((view, now))
-    if views:  # an older pass read after later ones: counted afresh, the kept sums left as they were
-        view, then = views[late % len(views)]
-        same(running_usage(Snapshot(now=then, nodes=NODES, jobs=view)),
-             Snapshot(now=then, nodes=NODES, jobs=tuple(view)).running_usage)
-        same(*kept_and_fresh(index, now)[:2])
+@given(st.lists(step, max_size=40), st.integers(0, 39), st.sampled_from((2, index_module.HELD_LOG)))
+def test_kept_usage_matches_a_fresh_sum_at_every_pass(steps, late, log_size):
+    index, now, views = JobIndex(), 1000.0, []
+    default, index_module.HELD_LOG = index_module.HELD_LOG, log_size  # (2: the log is begun anew often)
+    try:
+        for job_id, action, back, passed, look in steps:
+            now += passed
+            new = next_version(index.get(job_id), job_id, action, back, now)
+            if new is None:
+                continue
+            index.put(new)
+            if not look:
+                continue
+            kept, fresh, view = kept_and_fresh(index, now)
+            same(kept, fresh)
+            views.append((view, now))
+        if views:  # an older pass read after later ones: counted afresh, the kept sums left as they were
+            view, then = views[late % len(views)]
+            same(running_usage(Snapshot(now=then, nodes=NODES, jobs=view)),
+                 Snapshot(now=then, nodes=NODES, jobs=tuple(view)).running_usage)
+            same(*kept_and_fresh(index, now)[:2])
+    finally:
+        index_module.HELD_LOG = default
 
 
 def test_a_user_whose_last_job_ends_is_forgotten_and_the_kept_sums_are_reused():
@@ -102,7 +104,7 @@ def test_a_user_whose_last_job_ends_is_forgotten_and_the_kept_sums_are_reused():
     assert kept == {"bob": pytest.approx(199.9, rel=1e-15)} and view.carried[RunningUsage] is tracker
 
 
-def test_two_jobs_on_one_gpu_are_counted_afresh_as_long_as_they_are():
+def test_two_jobs_on_one_gpu_are_both_counted():
     index = JobIndex()
     index.put(job(1, gpus=2, status=JobStatus.RUNNING, user="ann", on=("n1", (0, 1)), start=10.0))
     same(*kept_and_fresh(index, 50.0)[:2])
@@ -133,33 +135,34 @@ def test_a_job_ending_and_another_of_the_same_size_starting_between_two_passes_a
     assert kept == fresh == {"ann": 10.0}
 
 
-def test_starts_proposed_by_several_passes_unread_are_followed_without_counting_afresh(monkeypatch):
-    # A pass with one user's jobs waiting reads no usage, yet proposes starts: the next read finds them.
+def test_jobs_started_over_several_passes_unread_are_followed_without_counting_afresh(monkeypatch):
+    # A pass with one user's jobs waiting reads no usage, yet starts jobs: the next read finds them.
     index = JobIndex()
     index.put(job(1, gpus=1, status=JobStatus.RUNNING, user="ann", on=("n1", (0,)), start=10.0))
     assert kept_and_fresh(index, 20.0)[0] == {"ann": 10.0}
     recounts = []
-    monkeypatch.setattr(RunningUsage, "_recount", lambda self, snapshot: recounts.append(snapshot))
+    monkeypatch.setattr(RunningUsage, "_recount", lambda self, holding, now: recounts.append(now))
     for job_id, gpu, now in ((2, 1, 30.0), (3, 2, 40.0), (4, 3, 50.0)):
-        expect(Snapshot(now=now, nodes=NODES, jobs=index.view()), [job_id])
+        index.put(job(job_id, gpus=1, status=JobStatus.SCHEDULED, user="bob", on=("n2", (gpu,))))
         index.put(job(job_id, gpus=1, status=JobStatus.RUNNING, user="bob", on=("n2", (gpu,)), start=now))
+    index.put(job(1, gpus=1, status=JobStatus.COMPLETED, user="ann", start=10.0))
     kept, fresh, _ = kept_and_fresh(index, 60.0)
-    assert kept == fresh == {"ann": 50.0, "bob": 30.0 + 20.0 + 10.0}
+    assert kept == fresh == {"bob": 30.0 + 20.0 + 10.0}
     assert recounts == []
 
 
-def test_too_many_unread_proposed_starts_are_dropped_and_counted_afresh(monkeypatch):
-    monkeypatch.setattr("policies.running_usage.MOST_EXPECTED", 2)
+def test_a_log_begun_anew_between_two_reads_is_counted_afresh(monkeypatch):
+    monkeypatch.setattr(index_module, "HELD_LOG", 2)
     index = JobIndex()
     index.put(job(1, gpus=1, status=JobStatus.RUNNING, user="ann", on=("n1", (0,)), start=10.0))
     kept_and_fresh(index, 20.0)
     tracker = index.view().carried[RunningUsage]
     recounts = []
     recount = RunningUsage._recount
-    monkeypatch.setattr(RunningUsage, "_recount", lambda self, s: (recounts.append(s), recount(self, s)))
+    monkeypatch.setattr(RunningUsage, "_recount",
+                        lambda self, holding, now: (recounts.append(now), recount(self, holding, now)))
     for job_id, gpu, now in ((2, 1, 30.0), (3, 2, 40.0), (4, 3, 50.0)):
-        expect(Snapshot(now=now, nodes=NODES, jobs=index.view()), [job_id])
         index.put(job(job_id, gpus=1, status=JobStatus.RUNNING, user="bob", on=("n2", (gpu,)), start=now))
     kept, fresh, view = kept_and_fresh(index, 60.0)
     assert kept == fresh == {"ann": 50.0, "bob": 60.0}
-    assert len(recounts) == 1 and view.carried[RunningUsage] is tracker
+    assert recounts == [60.0] and view.carried[RunningUsage] is tracker

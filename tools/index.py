@@ -240,6 +240,7 @@ class ActiveJobs(Sequence[Job]):
         holding: SortedRuns,
         held: Mapping[str, frozenset[int]],
         held_mark: tuple[list[str], int],
+        holders_mark: tuple[list[int], int],
         queued_count: int,
         orders: Mapping[Ordering, Mapping[Hashable, SortedRuns]],
         version: int = 0,
@@ -247,7 +248,6 @@ class ActiveJobs(Sequence[Job]):
         array_tasks: Mapping[int, int] | None = None,
         preemption_ids: tuple[int, ...] = (),
         carried: dict | None = None,
-        holders_mark: tuple[list[int], int] = ([], 0),
     ) -> None:
         self.version = version  # the index's version it was taken at: equal versions, equal views
         self._table = table
@@ -398,6 +398,7 @@ class JobIndex:
                 holding=self._holding,
                 held=self._held,
                 held_mark=(self._held_log, len(self._held_log)),
+                holders_mark=(self._holders_log, len(self._holders_log)),
                 queued_count=self._queued,
                 orders=self._orders,
                 version=self.version,
@@ -405,7 +406,6 @@ class JobIndex:
                 array_tasks=self._array_tasks,
                 preemption_ids=self._preemption_ids,
                 carried=self._carried,
-                holders_mark=(self._holders_log, len(self._holders_log)),
             )
 
     # -- changing ------------------------------------------------------------------------------

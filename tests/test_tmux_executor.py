@@ -88,8 +88,10 @@ def _env_of(log: str) -> dict[str, str]:
 
 
 def test_a_job_gets_its_variables_as_given_whatever_bash_makes_of_their_names(ex):
-    # Names bash gives a meaning of its own (read-only, dynamic): the job's program gets them verbatim.
-    given = {"UID": "12345", "RANDOM": "7", "SHLVL": "9", "BASH_ENV": "/nonexistent", "IFS": "x", "OLDPWD": "/old"}
+    # Names bash gives a meaning of its own (read-only, dynamic, its locale: the wrapper runs in the C
+    # one): the job's program gets them verbatim.
+    given = {"UID": "12345", "RANDOM": "7", "SHLVL": "9", "BASH_ENV": "/nonexistent", "IFS": "x", "OLDPWD": "/old",
+             "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
     log = ex.start(job(command="env", env=given), ALLOC, time.time())
     assert wait_exit(ex, 1).exit_code == 0
     assert {k: _env_of(log).get(k) for k in given} == given
@@ -317,7 +319,11 @@ def test_plain_words_only_where_bash_would_do_nothing_else(tmp_path):
 def test_a_plain_command_is_the_job_itself_and_bash_runs_the_rest(ex, tmp_path):
     ex.start(job(command="sleep 30", cwd=str(tmp_path)), ALLOC, time.time())
     pgid = int(wait_file(ex.job_dir(1) / "pgid").split()[0])
-    assert Path(f"/proc/{pgid}/comm").read_text().strip() == "sleep"
+    # The group's leader is the wrapper's child until it execs the program; through a bash reading the
+    # command, it would stay bash (with sleep its child).
+    comm = Path(f"/proc/{pgid}/comm")
+    wait_until(lambda: comm.read_text().strip() == "sleep",
+               what=lambda: f"the leader to be sleep, not {comm.read_text().strip()}")
     ex.stop(1, time.time(), 5.0)
     assert wait_exit(ex, 1).exit_code == 143
     ex.forget(1)

@@ -288,6 +288,41 @@ def test_a_start_after_the_tmux_server_died_starts_it_again(ex):
     assert "again" in ex.log_path(2).read_text()
 
 
+def test_jobs_started_together_each_run_with_their_own_gpus_and_fail_alone(ex, monkeypatch):
+    ex.start(job(1, "sleep 30"), ALLOC, time.time())
+    seen = []  # the control client's commands sent and answers read, in order
+    send, answer = ex._control.send, ex._control.answer
+    monkeypatch.setattr(ex._control, "send", lambda args: seen.append(("send", args[0])) or send(args))
+    monkeypatch.setattr(ex._control, "answer", lambda p, t: seen.append(("answer", p.args[0])) or answer(p, t))
+    starts = [(job(2, "echo two $CUDA_VISIBLE_DEVICES; exit 2"), Allocation(node="local", gpus=(0,))),
+              (job(1, "sleep 30"), ALLOC),  # already running: refused, and the others start all the same
+              (job(3, "echo three $CUDA_VISIBLE_DEVICES"), Allocation(node="local", gpus=(2,))),
+              (job(4, "true"), Allocation(node="local", gpus=(4,), more=(("other", (0,)),)))]  # two nodes
+    two, one, three, four = ex.start_many(starts, time.time())
+    assert isinstance(one, StartError) and "already running" in str(one)
+    assert isinstance(four, StartError) and "spans nodes" in str(four)
+    assert (two, three) == (str(ex.log_path(2)), str(ex.log_path(3)))
+    # Both windows asked for before either answer was read.
+    assert seen == [("send", "new-window")] * 2 + [("answer", "new-window")] * 2
+    assert (wait_exit(ex, 2).exit_code, wait_exit(ex, 3).exit_code) == (2, 0)
+    assert (Path(two).read_text(), Path(three).read_text()) == ("two 0\n", "three 2\n")
+    ex.stop(1, time.time(), grace_s=1.0)
+    assert wait_exit(ex, 1).exit_code == 143
+
+
+def test_jobs_started_together_after_the_tmux_server_died_start_it_again(ex):
+    ex.start(job(1, "true"), Allocation(node="local", gpus=(0,)), now=0.0)
+    wait_exit(ex, 1)
+    subprocess.run(["tmux", "-L", ex.socket_name, "kill-server"], capture_output=True)
+    # Gone for good (a window a dying server still opens dies with it: the job is lost, and requeued).
+    wait_until(lambda: not ex._control.alive, 5.0, 0.01, what="the control client to end")
+    logs = ex.start_many([(job(2, "echo again"), Allocation(node="local", gpus=(0,))),
+                          (job(3, "echo and again"), Allocation(node="local", gpus=(1,)))], now=0.0)
+    assert logs == [str(ex.log_path(2)), str(ex.log_path(3))]
+    assert (wait_exit(ex, 2).exit_code, wait_exit(ex, 3).exit_code) == (0, 0)
+    assert ex.log_path(3).read_text() == "and again\n"
+
+
 def test_a_job_knows_who_runs_it_where_the_service_was_started_without_user(make_executor):
     import pwd
     ex = make_executor(base_env={"PATH": os.environ["PATH"]})  # as under systemd: no USER, LOGNAME or HOME

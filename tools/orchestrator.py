@@ -632,14 +632,20 @@ class Orchestrator:
         return reserved
 
     def _launch(self, reserved: list[Job], now: float) -> list[Launch]:
-        """Start each reserved job through the executor."""
-        launched = []
-        for job in reserved:
-            try:
-                launched.append(Launch(job, now, self.executor.start(job, job.allocation, now)))
-            except StartError as exc:
-                launched.append(Launch(job, now, None, f"could not start: {exc}"))
-        return launched
+        """Start each reserved job through the executor: all at once where it can (``start_many``: the tmux
+        executor opens their windows back to back), else one by one. Each start succeeds or fails alone."""
+        start_many = getattr(self.executor, "start_many", None)
+        if start_many is not None and len(reserved) > 1:
+            results = start_many([(job, job.allocation) for job in reserved], now)
+        else:
+            results = []
+            for job in reserved:
+                try:
+                    results.append(self.executor.start(job, job.allocation, now))
+                except StartError as exc:
+                    results.append(exc)
+        return [Launch(job, now, None, f"could not start: {result}") if isinstance(result, StartError)
+                else Launch(job, now, result) for job, result in zip(reserved, results)]
 
     def _record_starts(self, launched: Sequence[Launch]) -> list[Job]:
         """Write what became of each start: running, or a failed attempt. Also, in the next pass's

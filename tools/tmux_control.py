@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 LOST = "server exited unexpectedly (the control client ended)"
 
 
-class _Pending:
+class Pending:
     """A command sent and not yet answered."""
 
-    def __init__(self) -> None:
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
         self.done = threading.Event()
         self.ok = False
         self.lines: list[str] = []
@@ -64,7 +65,7 @@ class ControlClient:
         # Guards the queue of commands awaiting answers and whether the client's output has ended,
         # between the writers and the reader (which must never wait for the write lock).
         self._pending_lock = threading.Lock()
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Pending] = deque()
         self._ended = True
 
     @property
@@ -98,10 +99,16 @@ class ControlClient:
         """Send one command and wait for its answer, as a ``CompletedProcess`` (stdout: the block's
         lines; on %error, stderr). None: the command was not sent (no client, or an argument that
         cannot go on one line), so the caller may run it another way."""
+        pending = self.send(args)
+        return self.answer(pending, timeout_s) if pending is not None else None
+
+    def send(self, args: list[str]) -> Pending | None:
+        """Send one command without waiting for its answer (``answer``): several may be under way, and
+        tmux answers them in order. None: not sent, as for ``run``."""
         if any("\n" in a or "\r" in a for a in args):
             return None
         line = " ".join(quote(a) for a in args) + "\n"
-        pending = _Pending()
+        pending = Pending(args)
         with self._write_lock:
             proc = self._proc
             with self._pending_lock:
@@ -118,6 +125,11 @@ class ControlClient:
                         self._pending.remove(pending)
                 self._end_locked()
                 return None
+        return pending
+
+    def answer(self, pending: Pending, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        """The answer to a command ``send`` sent, waited for at most ``timeout_s``."""
+        args = pending.args
         if not pending.done.wait(timeout_s):
             log.warning("tmux control client: no answer to %s in %g s; closing it", args[0], timeout_s)
             self.close()

@@ -84,12 +84,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple, Sequence
 
 from tools.clock import Clock, RealClock
 from tools.executor import JobExit, StartError
 from tools.logs import create_log
-from tools.tmux_control import LOST, ControlClient
+from tools.tmux_control import LOST, ControlClient, Pending
 from tools.models import Allocation, Job
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,14 @@ def _group_members(pgid: int, leader_start: int | None) -> list[int]:
     return members
 
 
+class _Window(NamedTuple):
+    """A start whose files are written: the ``new-window`` that opens the job's window, and where it lives."""
+
+    command: tuple[str, ...]
+    job_dir: Path
+    log_file: Path
+
+
 @dataclass
 class _Running:
     """What the executor remembers about a job it started or adopted, until it is forgotten."""
@@ -451,6 +459,37 @@ class TmuxExecutor:
     # -- Executor ----------------------------------------------------------------------------------
 
     def start(self, job: Job, allocation: Allocation, now: float) -> str:
+        window = self._prepare(job, allocation)
+        return self._opened(job, window, self._tmux(*window.command))
+
+    def start_many(self, starts: Sequence[tuple[Job, Allocation]], now: float) -> list[str | StartError]:
+        """``start`` of each job, in order: its log, or the ``StartError`` that kept it from starting (each
+        succeeds or fails on its own). The windows are opened back to back: each job's files are written
+        and its ``new-window`` sent to the control client before the answers are read, so that the
+        next job's files are written while tmux opens the last one's window (a pass starts up to a
+        node's worth of jobs at once, and each window costs tmux milliseconds, spent in series)."""
+        sent: list[tuple[Job, _Window | StartError, Pending | None]] = []
+        for job, allocation in starts:
+            try:
+                window = self._prepare(job, allocation)
+            except StartError as e:
+                sent.append((job, e, None))
+                continue
+            sent.append((job, window, self._control.send(list(window.command)) if self._control_ready() else None))
+        results: list[str | StartError] = []
+        for job, window, pending in sent:
+            if isinstance(window, StartError):
+                results.append(window)
+                continue
+            answer = self._control.answer(pending, _TMUX_TIMEOUT_S) if pending is not None else None
+            try:
+                results.append(self._opened(job, window, answer if answer is not None else self._tmux(*window.command)))
+            except StartError as e:
+                results.append(e)
+        return results
+
+    def _prepare(self, job: Job, allocation: Allocation) -> _Window:
+        """Everything of a start before its window opens: the checks, and the job's files."""
         if allocation.more:
             raise StartError(f"job {job.id} spans nodes ({allocation.describe()}); tmux runs jobs on one node")
         known = self._jobs.get(job.id)
@@ -527,7 +566,11 @@ class TmuxExecutor:
             "-n", self.window_name(job.id), "-c", str(self.workdir), "-e", "LC_ALL=C",
             self._bash, "--noprofile", "--norc", "-p", str(wrapper),
         )
-        result = self._tmux(*new_window)
+        return _Window(new_window, job_dir, log_file)
+
+    def _opened(self, job: Job, window: _Window, result: subprocess.CompletedProcess[str]) -> str:
+        """The rest of a start once tmux answered its ``new-window`` (``result``): the job's log path."""
+        new_window, job_dir, log_file = window
         if result.returncode != 0 and any(g in result.stderr for g in _GONE):
             # The server (or the control client) went away since we last looked. A control client
             # that ended mid-command may have opened the window: then it is this job's, not a second.

@@ -297,8 +297,10 @@ def test_jobs_started_together_each_run_with_their_own_gpus_and_fail_alone(ex, m
     starts = [(job(2, "echo two $CUDA_VISIBLE_DEVICES; exit 2"), Allocation(node="local", gpus=(0,))),
               (job(1, "sleep 30"), ALLOC),  # already running: refused, and the others start all the same
               (job(3, "echo three $CUDA_VISIBLE_DEVICES"), Allocation(node="local", gpus=(2,))),
-              (job(4, "true"), Allocation(node="local", gpus=(4,), more=(("other", (0,)),)))]  # two nodes
-    two, one, three, four = ex.start_many(starts, time.time())
+              (job(4, "true"), Allocation(node="local", gpus=(4,), more=(("other", (0,)),))),  # two nodes
+              (job(3, "echo again"), Allocation(node="local", gpus=(5,)))]  # twice in one batch
+    two, one, three, four, again = ex.start_many(starts, time.time())
+    assert isinstance(again, StartError) and "already being started" in str(again)
     assert isinstance(one, StartError) and "already running" in str(one)
     assert isinstance(four, StartError) and "spans nodes" in str(four)
     assert (two, three) == (str(ex.log_path(2)), str(ex.log_path(3)))

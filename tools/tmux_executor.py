@@ -469,8 +469,12 @@ class TmuxExecutor:
         next job's files are written while tmux opens the last one's window (a pass starts up to a
         node's worth of jobs at once, and each window costs tmux milliseconds, spent in series)."""
         sent: list[tuple[Job, _Window | StartError, Pending | None]] = []
+        batch: set[int] = set()
         for job, allocation in starts:
             try:
+                if job.id in batch:  # (its first start is not opened yet, so ``_prepare`` cannot tell)
+                    raise StartError(f"job {job.id} is already being started")
+                batch.add(job.id)
                 window = self._prepare(job, allocation)
             except StartError as e:
                 sent.append((job, e, None))

@@ -283,6 +283,8 @@ def test_a_start_after_the_tmux_server_died_starts_it_again(ex):
     ex.start(job(1, "true"), Allocation(node="local", gpus=(0,)), now=0.0)
     wait_exit(ex, 1)
     subprocess.run(["tmux", "-L", ex.socket_name, "kill-server"], capture_output=True)
+    # Gone for good (a window a dying server still opens dies with it: the job is lost, and requeued).
+    wait_until(lambda: not ex._control.alive, 5.0, 0.01, what="the control client to end")
     ex.start(job(2, "echo again"), Allocation(node="local", gpus=(0,)), now=0.0)
     assert wait_exit(ex, 2).exit_code == 0
     assert "again" in ex.log_path(2).read_text()

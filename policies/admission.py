@@ -69,6 +69,8 @@ def has_quotas(rules: Rules) -> bool:
 def quota_wait(rules: Rules, user: str, count: int, users_in_use: Mapping[str, int],
                groups_in_use: Mapping[str, int]) -> Wait | None:
     """Starting ``count`` more GPUs would take ``user`` or its group over a quota of GPUs held at once."""
+    if not has_quotas(rules):
+        return None
     group = rules.group_of(user)
     for who, quota, using in (
         (f"user {user}", rules.quota_of_user(user), users_in_use.get(user, 0)),

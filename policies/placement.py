@@ -154,11 +154,7 @@ class Placer:
         examined as many jobs past its plan as the rules allow."""
         return self._blocked_by is not None or (
             (bool(self._plans) or self._unmade is not None) and self._after_head >= self._rules.backfill_depth
-        )  # (``_has_plan`` written out: read once per job offered)
-
-    @property
-    def _has_plan(self) -> bool:
-        return bool(self._plans) or self._unmade is not None
+        )
 
     def fits(self, count: int) -> bool:
         """Whether a job of ``count`` GPUs could start now if no GPU were closed to it; the same for
@@ -236,7 +232,7 @@ class Placer:
         first = self._first.get(job.id)
         if first is not None:
             return Offer.WAITS if first == Offer.SIZE_FULL else first  # its size may still fit others
-        if self._plans or self._unmade is not None:  # ``_has_plan``, without a call per job offered
+        if self._plans or self._unmade is not None:  # a plan is made (or deferred): backfill from here on
             self._after_head += 1
             if (job.user, job.gpu_count) in self._up_to_plans and self._refused_again(job):
                 return Offer.WAITS
@@ -267,6 +263,7 @@ class Placer:
         if full is not None:  # an earlier job of this user and size could not start, and nor can this one
             self.waiting[job.id] = full
             return Offer.USER_FULL
+        # (``quota_wait`` says None without quotas; asked only with some, so that the use is not copied)
         over = (quota_wait(self._rules, job.user, count, self._user_use, self._group_use)
                 if has_quotas(self._rules) else None)
         if over is not None:  # the user's and group's use only grow during a pass
@@ -324,7 +321,7 @@ class Placer:
         before = bisect_left(self._plan_starts, now + expected_runtime(job, self._rules.default_runtime_s))
         if not before or not self._refused_behind(before, job.gpu_count):
             return False
-        self.waiting[job.id] = self._behind_waits.get(before) or self._behind_wait(before)
+        self.waiting[job.id] = self._behind_wait(before)
         return True
 
     def _behind_wait(self, before: int) -> Wait:
@@ -691,10 +688,7 @@ def offer_in_order(placer: Placer, heap: list, *, per_user: bool = False) -> Non
     job_of, offer = placer.snapshot.jobs_by_id.__getitem__, placer.offer
     size_full, user_full = Offer.SIZE_FULL, (Offer.USER_FULL if per_user else Offer.SIZE_FULL)
     pop, replace = heapq.heappop, heapq.heapreplace  # the loop runs for every job offered: names bound once
-    depth = placer._rules.backfill_depth
-    # ``placer.done`` written out: read once per job offered.
-    while heap and placer._blocked_by is None and not (
-            (placer._plans or placer._unmade is not None) and placer._after_head >= depth):
+    while heap and not placer.done:
         (_, job_id), gpus, it = heap[0]
         outcome = offer(job_of(job_id))
         if outcome is size_full or outcome is user_full:

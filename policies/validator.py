@@ -17,7 +17,6 @@ from policies.admission import (
     array_limit_wait,
     begin_time_wait,
     dependency_wait,
-    has_quotas,
     quota_wait,
     reservations_against,
     size_wait,
@@ -150,12 +149,10 @@ def _rule_problems(snapshot: Snapshot, job: Job, proposal: Proposal, user_use: d
     """The admission rules that depend on the rest of the cluster: quotas, dependencies, reservations,
     an array's limit of tasks at once."""
     rules, now = snapshot.rules, snapshot.now
-    # Each rule asked only where it can say something: most jobs of most labs have no quota, dependency
-    # or array limit, and every job started is checked here.
     waits = [
-        quota_wait(rules, job.user, job.gpu_count, user_use, group_use) if has_quotas(rules) else None,
-        dependency_wait(job, lambda dep: _status_of(snapshot, dep)) if job.after or job.after_any else None,
-        array_limit_wait(job, array_use) if job.array_limit is not None else None,
+        quota_wait(rules, job.user, job.gpu_count, user_use, group_use),
+        dependency_wait(job, lambda dep: _status_of(snapshot, dep)),
+        array_limit_wait(job, array_use),
     ]
     reservations = snapshot.reservations
     if reservations:  # (most passes have none: nor is the run time then worked out)

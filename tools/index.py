@@ -540,6 +540,8 @@ def _logged_since(now: tuple[list, int], mark: tuple[list, int]):
     if mark[0] is not log or mark[1] > end:
         return None
     return set(log[mark[1]:end])
+
+
 _NO_RUNS = SortedRuns()  # (never changes: ``add`` returns a new one)
 
 

@@ -29,7 +29,7 @@ from typing import Mapping, NamedTuple, Protocol, Sequence
 from policies.ordering import Policy, has_pending
 from policies.rules import DEFAULT_RULES, Rules
 from policies.snapshot import Decisions, Layout, Preemption, Reasons, Snapshot, Wait, begin_time_wait, standing_wait
-from policies.admission import dependency_wait, has_quotas, quota_wait, size_wait
+from policies.admission import dependency_wait, quota_wait, size_wait
 from policies.reservations import check_reservation, move_off_busy_gpus
 from policies.validator import Rejection, check_preemption, validate
 from tools.clock import Clock
@@ -252,9 +252,7 @@ class Orchestrator:
         """Refuse a job that could never start here (``InvalidJob``, in the admission rules' words), else
         queue it (``QueueFull`` when at the limit)."""
         refusal = size_wait(spec.gpu_count, self._current_layout(), max_gpus_per_job=self.max_gpus_per_job,
-                            multi_node=self.multi_node, usable=False)
-        if refusal is None and has_quotas(self.rules):
-            refusal = quota_wait(self.rules, spec.user, spec.gpu_count, {}, {})
+                            multi_node=self.multi_node, usable=False) or quota_wait(self.rules, spec.user, spec.gpu_count, {}, {})
         if refusal is None and spec.depends_on:
             refusal = dependency_wait(spec, self._status_of)
             if refusal is not None and refusal.reason != PendingReason.DEPENDENCY_NEVER:

@@ -485,9 +485,10 @@ class TmuxExecutor:
             if isinstance(window, StartError):
                 results.append(window)
                 continue
-            answer = self._control.answer(pending, _TMUX_TIMEOUT_S) if pending is not None else None
             try:
-                results.append(self._opened(job, window, answer if answer is not None else self._tmux(*window.command)))
+                answer = (self._control.answer(pending, _TMUX_TIMEOUT_S) if pending is not None
+                          else self._tmux(*window.command))  # not sent: the single way
+                results.append(self._opened(job, window, answer))
             except StartError as e:
                 results.append(e)
         return results

@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_service.py [--quick] [--parts ...] [--compare TREE] [--repeat N] [--json FILE]
 
 Each part starts its own ``herd serve`` (the installed console script) on a fresh work directory with 8
-declared GPUs and a private tmux socket, and kills it and its tmux server afterwards.
+declared GPUs and a private tmux socket, and kills it and its tmux server afterwards. The work directories
+are removed when the benchmark ends, not in between (``kept_workdirs``).
 
 1. Submission: C clients (1, 10, 50), each with one keep-alive connection, send ``POST /queue/submit``
    back to back (closed loop) with the scheduler stopped, so only the submission path is measured.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -43,6 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 from uuid import uuid4
 
 import httpx
@@ -57,9 +60,10 @@ class Server:
     add``): its own code, run as ``python -m agent.cli`` with that tree first on the path."""
 
     tree: Path | None = None  # set by --compare for the other side's servers
+    scratch: Path | None = None  # set by ``kept_workdirs``: where work directories stay until the benchmark ends
 
     def __init__(self, *args: str, env_extra: dict[str, str] | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="herd-bench-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="herd-bench-", dir=self.scratch))
         self.socket = f"herd-bench-{uuid4().hex[:8]}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -98,13 +102,57 @@ class Server:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
         tmux_dir = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
         (tmux_dir / self.socket).unlink(missing_ok=True)  # tmux leaves its socket file behind
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.scratch is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def kept_workdirs() -> Iterator[Path]:
+    """Every ``Server``'s work directory stays until the benchmark ends, and is removed then.
+
+    Why: on ext4 without a journal (this VM's root file system), the kernel allocating an inode steps over
+    every inode of the group freed in the last minute (six minutes while its table block is dirty), one buffer
+    lookup each. A turnover run leaves ~2,000 files; removed right before the next run, they made each
+    file that run created cost ~0.6 ms instead of ~20 µs, about ten files per job: turnover 40 -> 90 ms,
+    a cost of the benchmark's own cleanup that a service, which removes nothing, never pays."""
+    Server.scratch = Path(tempfile.mkdtemp(prefix="herd-bench-"))
+    try:
+        yield Server.scratch
+    finally:
+        shutil.rmtree(Server.scratch, ignore_errors=True)
+        Server.scratch = None
+
+
+def file_create_us(directory: Path, files: int = 100) -> float:
+    """What creating an empty file costs in ``directory``'s file system now, in µs (the files stay, so
+    that the probe frees nothing)."""
+    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=directory))
+    t = time.perf_counter()
+    for i in range(files):
+        os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return (time.perf_counter() - t) / files * 1e6
+
+
+SETTLED_CREATE_US = 60.0  # ~20 µs on this VM's ext4 when nothing was removed there in the last minutes
+
+
+def settled_create_us(directory: Path, limit_s: float = 420.0) -> float:
+    """What creating a file costs in ``directory`` once it is under ``SETTLED_CREATE_US``, waiting up to
+    ``limit_s`` for that (and saying so). Turnover creates about ten files per job; after many were
+    removed (a test run, the end of an earlier benchmark), ext4 without a journal makes each new one
+    slow for up to six minutes (``kept_workdirs``). The figure is reported beside turnover either way."""
+    deadline = time.monotonic() + limit_s
+    while (cost := file_create_us(directory)) > SETTLED_CREATE_US and time.monotonic() < deadline:
+        print(f"  creating a file in the work directory costs {cost:.0f} µs (files were removed there lately); "
+              f"waiting for it to fall under {SETTLED_CREATE_US:.0f} µs ...", flush=True)
+        time.sleep(20)
+    return cost
 
 
 # -- a small keep-alive HTTP client ------------------------------------------------------------------
@@ -217,16 +265,18 @@ def bench_submit_to_start(runs: int) -> list[float]:
 
 def time_of_true(runs: int = 50) -> float:
     """What one `true` costs as a job runs it (bash starting a script), in seconds."""
-    script = Path(tempfile.mkdtemp()) / "command"
-    script.write_text("true\n")
-    t = time.perf_counter()
-    for _ in range(runs):
-        subprocess.run(["bash", "--noprofile", "--norc", str(script)], check=True)
-    return (time.perf_counter() - t) / runs
+    with tempfile.TemporaryDirectory() as directory:
+        script = Path(directory) / "command"
+        script.write_text("true\n")
+        t = time.perf_counter()
+        for _ in range(runs):
+            subprocess.run(["bash", "--noprofile", "--norc", str(script)], check=True)
+        return (time.perf_counter() - t) / runs
 
 
 def bench_turnover(jobs: int, gpus: int = 8) -> dict:
     with Server("--stopped", "--max-queue-size", str(jobs * 2)) as server:
+        create_us = settled_create_us(server.dir)
         for _ in range(jobs):
             server.http.post("/queue/submit", json={"user": "bench", "command": "true", "gpu_count": 1, "cwd": "/tmp"})
         t0 = time.time()
@@ -243,11 +293,11 @@ def bench_turnover(jobs: int, gpus: int = 8) -> dict:
     result = {
         "jobs": jobs, "gpus": gpus, "total_s": total, "ideal_s": ideal,
         "overhead_per_job_ms": (total - ideal) / rounds * 1000, "jobs_per_s": jobs / total,
-        "failed": sum(j["status"] != "completed" for j in records),
+        "failed": sum(j["status"] != "completed" for j in records), "file_create_us": create_us,
     }
     print(f"turnover: {jobs} jobs of `true` on {gpus} GPUs in {total:.2f} s (ideal {ideal:.2f} s): "
           f"{result['overhead_per_job_ms']:.0f} ms overhead per job per GPU, {result['jobs_per_s']:.1f} jobs/s, "
-          f"{result['failed']} failed", flush=True)
+          f"{result['failed']} failed; creating a file in the work directory: {create_us:.0f} µs", flush=True)
     return result
 
 
@@ -305,11 +355,12 @@ def main() -> None:
     if args.compare is not None:
         sides.append((f"{args.compare}", args.compare.resolve()))
     runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
-    for repeat in range(args.repeat):
-        for name, tree in sides:  # taking turns, so that the machine's load falls on both alike
-            print(f"-- run {repeat + 1} of {args.repeat}: {name}", flush=True)
-            Server.tree = tree
-            runs[name].append(run_parts(parts, scale))
+    with kept_workdirs():
+        for repeat in range(args.repeat):
+            for name, tree in sides:  # taking turns, so that the machine's load falls on both alike
+                print(f"-- run {repeat + 1} of {args.repeat}: {name}", flush=True)
+                Server.tree = tree
+                runs[name].append(run_parts(parts, scale))
     Server.tree = None
     if len(sides) > 1 or args.repeat > 1:
         summarize(runs)
@@ -349,6 +400,7 @@ SUMMARY = (
     ("submit-to-start p50, ms", ("submit_to_start_ms", "p50")),
     ("turnover, s", ("turnover", "total_s")),
     ("turnover overhead per job per GPU, ms", ("turnover", "overhead_per_job_ms")),
+    ("creating a file in the work directory, µs", ("turnover", "file_create_us")),
     ("cancel past grace p50, ms", ("stop", "cancel", "p50")),
     ("cancel past grace max, ms", ("stop", "cancel", "max")),
     ("time limit past grace p50, ms", ("stop", "time limit", "p50")),

@@ -773,6 +773,7 @@ def main() -> None:
     reps = args.reps or (1 if args.quick else 3)
     sizes = QUICK if args.quick else FULL
     ensure_slurm_installed()
+    import bench_service
     # SIGTERM ends the run the way Ctrl-C does: through every finally below.
     signal.signal(signal.SIGTERM, interrupted)
     figs = new_figures(sizes)
@@ -784,11 +785,12 @@ def main() -> None:
             say(f"starting munged, slurmctld and slurmd in {slurm.dir} ...")
             slurm.start()
             say(f"{slurm.version} up on node {slurm.host} with gpu:{GPUS}; {reps} repetition(s) of {', '.join(parts)}")
-            for rep in range(reps):
-                for name in parts:
-                    if name in MEASURES:
-                        say(f"[{rep + 1}/{reps}] {name}")
-                        MEASURES[name](slurm, sizes, figs, herd_first=(rep % 2 == 0))
+            with bench_service.kept_workdirs():  # removed at the end: see there why
+                for rep in range(reps):
+                    for name in parts:
+                        if name in MEASURES:
+                            say(f"[{rep + 1}/{reps}] {name}")
+                            MEASURES[name](slurm, sizes, figs, herd_first=(rep % 2 == 0))
             if "isolation" in parts:
                 say("isolation: a second Unix user asks about root's running job")
                 with second_user() as other:

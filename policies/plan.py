@@ -263,7 +263,7 @@ class _RunningEnds:
     a job stopped, not started, or past that end is expected to end at a time that moves with now
     ("moving", asked of the rules at each plan). A fixed job turns moving once now reaches its end
     (a heap of ends). The jobs to look at again are those the index logged since the last plan
-    (``ActiveJobs.holders_since``), or, where its log cannot tell, every job holding GPUs. Time may
+    (``ActiveJobs.holders_changed``), or, where its log cannot tell, every job holding GPUs. Time may
     only go forward, and the layout and the rules must be those it was made for, or equal ones
     (``fits``); otherwise, and while another thread reads it, a plan counts afresh."""
 
@@ -314,13 +314,13 @@ class _RunningEnds:
         # versions gone first, then the new ones in id order (the order a full read adds them in).
         view = snapshot.jobs
         assert isinstance(view, ActiveJobs)  # (a snapshot carries work only from the index's view)
-        changed = view.holders_since(self._mark) if self._mark is not None else None
+        current = view.holders_changed(self._mark)
         self._mark = view.holders_mark
-        if changed is None:
+        if current is None:
             current = {job.id: job for job in snapshot.holding}
             changed = current.keys() | jobs.keys()
         else:
-            current = {job_id: view.get(job_id) for job_id in changed}
+            changed = current.keys()
         for job_id in changed:
             if job_id in jobs and current.get(job_id) is not jobs[job_id]:
                 del jobs[job_id]

@@ -8,7 +8,7 @@ rounded once, so it does not drift however many jobs come and go. It is the same
 multifactor pass on the whole Philly trace), rounded differently.
 
 What changed since the last read is what the queue index logged: the jobs put while holding GPUs or
-after holding them (``ActiveJobs.holders_since``: started, ended, requeued, or another version). Only
+after holding them (``ActiveJobs.holders_changed``: started, ended, requeued, or another version). Only
 those are looked up again; where the log cannot tell (it was begun anew, or this is the first read),
 every running job is counted afresh. A job counts from its start, so one whose start is still to come
 (set by another clock) is looked at again at each read until it has begun.
@@ -69,12 +69,11 @@ class RunningUsage:
             if now < self._now or view.version < self._version:
                 return None
             self._now, self._version = now, view.version
-            changed = view.holders_since(self._mark) if self._mark is not None else None
+            changed = view.holders_changed(self._mark)
             if changed is None:
                 self._recount(snapshot.holding, now)
             else:
-                for job_id in changed:
-                    job = view.get(job_id)
+                for job_id, job in changed.items():
                     if job is not self._jobs.get(job_id):  # ended, requeued, or another version
                         self._drop(job_id)
                         if job is not None and job.status in HOLDS_GPUS:

@@ -36,6 +36,10 @@ class JobExit:
 
 
 class Executor(Protocol):
+    """An executor may also have ``start_many(starts, now)``: ``start`` of each (job, allocation), in
+    order, giving each one's log path or the ``StartError`` that kept it from starting; the orchestrator
+    then starts a pass's jobs together (the tmux executor opens their windows back to back)."""
+
     def start(self, job: Job, allocation: Allocation, now: float) -> str:
         """Start ``job`` on ``allocation``; return its log path. Raise ``StartError`` on failure."""
         ...

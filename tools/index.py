@@ -283,10 +283,12 @@ class ActiveJobs(Sequence[Job]):
         None where the log cannot tell (it was begun anew between them, or that view is the later)."""
         return _logged_since(self.held_mark, mark)
 
-    def holders_since(self, mark: tuple[list[int], int]) -> set[int] | None:
-        """The ids of the jobs that held GPUs in either view, or both as other versions, from the view of
-        ``mark`` (its ``holders_mark``) to this one; None where the log cannot tell (as ``held_since``)."""
-        return _logged_since(self.holders_mark, mark)
+    def holders_changed(self, mark: tuple[list[int], int] | None) -> dict[int, Job | None] | None:
+        """The jobs that held GPUs in either view, or in both as other versions, from the view of ``mark``
+        (its ``holders_mark``) to this one: id -> the job in this view (None: no longer active). None
+        where the log cannot tell (as ``held_since``), or there is no ``mark``."""
+        changed = _logged_since(self.holders_mark, mark) if mark is not None else None
+        return None if changed is None else {job_id: self._table.get(job_id) for job_id in changed}
 
     def groups(self, ordering: Ordering) -> Mapping[Hashable, SortedRuns]:
         """The waiting jobs' (key, id) entries in ``ordering``, by group; built now if not kept."""
@@ -320,7 +322,7 @@ class JobIndex:
         self._holding = SortedRuns()  # ids of scheduled and running jobs
         self._held: dict[str, frozenset[int]] = {}
         self._held_log: list[str] = []  # nodes whose held GPUs changed, in order (``ActiveJobs.held_since``)
-        # Jobs put while holding GPUs or after holding them, in order (``ActiveJobs.holders_since``)
+        # Jobs put while holding GPUs or after holding them, in order (``ActiveJobs.holders_changed``)
         self._holders_log: list[int] = []
         self._user_gpus: dict[str, int] = {}  # user -> GPUs its holding jobs hold
         self._array_tasks: dict[int, int] = {}  # array id -> its tasks holding GPUs

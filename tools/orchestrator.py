@@ -457,11 +457,8 @@ class Orchestrator:
                 self._preempt(snapshot, decisions.preemptions, t)
                 self.planned = decisions.planned
                 t = lap("explain", t)
-            self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                        started=tuple([j.id for j in started]) if started else (),
-                                        rejected=verdict.rejected, waiting=waiting, phases_s=phases,
-                                        unrecorded=tuple(sorted(self._unrecorded)) if self._unrecorded else ())
-            return self._reported(self.last_tick)
+            return self._report(t0, t, finished, phases, started=tuple([j.id for j in started]) if started else (),
+                                rejected=verdict.rejected, waiting=waiting)
 
     def _held(self, t0: float, phases: dict[str, float], finished: tuple[int, ...]) -> TickReport:
         """The pass of a stopped scheduler: nothing starts, every waiting job says why it waits."""
@@ -470,9 +467,7 @@ class Orchestrator:
             waiting = self._hold_all(since)
         t = self.clock.now()
         phases["explain"] = t - since
-        self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
-                                    waiting=waiting, phases_s=phases, unrecorded=tuple(sorted(self._unrecorded)))
-        return self._reported(self.last_tick)
+        return self._report(t0, t, finished, phases, waiting=waiting)
 
     def _nothing_to_decide(self, now: float) -> bool:
         """No job waits, no reservation's window is open and the policy has nothing of its own to hand
@@ -485,8 +480,14 @@ class Orchestrator:
     def _idle(self, t0: float, phases: dict[str, float], finished: tuple[int, ...]) -> TickReport:
         """The pass in which there is nothing to decide: nothing starts, waits or is planned."""
         self.planned = {}
-        self.last_tick = TickReport(time=t0, duration_s=self.clock.now() - t0, policy=self.policy.name,
-                                    finished=finished, phases_s=phases,
+        return self._report(t0, self.clock.now(), finished, phases)
+
+    def _report(self, t0: float, t: float, finished: tuple[int, ...], phases: dict[str, float],
+                **outcome) -> TickReport:
+        """The report of the pass from ``t0`` to ``t``, kept as ``last_tick`` (``_reported``); ``outcome``:
+        its starts, rejections and waiting jobs, where it has any."""
+        self.last_tick = TickReport(time=t0, duration_s=t - t0, policy=self.policy.name, finished=finished,
+                                    phases_s=phases, **outcome,
                                     unrecorded=tuple(sorted(self._unrecorded)) if self._unrecorded else ())
         return self._reported(self.last_tick)
 
